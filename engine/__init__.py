@@ -1,0 +1,1 @@
+"""The contact migration engine."""

@@ -1,0 +1,114 @@
+"""The body of an `ADD_CONTACTS` bulk activity: form-encoded, with CSV-like `data`.
+
+See the API doc §6.2: one `activityType`, one `data` (a header line, then one line per
+contact, values containing a comma wrapped in double quotes), one `lists=` per target list
+(the http form of the list URI). Line numbers in the server's `Error`s count the header as
+line 1, so row `i` (0-based) of `rows` is line `i + 2`.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Mapping, Sequence
+from urllib.parse import urlencode
+
+from engine.errors import ConfigError
+
+__all__ = [
+    "COLUMN_NAMES",
+    "MAX_ACTIVITY_BYTES",
+    "MAX_ACTIVITY_ROWS",
+    "ActivityTooLargeError",
+    "encode_add_contacts",
+    "line_number",
+]
+
+#: The API's documented cap on contacts in one request (API doc §6.4, P27).
+MAX_ACTIVITY_ROWS = 20_000
+#: A precaution: the v1 byte limit is unknown; v3 documents 4 MB (API doc §6.4).
+MAX_ACTIVITY_BYTES = 4_000_000
+
+#: v1 contact element -> the column name of the import vocabulary (API doc §6.2).
+COLUMN_NAMES: dict[str, str] = {
+    "EmailAddress": "Email Address",
+    "FirstName": "First Name",
+    "MiddleName": "Middle Name",
+    "LastName": "Last Name",
+    "JobTitle": "Job Title",
+    "CompanyName": "Company Name",
+    "HomePhone": "Home Phone",
+    "WorkPhone": "Work Phone",
+    "Addr1": "Address Line 1",
+    "Addr2": "Address Line 2",
+    "Addr3": "Address Line 3",
+    "City": "City",
+    "StateCode": "US State/CA Province",
+    "StateName": "Other State/Province",
+    "CountryCode": "Country",
+    "PostalCode": "Zip/Postal Code",
+    "SubPostalCode": "Sub Zip/Postal Code",
+    "Note": "Notes",
+    **{f"CustomField{n}": f"Custom field {n}" for n in range(1, 16)},
+}
+
+
+class ActivityTooLargeError(ConfigError):
+    """Raised before sending when an activity exceeds the row or byte cap."""
+
+
+def line_number(row_index: int) -> int:
+    """The `LineNumber` the server reports for row `row_index` (0-based) of the data."""
+    return row_index + 2
+
+
+def _flat(value: str) -> str:
+    # A line break inside a value would shift every later line number; the API's data
+    # format is line-based, so breaks become spaces.
+    return " ".join(value.splitlines()) if ("\n" in value or "\r" in value) else value
+
+
+def encode_add_contacts(
+    rows: Sequence[Mapping[str, str]],
+    list_uris: Sequence[str],
+    *,
+    fields: Sequence[str] = (),
+    max_rows: int = MAX_ACTIVITY_ROWS,
+    max_bytes: int = MAX_ACTIVITY_BYTES,
+) -> bytes:
+    """Encode an `ADD_CONTACTS` activity body.
+
+    Args:
+        rows: one mapping per contact, keyed by v1 element name; `EmailAddress` required.
+        list_uris: the target lists (id URIs, http form), at least one.
+        fields: the other element names to send as columns; only columns present are
+            overwritten by the server, so send only what the source provides.
+        max_rows: the row cap, checked before encoding.
+        max_bytes: the cap on the encoded body, checked after encoding.
+
+    Raises:
+        ActivityTooLargeError: over either cap; nothing is sent.
+        ValueError: no rows, no lists, or an unknown field.
+    """
+    if not rows:
+        raise ValueError("an activity needs at least one row")
+    if not list_uris:
+        raise ValueError("an activity needs at least one list")
+    if len(rows) > max_rows:
+        raise ActivityTooLargeError(f"{len(rows)} rows is over the cap of {max_rows} per activity")
+    unknown = [f for f in fields if f not in COLUMN_NAMES or f == "EmailAddress"]
+    if unknown:
+        raise ValueError(f"no activity column for fields {unknown}")
+    names = ["EmailAddress", *fields]
+    text = io.StringIO()
+    writer = csv.writer(text, lineterminator="\n")  # quotes values with commas or quotes
+    writer.writerow([COLUMN_NAMES[n] for n in names])
+    writer.writerows([_flat(row.get(n) or "") for n in names] for row in rows)
+    form = [("activityType", "ADD_CONTACTS"), ("data", text.getvalue().rstrip("\n"))]
+    form += [("lists", uri) for uri in list_uris]
+    body = urlencode(form).encode("ascii")
+    if len(body) > max_bytes:
+        raise ActivityTooLargeError(
+            f"the activity body is {len(body)} bytes, over the cap of {max_bytes}"
+        )
+    return body

@@ -1,0 +1,659 @@
+"""`Account`: the async client of one Constant Contact account's v1 API.
+
+One `Account` owns one `aiohttp.ClientSession` (keep-alive, no redirects), one
+`RateGovernor` (possibly shared) and one `RetryPolicy`. Every request goes through
+`Account._send`, which is the only place that retries, waits for the governor, reads the
+body under a size cap, and turns a status code into an error (`classify`).
+"""
+
+from __future__ import annotations
+
+import email.utils
+import enum
+import ipaddress
+import logging
+import os
+import re
+import ssl
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Literal, Self, TypedDict, TypeVar
+from urllib.parse import quote, urljoin, urlsplit
+
+import aiohttp
+from multidict import CIMultiDictProxy
+from yarl import URL
+
+from engine.api import codec
+from engine.api.governor import RateGovernor
+from engine.api.records import (
+    Activity,
+    ContactEntry,
+    ContactList,
+    ContactSummary,
+    ListMember,
+    Page,
+    uri_key,
+)
+from engine.api.retry import RetryPolicy
+from engine.errors import (
+    AccessDeniedError,
+    ApiError,
+    AuthenticationError,
+    BadRequestError,
+    ConfigError,
+    ConflictError,
+    ConnectionLostError,
+    DoNotMailError,
+    FatalApiError,
+    MalformedResponseError,
+    NotFoundError,
+    QuotaExhaustedError,
+    RetryableApiError,
+    ServerError,
+    ThrottledError,
+    UnsupportedMediaError,
+)
+
+__all__ = ["DEFAULT_HOST", "Account", "Credentials", "RequestKind", "classify"]
+
+log = logging.getLogger("engine.api")
+
+DEFAULT_HOST = "https://api.constantcontact.com"
+SEARCH_BATCH = 50  # emails per `?email=` search (API doc §4.2)
+MAX_RESPONSE_BYTES = 16 * 1024 * 1024
+ATOM = "application/atom+xml"
+FORM = "application/x-www-form-urlencoded"
+
+T = TypeVar("T")
+
+#: What a request is for: lets `classify` name the likely cause of a 403.
+RequestKind = Literal["service", "lists", "contacts", "contact-write", "activities", "members"]
+
+# Throttle answers are [U] for v1 (API doc §7): match the wordings seen on v1-v3 gateways.
+_THROTTLE = re.compile(r"refused|queries.per.second|over\.qps|qps|too many requests|throttl", re.I)
+_QUOTA = re.compile(r"daily quota|over\.ratelimit|daily (limit|budget)", re.I)
+
+
+@dataclass(frozen=True, slots=True)
+class Credentials:
+    """The account's credentials. `repr` and `str` never show the key or the password.
+
+    Attributes:
+        username: the Constant Contact username.
+        api_key: the API key.
+        password: the account password.
+    """
+
+    username: str
+    api_key: str = field(repr=False)
+    password: str = field(repr=False)
+
+    def __post_init__(self) -> None:
+        for name in ("username", "api_key", "password"):
+            if not getattr(self, name):
+                raise ConfigError(f"the {name.replace('_', ' ')} is empty")
+        if "%" in self.username or "/" in self.username:
+            raise ConfigError(
+                "the username must be the bare Constant Contact username; the engine builds "
+                "the 'APIKEY%username' login itself"
+            )
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **given: str | None) -> Credentials:
+        """Read `CTCT_USERNAME`, `CTCT_API_KEY` and `CTCT_PASSWORD`; `given` values win.
+
+        Raises:
+            ConfigError: a value is missing; the message names the variable to set.
+        """
+        env = os.environ if env is None else env
+        values = {}
+        for name in ("username", "api_key", "password"):
+            value = given.get(name) or env.get(f"CTCT_{name.upper()}")
+            if not value:
+                raise ConfigError(f"set CTCT_{name.upper()} (the account's {name})")
+            values[name] = value
+        return cls(**values)
+
+    def auth(self) -> aiohttp.BasicAuth:
+        """HTTP Basic credentials in the v1 form: user `APIKEY%username`."""
+        return aiohttp.BasicAuth(f"{self.api_key}%{self.username}", self.password)
+
+
+class _State(enum.Enum):
+    UNOPENED = 1  # created, no session yet
+    OPENED = 2  # inside `async with`
+    CLOSED = 3  # closed for good
+
+
+@dataclass(frozen=True, slots=True)
+class _Answer:
+    status: int
+    headers: CIMultiDictProxy[str]
+    body: bytes
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def _retry_after(value: str | None) -> float | None:
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        parsed = email.utils.parsedate_to_datetime(value) if value else None
+        return max(0.0, parsed.timestamp() - time.time()) if parsed else None
+
+
+class _Context(TypedDict):
+    status: int
+    method: str
+    url: str
+    body: str
+
+
+def classify(
+    status: int,
+    *,
+    method: str,
+    url: str,
+    kind: RequestKind,
+    body: bytes = b"",
+    headers: Mapping[str, str] | None = None,
+) -> ApiError:
+    """Turn a non-success answer into the error that says what to do next.
+
+    This is the only place where status codes are interpreted. Error bodies of this API are
+    HTML or text: they are kept as a trimmed excerpt, never parsed as XML.
+
+    - 5xx: `ServerError` (retry), or `ThrottledError` for a 503 with `Retry-After`;
+    - 429, or a 403 whose body names a rate limit: `ThrottledError` (retry, slower);
+    - a 403 or 429 whose body names the daily quota: `QuotaExhaustedError` (stop);
+    - 401: `AuthenticationError` (stop);
+    - 403 on a contact write: `DoNotMailError` (skip the contact);
+    - any other 403: `AccessDeniedError` (stop), the message naming http, the trailing
+      slash or another account's URL;
+    - 400, 404, 409: skip the contact or request; 415: stop (a bug in the request).
+    """
+    headers = headers or {}
+    text = body[:2000].decode("utf-8", "replace")
+    excerpt = re.sub(r"\s+", " ", re.sub(r"<[^>]*>", " ", text)).strip()[:500]
+    ctx: _Context = {"status": status, "method": method, "url": url, "body": excerpt}
+    retry_after = _retry_after(headers.get("Retry-After"))
+    scheme = urlsplit(url).scheme
+    if status in (403, 429) and _QUOTA.search(text):
+        return QuotaExhaustedError(
+            "the API's daily request quota is spent; run the same command again after it "
+            "resets (the journal resumes where this run stopped)",
+            **ctx,
+        )
+    if status == 429 or (status == 403 and _THROTTLE.search(text)):
+        return ThrottledError("the API is throttling requests", retry_after=retry_after, **ctx)
+    if status >= 500:
+        if status == 503 and retry_after is not None:
+            return ThrottledError("the API is overloaded", retry_after=retry_after, **ctx)
+        return ServerError(f"server error: {excerpt[:120] or 'no body'}", **ctx)
+    if status == 401:
+        return AuthenticationError(
+            "authentication failed. The v1 API wants HTTP Basic auth with the user "
+            "'APIKEY%username' (your API key, a percent sign, your Constant Contact username) "
+            "and the account password: check CTCT_API_KEY, CTCT_USERNAME and CTCT_PASSWORD, "
+            "and that the username in the base URL is the same one",
+            **ctx,
+        )
+    if status == 403:
+        if scheme == "http":
+            return AccessDeniedError(
+                "forbidden over plain http: the v1 API accepts credentials over https only; "
+                "use an https:// base URL",
+                **ctx,
+            )
+        if kind == "service":
+            return AccessDeniedError(
+                "forbidden on the service document: its URL must end with a slash "
+                "(…/ws/customers/USERNAME/), and USERNAME must be the credentials' username",
+                **ctx,
+            )
+        if kind == "contact-write":
+            return DoNotMailError("the contact is on the Do Not Mail list", **ctx)
+        return AccessDeniedError(
+            "forbidden: the URL names another account than the credentials, or the API key "
+            "lacks the permission",
+            **ctx,
+        )
+    if status == 400:
+        return BadRequestError(f"rejected by the API: {excerpt[:200] or 'bad request'}", **ctx)
+    if status == 404:
+        return NotFoundError("not found", **ctx)
+    if status == 409:
+        return ConflictError("already exists", **ctx)
+    if status == 415:
+        return UnsupportedMediaError(
+            "the API refused the request's content type or method: a bug in the engine", **ctx
+        )
+    return FatalApiError(f"unexpected answer {status}", **ctx)
+
+
+class Account:
+    """The v1 API of one Constant Contact account.
+
+    Use it as an async context manager; it cannot be reopened once closed.
+
+    Args:
+        credentials: username, API key and password.
+        base_url: the account's base URI; default
+            `https://api.constantcontact.com/ws/customers/{username}/`. A missing trailing
+            slash is added (without it the service document answers 403).
+        ca_file: a CA bundle to trust, for a private CA such as the simulator's.
+        allow_http: allow a plain-http base URL; only for a loopback host, never otherwise
+            (credentials never travel over plain http to another machine).
+        governor: the rate governor (shared if several accounts share a budget); default 4
+            requests/s, 8 in flight.
+        retry: the retry policy.
+        timeout: seconds one attempt may take.
+        max_response_bytes: bodies larger than this are refused.
+        sleep: the sleep used between retries (tests inject a no-op).
+    """
+
+    def __init__(
+        self,
+        credentials: Credentials,
+        *,
+        base_url: str | None = None,
+        ca_file: str | Path | None = None,
+        allow_http: bool = False,
+        governor: RateGovernor | None = None,
+        retry: RetryPolicy | None = None,
+        timeout: float = 60.0,
+        max_response_bytes: int = MAX_RESPONSE_BYTES,
+        sleep: Callable[[float], Awaitable[None]] | None = None,
+    ) -> None:
+        self.credentials = credentials
+        url = base_url or f"{DEFAULT_HOST}/ws/customers/{quote(credentials.username)}/"
+        if not url.endswith("/"):
+            url += "/"
+        parts = urlsplit(url)
+        if parts.scheme not in ("https", "http") or not parts.hostname:
+            raise ConfigError(f"the base URL must be an https:// URL, not {url!r}")
+        if parts.username or parts.password:
+            raise ConfigError("put credentials in the environment, not in the base URL")
+        if parts.scheme == "http":
+            if not _is_loopback(parts.hostname):
+                raise ConfigError(
+                    "refusing plain http to a non-loopback host: the API accepts credentials "
+                    "over https only; use https://"
+                )
+            if not allow_http:
+                raise ConfigError(
+                    "the base URL is plain http; pass allow_http (--allow-http) to use a "
+                    "loopback simulator without TLS"
+                )
+        if ca_file is not None and not Path(ca_file).is_file():
+            raise ConfigError(f"the CA file {ca_file} does not exist")
+        if timeout <= 0:
+            raise ConfigError("the request timeout must be above 0 seconds")
+        self.base_url = url
+        self._origin = f"{parts.scheme}://{parts.netloc}"
+        self._ca_file = ca_file
+        self.governor = governor or RateGovernor()
+        self.retry = retry or RetryPolicy()
+        self._search_retry = RetryPolicy(
+            attempts=min(2, self.retry.attempts),
+            timeout=self.retry.timeout,
+            wait_initial=self.retry.wait_initial,
+            wait_max=self.retry.wait_max,
+            wait_jitter=self.retry.wait_jitter,
+        )
+        self._timeout = timeout
+        self._max_bytes = max_response_bytes
+        self._sleep = sleep
+        self._session: aiohttp.ClientSession | None = None
+        self._state = _State.UNOPENED
+        self.retries = 0
+        self.requests_sent = 0
+
+    def __repr__(self) -> str:
+        return f"<Account {self.credentials.username!r} at {self.base_url} [{self._state.name}]>"
+
+    async def __aenter__(self) -> Self:
+        if self._state is not _State.UNOPENED:
+            raise RuntimeError("Cannot reopen an Account once it has been closed.")
+        ssl_context = ssl.create_default_context(
+            cafile=str(self._ca_file) if self._ca_file else None
+        )
+        connector = aiohttp.TCPConnector(ssl=ssl_context, limit=0, keepalive_timeout=30)
+        self._session = aiohttp.ClientSession(
+            connector=connector,
+            auth=self.credentials.auth(),
+            timeout=aiohttp.ClientTimeout(total=self._timeout, sock_connect=min(10, self._timeout)),
+            headers={"Accept": ATOM},
+            raise_for_status=False,
+        )
+        self._state = _State.OPENED
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close the session; idempotent."""
+        self._state = _State.CLOSED
+        if self._session is not None:
+            session, self._session = self._session, None
+            await session.close()
+
+    # --- the one request path -------------------------------------------------------
+
+    async def _send(
+        self,
+        method: str,
+        url: str,
+        *,
+        kind: RequestKind,
+        parse: Callable[[bytes], T],
+        expect: tuple[int, ...] = (200,),
+        data: bytes | None = None,
+        content_type: str | None = None,
+        retry: RetryPolicy | None = None,
+    ) -> T:
+        if self._session is None:
+            raise RuntimeError("use the Account inside `async with` first")
+        session = self._session
+        headers = {"Content-Type": content_type} if content_type else None
+        target = URL(url, encoded=True)
+
+        def count_retry(error: RetryableApiError, wait: float) -> None:
+            self.retries += 1
+
+        async for attempt in (retry or self.retry).retrying(
+            sleep=self._sleep, on_retry=count_retry
+        ):
+            with attempt:
+                answer = await self._attempt(session, method, target, data, headers)
+                if answer.status not in expect:
+                    error = classify(
+                        answer.status,
+                        method=method,
+                        url=url,
+                        kind=kind,
+                        body=answer.body,
+                        headers=answer.headers,
+                    )
+                    if isinstance(error, ThrottledError):
+                        self.governor.on_throttle(error.retry_after)
+                    raise error
+                self.governor.on_success()
+                if answer.body and "html" in answer.headers.get("Content-Type", "").lower():
+                    raise MalformedResponseError(
+                        "expected XML, the server answered HTML",
+                        status=answer.status,
+                        method=method,
+                        url=url,
+                    )
+                try:
+                    return parse(answer.body)
+                except MalformedResponseError as exc:
+                    exc.status, exc.method, exc.url = answer.status, method, url
+                    raise
+        raise AssertionError("unreachable: tenacity re-raises the last error")  # pragma: no cover
+
+    async def _attempt(
+        self,
+        session: aiohttp.ClientSession,
+        method: str,
+        url: URL,
+        data: bytes | None,
+        headers: dict[str, str] | None,
+    ) -> _Answer:
+        async with self.governor.slot():
+            self.requests_sent += 1
+            try:
+                async with session.request(
+                    method, url, data=data, headers=headers, allow_redirects=False
+                ) as resp:
+                    body = await self._read(resp, method, str(url))
+                    return _Answer(resp.status, resp.headers, body)
+            except (aiohttp.ClientConnectorCertificateError, aiohttp.ClientSSLError) as exc:
+                raise FatalApiError(
+                    f"TLS verification failed ({exc.__class__.__name__}); for a private CA such "
+                    "as the simulator's, pass its CA file (--ca-file)",
+                    method=method,
+                    url=str(url),
+                ) from exc
+            except aiohttp.ClientPayloadError as exc:
+                raise MalformedResponseError(
+                    f"the response was cut short: {exc}", method=method, url=str(url)
+                ) from exc
+            except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+                raise ConnectionLostError(
+                    f"no answer: {exc.__class__.__name__}: {exc}".rstrip(": "),
+                    method=method,
+                    url=str(url),
+                ) from exc
+
+    async def _read(self, resp: aiohttp.ClientResponse, method: str, url: str) -> bytes:
+        length = resp.content_length
+        if length is not None and length > self._max_bytes:
+            raise MalformedResponseError(
+                f"the response of {length} bytes is over the cap of {self._max_bytes}",
+                status=resp.status,
+                method=method,
+                url=url,
+            )
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in resp.content.iter_chunked(1 << 16):
+            size += len(chunk)
+            if size > self._max_bytes:
+                raise MalformedResponseError(
+                    f"the response is over the cap of {self._max_bytes} bytes",
+                    status=resp.status,
+                    method=method,
+                    url=url,
+                )
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    def url(self, path: str) -> str:
+        """The request URL of `path`, relative to the base URL."""
+        return self.base_url + path
+
+    def _follow(self, href: str) -> str:
+        """The request URL of a `next` link: path and query kept, host our own."""
+        parts = urlsplit(href)
+        path = parts.path + (f"?{parts.query}" if parts.query else "")
+        url = self._origin + path if path.startswith("/") else urljoin(self.base_url, path)
+        base_path = urlsplit(self.base_url).path.lower()
+        if not urlsplit(url).path.lower().startswith(base_path):
+            raise MalformedResponseError(f"a next link leaves the account: {href!r}")
+        return url
+
+    async def _pages(
+        self, first: str, kind: RequestKind, parse: Callable[[bytes], Page[T]]
+    ) -> AsyncIterator[T]:
+        url: str | None = first
+        seen: set[str] = set()
+        while url is not None:
+            if url in seen:
+                raise MalformedResponseError(f"the feed loops back to {url}")
+            seen.add(url)
+            page = await self._send("GET", url, kind=kind, parse=parse)
+            for item in page.items:
+                yield item
+            url = self._follow(page.next_href) if page.next_href else None
+
+    # --- the API ----------------------------------------------------------------------
+
+    async def verify(self) -> tuple[str, ...]:
+        """GET the service document: proves the credentials and the base URL work.
+
+        Returns:
+            the collection hrefs the service document lists.
+        """
+        return await self._send(
+            "GET", self.base_url, kind="service", parse=codec.parse_service_document
+        )
+
+    async def lists(self) -> list[ContactList]:
+        """Every list of the account, all pages, system lists included (see `is_system`)."""
+        return [
+            item async for item in self._pages(self.url("lists"), "lists", codec.parse_lists_page)
+        ]
+
+    async def resolve_lists(self, names: Iterable[str]) -> dict[str, ContactList]:
+        """Map list names to lists, by exact name (never by SortOrder or position).
+
+        Raises:
+            ConfigError: a name is unknown or a system list; the message lists the names
+                the account has.
+        """
+        wanted = list(dict.fromkeys(names))
+        by_name: dict[str, ContactList] = {}
+        for item in await self.lists():
+            if not item.is_system:
+                by_name.setdefault(item.name, item)
+        unknown = [n for n in wanted if n not in by_name]
+        if unknown:
+            have = ", ".join(repr(n) for n in sorted(by_name)) or "none"
+            raise ConfigError(
+                f"unknown list name(s) {', '.join(repr(n) for n in unknown)}; the account has: "
+                f"{have}. Fix the name, or pass --create-lists to create them."
+            )
+        return {name: by_name[name] for name in wanted}
+
+    async def create_list(
+        self, name: str, *, sort_order: int = 99, opt_in_default: bool = False
+    ) -> ContactList:
+        """Create a list (409 `ConflictError` when the name exists)."""
+        return await self._send(
+            "POST",
+            self.url("lists"),
+            kind="lists",
+            parse=codec.parse_list_entry,
+            expect=(201,),
+            data=codec.build_list_entry(name, sort_order=sort_order, opt_in_default=opt_in_default),
+            content_type=ATOM,
+        )
+
+    async def search_contacts(self, emails: Sequence[str]) -> dict[str, ContactSummary]:
+        """Look contacts up by email, up to 50 per request; missing emails are absent.
+
+        Emails are lower-cased and URL-encoded (the search is case-sensitive and the server
+        stores lower case). A 500 that persists for one retry is read as "none found": the
+        API documents 500 as one answer for a miss, and a wrong guess is safe, because the
+        POST of a contact that exists gets 409 and goes through the merge.
+        """
+        found: dict[str, ContactSummary] = {}
+        unique = list(dict.fromkeys(e.strip().lower() for e in emails))
+        for start in range(0, len(unique), SEARCH_BATCH):
+            batch = unique[start : start + SEARCH_BATCH]
+            query = "&".join("email=" + quote(e, safe="") for e in batch)
+            try:
+                page = await self._send(
+                    "GET",
+                    self.url(f"contacts?{query}"),
+                    kind="contacts",
+                    parse=codec.parse_contacts_page,
+                    retry=self._search_retry,
+                )
+            except ServerError:
+                log.info("search of %d emails answered 5xx twice: read as not found", len(batch))
+                continue
+            wanted = set(batch)
+            for summary in page.items:
+                if summary.email.lower() in wanted:
+                    found[summary.email.lower()] = summary
+        return found
+
+    async def get_contact(self, key: str) -> ContactEntry:
+        """GET the full entry of a contact (by numeric id or id URI)."""
+        return await self._send(
+            "GET",
+            self.url(f"contacts/{uri_key(key)}"),
+            kind="contacts",
+            parse=codec.parse_contact_entry,
+        )
+
+    async def put_contact(self, entry: ContactEntry, body: bytes) -> None:
+        """PUT a whole contact entry back (204). The body must come from `merge_contact_lists`.
+
+        Raises:
+            DoNotMailError: the contact is on the Do Not Mail list (403).
+        """
+        await self._send(
+            "PUT",
+            self.url(f"contacts/{entry.key}"),
+            kind="contact-write",
+            parse=lambda _: None,
+            expect=(204, 200, 201),
+            data=body,
+            content_type=ATOM,
+        )
+
+    async def create_contact(
+        self, email: str, list_uris: Sequence[str], fields: Mapping[str, str] | None = None
+    ) -> str:
+        """POST a new contact with `OptInSource` `ACTION_BY_CUSTOMER` on `list_uris`.
+
+        Returns:
+            the new contact's id URI.
+
+        Raises:
+            ConflictError: the email exists, in any status (409).
+        """
+        body = codec.build_contact_entry(email.strip().lower(), list_uris, fields or {})
+
+        def parse_created(raw: bytes) -> str:
+            return codec.parse_contact_entry(raw).id if raw.strip() else ""
+
+        return await self._send(
+            "POST",
+            self.url("contacts"),
+            kind="contact-write",
+            parse=parse_created,
+            expect=(201,),
+            data=body,
+            content_type=ATOM,
+        )
+
+    async def list_members(self, list_key: str) -> AsyncIterator[ListMember]:
+        """Every member of a list, page by page."""
+        first = self.url(f"lists/{uri_key(list_key)}/members")
+        async for member in self._pages(first, "members", codec.parse_members_page):
+            yield member
+
+    async def submit_activity(self, body: bytes) -> Activity:
+        """POST a bulk activity (a body from `encode_add_contacts`); answers 201."""
+        return await self._send(
+            "POST",
+            self.url("activities"),
+            kind="activities",
+            parse=codec.parse_activity,
+            expect=(201,),
+            data=body,
+            content_type=FORM,
+        )
+
+    async def get_activity(self, key: str) -> Activity:
+        """GET an activity's status and line errors."""
+        return await self._send(
+            "GET",
+            self.url(f"activities/{uri_key(key)}"),
+            kind="activities",
+            parse=codec.parse_activity,
+        )

@@ -1,0 +1,190 @@
+"""The request-rate governor every request of an account passes through.
+
+One `RateGovernor` is shared by all stages (and may be shared by several accounts that
+share an application's budget). It holds three limits:
+
+- a rate: requests are spaced `1/rate` seconds apart (the generic cell rate algorithm, a
+  token bucket of depth `burst`); `rate=None` means no rate limit until the server throttles;
+- a concurrency: at most `concurrency` requests in flight (an anyio `CapacityLimiter`);
+- a daily budget: at most `daily_budget` requests per UTC day, then `QuotaExhaustedError`.
+
+A throttle answer halves the rate and the concurrency (multiplicative decrease) and pauses
+every request for `Retry-After` when the server sent one; each success raises them again a
+little (additive increase), so recovery is gradual. With `rate=None`, the first throttle
+sets the rate to half the rate observed over the last second, which is how the governor
+discovers an unannounced limit.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+import anyio
+
+from engine.errors import ConfigError, QuotaExhaustedError
+
+__all__ = ["GovernorStats", "RateGovernor"]
+
+
+@dataclass(frozen=True, slots=True)
+class GovernorStats:
+    """A snapshot of the governor.
+
+    Attributes:
+        requests: requests let through so far.
+        throttles: throttle answers reported.
+        rate: the current rate limit in requests/s (None: unlimited).
+        concurrency: the current concurrency limit.
+        in_flight: requests holding a slot now.
+        waiting: requests waiting for a slot.
+    """
+
+    requests: int
+    throttles: int
+    rate: float | None
+    concurrency: int
+    in_flight: int
+    waiting: int
+
+
+class RateGovernor:
+    """Spaces, bounds and budgets requests; learns from throttle answers.
+
+    Args:
+        rate: requests per second (None: unlimited until the server throttles).
+        concurrency: the most requests in flight at once.
+        burst: how many requests may go back to back after an idle spell.
+        daily_budget: the most requests per UTC day (None: no budget).
+        used_today: requests already spent today (e.g. by an earlier run).
+        clock: a monotonic clock in seconds (tests inject one).
+    """
+
+    def __init__(
+        self,
+        *,
+        rate: float | None = 4.0,
+        concurrency: int = 8,
+        burst: int = 1,
+        daily_budget: int | None = None,
+        used_today: int = 0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if rate is not None and not rate > 0:
+            raise ConfigError(f"the rate limit must be above 0 requests/s, not {rate}")
+        if concurrency < 1:
+            raise ConfigError(f"the concurrency must be at least 1, not {concurrency}")
+        if burst < 1:
+            raise ConfigError(f"the burst must be at least 1, not {burst}")
+        if daily_budget is not None and daily_budget < 1:
+            raise ConfigError(f"the daily budget must be at least 1, not {daily_budget}")
+        self._max_rate = rate
+        self._rate = rate
+        self._burst = burst
+        self._max_concurrency = concurrency
+        self._limiter = anyio.CapacityLimiter(concurrency)
+        self._daily_budget = daily_budget
+        self._used_today = used_today
+        self._day = dt.datetime.now(dt.UTC).date()
+        self._clock = clock
+        self._tat = 0.0  # theoretical arrival time of the next request (GCRA)
+        self._paused_until = 0.0
+        self._recent: deque[float] = deque()
+        self._requests = 0
+        self._throttles = 0
+        self._successes = 0
+
+    def __repr__(self) -> str:
+        s = self.stats()
+        rate = "unlimited" if s.rate is None else f"{s.rate:.2f}/s"
+        return (
+            f"<RateGovernor [rate {rate} | {s.in_flight}/{s.concurrency} in flight, "
+            f"{s.waiting} waiting | {s.requests} requests, {s.throttles} throttled]>"
+        )
+
+    def stats(self) -> GovernorStats:
+        """The current limits and counters."""
+        lim = self._limiter.statistics()
+        return GovernorStats(
+            requests=self._requests,
+            throttles=self._throttles,
+            rate=self._rate,
+            concurrency=int(self._limiter.total_tokens),
+            in_flight=lim.borrowed_tokens,
+            waiting=lim.tasks_waiting,
+        )
+
+    @property
+    def used_today(self) -> int:
+        """Requests spent in the current UTC day."""
+        return self._used_today
+
+    @asynccontextmanager
+    async def slot(self) -> AsyncIterator[None]:
+        """Hold a slot for one request: within the concurrency, rate and daily budget.
+
+        Raises:
+            QuotaExhaustedError: the daily budget is spent.
+        """
+        async with self._limiter:
+            self._spend_budget()
+            await self._wait_turn()
+            yield
+
+    def _spend_budget(self) -> None:
+        today = dt.datetime.now(dt.UTC).date()
+        if today != self._day:
+            self._day, self._used_today = today, 0
+        if self._daily_budget is not None and self._used_today >= self._daily_budget:
+            raise QuotaExhaustedError(
+                f"the daily budget of {self._daily_budget} requests is spent; it resets at "
+                "midnight UTC. Run the same command again then to resume."
+            )
+        self._used_today += 1
+
+    async def _wait_turn(self) -> None:
+        now = self._clock()
+        start = max(now, self._paused_until)
+        if self._rate is not None:
+            interval = 1.0 / self._rate
+            tolerance = (self._burst - 1) * interval
+            tat = max(self._tat, start)
+            start = max(start, tat - tolerance)
+            self._tat = tat + interval
+        if start > now:
+            await anyio.sleep(start - now)
+        self._requests += 1
+        stamp = self._clock()
+        self._recent.append(stamp)
+        while self._recent and self._recent[0] < stamp - 1.0:
+            self._recent.popleft()
+
+    def on_success(self) -> None:
+        """Report a success: raise the rate and concurrency a little, up to their caps."""
+        self._successes += 1
+        if self._rate is not None:
+            step = 0.02 * (self._max_rate or self._rate)
+            ceiling = self._max_rate if self._max_rate is not None else math.inf
+            self._rate = min(ceiling, self._rate + step)
+        total = int(self._limiter.total_tokens)
+        if total < self._max_concurrency and self._successes >= total:
+            self._successes = 0
+            self._limiter.total_tokens = total + 1
+
+    def on_throttle(self, retry_after: float | None) -> None:
+        """Report a throttle answer: halve rate and concurrency; pause for `retry_after`."""
+        self._throttles += 1
+        self._successes = 0
+        if self._rate is None:
+            observed = len(self._recent) or 1
+            self._rate = max(0.5, observed / 2)
+        else:
+            self._rate = max(0.1, self._rate / 2)
+        self._limiter.total_tokens = max(1, int(self._limiter.total_tokens) // 2)
+        if retry_after is not None and retry_after > 0:
+            self._paused_until = max(self._paused_until, self._clock() + retry_after)

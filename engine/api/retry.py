@@ -1,0 +1,98 @@
+"""The one retry policy: what is retried, how often, and how long we wait.
+
+Retried: `RetryableApiError` (connection lost, timeouts, 5xx, 429, throttle 403s, bodies
+that do not parse). Never retried: 400, 401, 404, 409, 415 (they raise other classes).
+
+The wait before attempt n+1 is ``min(wait_max, wait_initial * 2**(n-1)) + uniform(0,
+wait_jitter)``, but never less than a `Retry-After` the server sent. Attempts and total time
+are both bounded; when they run out the *last* error is raised (never tenacity's
+`RetryError`). All times are float seconds.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception_type,
+    stop_after_attempt,
+    stop_after_delay,
+    wait_exponential_jitter,
+)
+
+from engine.errors import ConfigError, RetryableApiError, ThrottledError
+
+__all__ = ["RetryPolicy"]
+
+log = logging.getLogger("engine.api")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RetryPolicy:
+    """How the client retries a request.
+
+    Attributes:
+        attempts: tries per request, the first included.
+        timeout: total seconds one request may spend across its attempts.
+        wait_initial: the first backoff, in seconds.
+        wait_max: the cap on one backoff (before jitter), in seconds.
+        wait_jitter: up to this many random seconds added to each backoff.
+    """
+
+    attempts: int = 8
+    timeout: float = 300.0
+    wait_initial: float = 0.5
+    wait_max: float = 30.0
+    wait_jitter: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.attempts < 1:
+            raise ConfigError(f"RetryPolicy.attempts must be at least 1, not {self.attempts}")
+        for name in ("timeout", "wait_initial", "wait_max", "wait_jitter"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"RetryPolicy.{name} cannot be negative")
+
+    def retrying(
+        self,
+        *,
+        sleep: Callable[[float], Awaitable[None]] | None = None,
+        on_retry: Callable[[RetryableApiError, float], None] | None = None,
+    ) -> AsyncRetrying:
+        """A tenacity `AsyncRetrying` for this policy.
+
+        Args:
+            sleep: the sleep to use (tests pass a no-op).
+            on_retry: called with the error and the wait before each retry.
+        """
+        backoff = wait_exponential_jitter(
+            multiplier=self.wait_initial, max=self.wait_max, jitter=self.wait_jitter
+        )
+
+        def wait(state: RetryCallState) -> float:
+            seconds = backoff(state)
+            error = state.outcome.exception() if state.outcome else None
+            if isinstance(error, ThrottledError) and error.retry_after is not None:
+                seconds = max(seconds, error.retry_after)
+            return seconds
+
+        def before_sleep(state: RetryCallState) -> None:
+            error = state.outcome.exception() if state.outcome else None
+            seconds = state.next_action.sleep if state.next_action else 0.0
+            if isinstance(error, RetryableApiError):
+                log.info("retry %d in %.2fs after: %s", state.attempt_number, seconds, error)
+                if on_retry is not None:
+                    on_retry(error, seconds)
+
+        extra = {"sleep": sleep} if sleep is not None else {}
+        return AsyncRetrying(
+            retry=retry_if_exception_type(RetryableApiError),
+            stop=stop_after_attempt(self.attempts) | stop_after_delay(self.timeout),
+            wait=wait,
+            before_sleep=before_sleep,
+            reraise=True,
+            **extra,  # type: ignore[arg-type]
+        )

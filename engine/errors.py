@@ -1,0 +1,200 @@
+"""Every error the engine raises, split by what the caller should do next.
+
+```
+EngineError
+ ├── ConfigError                  bad configuration: fix it and run again (nothing was written)
+ ├── SourceError                  the input source cannot be read at all
+ ├── ApiError                     an answer (or no answer) from the API
+ │    ├── RetryableApiError       try the same request again later
+ │    │    ├── ThrottledError      the API refused for rate; honours retry_after
+ │    │    ├── ServerError         5xx
+ │    │    ├── ConnectionLostError connection refused/reset, timeout
+ │    │    └── MalformedResponseError  the body did not parse (truncated, oversize, not XML)
+ │    ├── SkippableApiError       give up on this contact, the run goes on
+ │    │    ├── NotFoundError       404
+ │    │    ├── ConflictError       409 (the email or list name exists)
+ │    │    ├── BadRequestError     400 (field too long, missing list, malformed entry)
+ │    │    └── DoNotMailError      403 on a contact write: the contact opted out
+ │    └── FatalApiError           stop the run: nothing later can succeed
+ │         ├── AuthenticationError 401: key%username or password wrong
+ │         ├── AccessDeniedError   403: trailing slash, http instead of https, other account
+ │         ├── UnsupportedMediaError 415: a bug in the request we built
+ │         └── QuotaExhaustedError the daily request budget is spent
+ └── PipelineError                a stage failed; carries the stage name
+```
+
+Messages name the likely cause, because the v1 API's own error bodies rarely do. No error
+ever carries a password or API key: URLs are stored without userinfo, and bodies are trimmed
+excerpts of what the server sent.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "AccessDeniedError",
+    "ApiError",
+    "AuthenticationError",
+    "BadRequestError",
+    "ConfigError",
+    "ConflictError",
+    "ConnectionLostError",
+    "DoNotMailError",
+    "EngineError",
+    "FatalApiError",
+    "MalformedResponseError",
+    "NotFoundError",
+    "PipelineError",
+    "QuotaExhaustedError",
+    "RetryableApiError",
+    "ServerError",
+    "SkippableApiError",
+    "SourceError",
+    "ThrottledError",
+    "UnsupportedMediaError",
+]
+
+
+class EngineError(Exception):
+    """Root of every error the engine raises on purpose."""
+
+
+class ConfigError(EngineError):
+    """Raised when the configuration cannot work; nothing has been written."""
+
+
+class SourceError(EngineError):
+    """Raised when the input source cannot be opened or decoded as a whole."""
+
+
+class ApiError(EngineError):
+    """Raised for an answer of the API that is not a success.
+
+    Attributes:
+        status: HTTP status code, or None when no answer arrived.
+        method: HTTP method of the request.
+        url: the request URL (never with credentials in it).
+        body: the first 500 characters of the error body, as text.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        method: str = "",
+        url: str = "",
+        body: str = "",
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status = status
+        self.method = method
+        self.url = url
+        self.body = body
+
+    def __str__(self) -> str:
+        where = f"{self.method} {self.url}".strip()
+        status = f"{self.status} " if self.status is not None else ""
+        return f"{status}{self.message}" + (f" ({where})" if where else "")
+
+
+# --- retry: the same request may succeed later ------------------------------------------
+
+
+class RetryableApiError(ApiError):
+    """Raised when the request can safely be sent again after a pause."""
+
+
+class ThrottledError(RetryableApiError):
+    """Raised when the API refused the request for rate (429, or a 403 naming the limit).
+
+    Attributes:
+        retry_after: seconds the server asked us to wait, when it said so.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        retry_after: float | None = None,
+        status: int | None = None,
+        method: str = "",
+        url: str = "",
+        body: str = "",
+    ) -> None:
+        super().__init__(message, status=status, method=method, url=url, body=body)
+        self.retry_after = retry_after
+
+
+class ServerError(RetryableApiError):
+    """Raised for a 5xx answer."""
+
+
+class ConnectionLostError(RetryableApiError):
+    """Raised when no answer arrived: refused, reset, or timed out."""
+
+
+class MalformedResponseError(RetryableApiError):
+    """Raised when a success answer cannot be parsed: truncated, oversize or not XML.
+
+    Retryable because a truncated body is most often a transient network fault; if it
+    persists past the retry budget the contact is recorded as failed.
+    """
+
+
+# --- skip: this contact cannot be done, the run goes on ---------------------------------
+
+
+class SkippableApiError(ApiError):
+    """Raised when this one contact or request cannot succeed; the run goes on."""
+
+
+class NotFoundError(SkippableApiError):
+    """Raised for a 404: the contact, list or activity does not exist (any more)."""
+
+
+class ConflictError(SkippableApiError):
+    """Raised for a 409: the email (in any status) or list name already exists."""
+
+
+class BadRequestError(SkippableApiError):
+    """Raised for a 400: the server rejected the content (lengths, lists, XML)."""
+
+
+class DoNotMailError(SkippableApiError):
+    """Raised for a 403 on a contact write: the contact is on the Do Not Mail list."""
+
+
+# --- stop: nothing later can succeed ----------------------------------------------------
+
+
+class FatalApiError(ApiError):
+    """Raised when the whole run must stop; the message says what to change."""
+
+
+class AuthenticationError(FatalApiError):
+    """Raised for a 401: the API key, username or password is wrong."""
+
+
+class AccessDeniedError(FatalApiError):
+    """Raised for a 403 that is neither throttling nor Do Not Mail."""
+
+
+class UnsupportedMediaError(FatalApiError):
+    """Raised for a 415: the engine built a request the API does not accept."""
+
+
+class QuotaExhaustedError(FatalApiError):
+    """Raised when the daily request budget is spent; the run can resume after the reset."""
+
+
+class PipelineError(EngineError):
+    """Raised when a pipeline stage fails; `stage` names it and `__cause__` is the error.
+
+    Attributes:
+        stage: the stage that failed ("read", "fetch", "merge", "put", "bulk", "record").
+    """
+
+    def __init__(self, stage: str, cause: BaseException) -> None:
+        super().__init__(f"the {stage} stage failed: {cause}")
+        self.stage = stage
