@@ -1,0 +1,94 @@
+"""The migration's configuration: frozen, keyword-only, validated, safe by default."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from engine.api.activities import MAX_ACTIVITY_BYTES, MAX_ACTIVITY_ROWS
+from engine.errors import ConfigError
+from engine.pipeline.read import ReadOptions
+
+__all__ = ["MigrationConfig", "StageLimits"]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StageLimits:
+    """How many workers each stage runs (requests in flight are also capped by the governor).
+
+    Attributes:
+        fetch: workers searching (50 emails a request) and fetching full entries.
+        put: workers sending PUT and POST requests.
+        bulk: activities in flight at once.
+    """
+
+    fetch: int = 4
+    put: int = 8
+    bulk: int = 4
+
+    def __post_init__(self) -> None:
+        for name in ("fetch", "put", "bulk"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"the {name} limit must be at least 1")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MigrationConfig:
+    """How to migrate.
+
+    Attributes:
+        lists: list names every contact must be on (with or instead of a lists column).
+        read: how to read the source (columns, lists column, encoding).
+        bulk_threshold: a flushed batch of at least this many contacts goes to a bulk
+            activity (the API's own rule is 25); None never uses bulk.
+        bulk_max_rows: rows per activity (the API allows 20,000).
+        bulk_max_bytes: encoded bytes per activity (4 MB, a precaution).
+        create_lists: create target lists the account lacks instead of stopping.
+        skip_removed: leave contacts in `Removed` status alone (`skipped`, reason `removed`)
+            instead of re-adding them, which makes them Active again.
+        limits: workers per stage.
+        queue_size: capacity of each queue between stages.
+        max_pending: contacts the planner holds in unflushed batches before it flushes the
+            largest (keeps memory flat with many list sets).
+        linger: seconds an unfilled batch of a streaming source waits before it is flushed.
+        poll_initial: first wait before polling an activity, in seconds.
+        poll_max: the longest wait between polls, in seconds.
+        poll_timeout: seconds after which an unfinished activity is given up (its contacts
+            then go through the per-contact path, which is safe to repeat).
+        sample_size: contacts read back after the first bulk activity to prove it kept
+            their other memberships.
+        progress_interval: seconds between progress events.
+    """
+
+    lists: tuple[str, ...] = ()
+    read: ReadOptions = field(default_factory=ReadOptions)
+    bulk_threshold: int | None = 25
+    bulk_max_rows: int = MAX_ACTIVITY_ROWS
+    bulk_max_bytes: int = MAX_ACTIVITY_BYTES
+    create_lists: bool = False
+    skip_removed: bool = False
+    limits: StageLimits = field(default_factory=StageLimits)
+    queue_size: int = 1024
+    max_pending: int = 60_000
+    linger: float = 2.0
+    poll_initial: float = 5.0
+    poll_max: float = 30.0
+    poll_timeout: float = 3 * 3600.0
+    sample_size: int = 5
+    progress_interval: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.bulk_threshold is not None and self.bulk_threshold < 1:
+            raise ConfigError("bulk_threshold must be at least 1 (or None to never use bulk)")
+        if not 1 <= self.bulk_max_rows <= MAX_ACTIVITY_ROWS:
+            raise ConfigError(f"bulk_max_rows must be between 1 and {MAX_ACTIVITY_ROWS}")
+        if self.bulk_max_bytes < 10_000:
+            raise ConfigError("bulk_max_bytes must be at least 10,000")
+        if self.queue_size < 1 or self.max_pending < 1:
+            raise ConfigError("queue_size and max_pending must be at least 1")
+        for name in ("linger", "poll_initial", "poll_max", "poll_timeout", "progress_interval"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} cannot be negative")
+        if self.sample_size < 0:
+            raise ConfigError("sample_size cannot be negative")
+        if any(not name.strip() for name in self.lists):
+            raise ConfigError("a list name is empty")

@@ -1,0 +1,129 @@
+"""The records that flow between the stages, and the outcomes they end in."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+__all__ = [
+    "OUTCOMES",
+    "Batch",
+    "Contact",
+    "Outcome",
+    "OutcomeKind",
+    "Rejected",
+    "SourceRow",
+    "Stage",
+]
+
+#: The stages, by the names used in config, stats, logs and errors.
+Stage = Literal["read", "plan", "fetch", "merge", "put", "bulk", "record"]
+
+#: What happened to an input email; invariant I3 says every row ends in exactly one.
+OutcomeKind = Literal[
+    "created", "updated", "unchanged", "bulk_added", "skipped", "rejected", "failed"
+]
+OUTCOMES: tuple[OutcomeKind, ...] = (
+    "created",
+    "updated",
+    "unchanged",
+    "bulk_added",
+    "skipped",
+    "rejected",
+    "failed",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class SourceRow:
+    """A valid input row, normalised.
+
+    Attributes:
+        lines: the source line numbers (1-based; item numbers for iterables); more than
+            one when the reader coalesced duplicate rows of this email.
+        email: trimmed, lower-cased, validated.
+        fields: v1 element name -> value, only the non-empty values the source gave.
+        lists: the names of the row's own target lists (from the lists column).
+    """
+
+    lines: tuple[int, ...]
+    email: str
+    fields: dict[str, str]
+    lists: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Rejected:
+    """An input row that cannot be migrated.
+
+    Attributes:
+        line: the row's line number.
+        email: the email as given (possibly empty or invalid).
+        reason: why, in words a user can act on.
+    """
+
+    line: int
+    email: str
+    reason: str
+
+
+@dataclass(slots=True)
+class Contact:
+    """One email to migrate: duplicate rows coalesced into one.
+
+    Attributes:
+        email: the normalised email.
+        targets: list key -> list id URI of the lists it must end up on.
+        fields: v1 element name -> value; later non-empty values win.
+        rows: the source lines that named this email.
+    """
+
+    email: str
+    targets: dict[str, str]
+    fields: dict[str, str] = field(default_factory=dict)
+    rows: list[int] = field(default_factory=list)
+
+    def absorb(self, other: Contact) -> None:
+        """Coalesce a duplicate: union of targets, later non-empty fields win."""
+        self.targets.update(other.targets)
+        self.fields.update(other.fields)
+        self.rows.extend(other.rows)
+
+    @property
+    def target_set(self) -> frozenset[str]:
+        """The target list keys, as the batching key."""
+        return frozenset(self.targets)
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    """Contacts that share one target list set, flushed together by the planner.
+
+    Attributes:
+        contacts: the contacts, each email once.
+        targets: list key -> list id URI, common to all of them.
+    """
+
+    contacts: tuple[Contact, ...]
+    targets: dict[str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What happened to one email (or one rejected row).
+
+    Attributes:
+        email: the email.
+        kind: the outcome.
+        rows: the source lines it covers.
+        reason: why, when not a success (`opted-out`, `removed`, an API message, …).
+        lists_added: keys of the lists the engine added (or asked bulk to add).
+        path: "contact", "bulk" or "" (rejected before planning).
+    """
+
+    email: str
+    kind: OutcomeKind
+    rows: tuple[int, ...]
+    reason: str = ""
+    lists_added: tuple[str, ...] = ()
+    path: str = ""

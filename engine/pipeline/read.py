@@ -1,0 +1,465 @@
+"""The read stage: sources to validated rows, one `SourceRow` per email, or `Rejected`.
+
+Sources: a CSV file (any common delimiter, UTF-8 with or without BOM, or another encoding
+when asked), a JSON Lines file, or any (async) iterable of mappings. Columns are recognised
+by their usual header names, case-insensitively (`Email Address`, `email`, `E-mail`,
+`First Name`, `first_name`, … the v1 field set), or by an explicit mapping.
+
+Files are read twice. The first pass (`scan`) validates every row, collects the list names
+of the lists column and finds the emails that occur more than once, keeping only an 8-byte
+hash per row; the second pass holds the rows of a duplicated email until its last
+occurrence and yields them coalesced, so memory stays flat and each email is planned once
+(invariant I5). Iterables are read once; the planner coalesces their duplicates instead.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+from array import array
+from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from itertools import islice
+from pathlib import Path
+from typing import Any
+
+import anyio.lowlevel
+import anyio.to_thread
+
+from engine.errors import ConfigError, SourceError
+from engine.pipeline.models import Rejected, SourceRow
+
+__all__ = [
+    "FIELD_LIMITS",
+    "ReadOptions",
+    "Scan",
+    "Source",
+    "SourceReader",
+    "normalise_email",
+]
+
+#: What `migrate` accepts as a source.
+Source = str | Path | Iterable[Mapping[str, Any]] | AsyncIterable[Mapping[str, Any]]
+
+EMAIL = "EmailAddress"
+LISTS = "__lists__"
+
+#: v1 element -> the header spellings that mean it, compared without case, space or
+#: punctuation. The first spelling is the import vocabulary's own (API doc §6.2).
+_ALIASES: dict[str, tuple[str, ...]] = {
+    EMAIL: ("Email Address", "email", "e-mail", "e-mail address", "mail", "email_address"),
+    "EmailType": ("Email Type", "format"),
+    "FirstName": ("First Name", "first_name", "firstname", "given name", "forename"),
+    "MiddleName": ("Middle Name", "middle_name", "middle initial"),
+    "LastName": ("Last Name", "last_name", "surname", "family name"),
+    "JobTitle": ("Job Title", "job_title", "position"),
+    "CompanyName": ("Company Name", "company", "organization", "organisation"),
+    "HomePhone": ("Home Phone", "phone", "home_phone", "telephone"),
+    "WorkPhone": ("Work Phone", "work_phone", "business phone"),
+    "Addr1": ("Address Line 1", "address", "address 1", "addr1", "street"),
+    "Addr2": ("Address Line 2", "address 2", "addr2"),
+    "Addr3": ("Address Line 3", "address 3", "addr3"),
+    "City": ("City", "town"),
+    "StateCode": (
+        "US State/CA Province",
+        "state",
+        "state code",
+        "province",
+        "State/Province (US/Canada)",
+    ),
+    "StateName": ("Other State/Province", "state name", "region"),
+    "CountryCode": ("Country", "country code"),
+    "CountryName": ("Country Name",),
+    "PostalCode": ("Zip/Postal Code", "zip", "zip code", "postal code", "postcode"),
+    "SubPostalCode": ("Sub Zip/Postal Code", "zip4", "zip+4"),
+    "Note": ("Notes", "note", "comments"),
+    **{f"CustomField{n}": (f"Custom field {n}", f"custom{n}") for n in range(1, 16)},
+}
+
+
+def _norm(header: str) -> str:
+    return re.sub(r"[^0-9a-z]", "", header.lower())
+
+
+_BY_HEADER: dict[str, str] = {
+    _norm(alias): element for element, aliases in _ALIASES.items() for alias in (element, *aliases)
+}
+
+#: Field length limits. The v1 numbers are [U] (API doc §4.4): these follow v2's 50 and the
+#: simulator's defaults, so an over-long value is a `rejected` row, not a 400 mid-run.
+FIELD_LIMITS: dict[str, int] = {
+    EMAIL: 80,
+    "PostalCode": 25,
+    "SubPostalCode": 25,
+    "Note": 500,
+    "EmailType": 4,
+}
+_DEFAULT_LIMIT = 50
+
+_LOCAL = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*"
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_EMAIL_RE = re.compile(rf"^{_LOCAL}@(?:{_LABEL}\.)+(?:[A-Za-z]{{2,63}}|xn--[A-Za-z0-9-]{{1,59}})$")
+
+
+def normalise_email(raw: str) -> tuple[str, str]:
+    """Return `(email, "")` trimmed, lower-cased and valid, or `("", reason)`.
+
+    An internationalised domain is converted to its ASCII (punycode) form; a non-ASCII
+    local part is refused, since the v1 API predates SMTPUTF8.
+    """
+    email = raw.strip().lower()
+    if not email:
+        return "", "no email address"
+    if email.count("@") != 1:
+        return "", f"invalid email address {raw.strip()!r}"
+    local, domain = email.split("@")
+    if not local.isascii():
+        return "", f"invalid email address {raw.strip()!r}: the API accepts ASCII local parts only"
+    if not domain.isascii():
+        try:
+            domain = domain.encode("idna").decode("ascii")
+        except UnicodeError:
+            return "", f"invalid email address {raw.strip()!r}: bad internationalised domain"
+        email = f"{local}@{domain}"
+    if len(email) > FIELD_LIMITS[EMAIL]:
+        return "", f"email address longer than {FIELD_LIMITS[EMAIL]} characters"
+    if not _EMAIL_RE.match(email):
+        return "", f"invalid email address {raw.strip()!r}"
+    return email, ""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ReadOptions:
+    """How to read a source.
+
+    Attributes:
+        columns: explicit source column -> v1 element name (`EmailAddress`, `FirstName`,
+            …), or `lists` for the per-row lists column; wins over header recognition.
+        lists_column: the source column holding each row's list names, if any.
+        list_separator: separates list names in the lists column.
+        encoding: the text encoding of a file ("utf-8" also accepts a BOM).
+        format: "csv", "jsonl", or None to decide by the file extension.
+    """
+
+    columns: Mapping[str, str] = field(default_factory=dict)
+    lists_column: str | None = None
+    list_separator: str = ";"
+    encoding: str = "utf-8"
+    format: str | None = None
+
+    def __post_init__(self) -> None:
+        for column, element in self.columns.items():
+            if element != "lists" and element not in _ALIASES:
+                known = ", ".join(sorted(_ALIASES))
+                raise ConfigError(
+                    f"column {column!r} maps to {element!r}, which is no v1 field; use one "
+                    f"of: {known}, or 'lists'"
+                )
+        if self.format not in (None, "csv", "jsonl"):
+            raise ConfigError(f"format must be 'csv' or 'jsonl', not {self.format!r}")
+        try:
+            "".encode(self.encoding)
+        except LookupError as exc:
+            raise ConfigError(f"unknown encoding {self.encoding!r}") from exc
+
+
+@dataclass(slots=True)
+class Scan:
+    """What the first pass over a file found.
+
+    Attributes:
+        rows: data rows read.
+        rejected: rows rejected.
+        list_names: the names met in the lists column.
+        duplicates: hash -> number of rows, for the emails seen more than once.
+    """
+
+    rows: int = 0
+    rejected: int = 0
+    list_names: set[str] = field(default_factory=set)
+    duplicates: dict[int, int] = field(default_factory=dict)
+
+
+class _Columns:
+    """A header, mapped once: position -> element (or LISTS)."""
+
+    def __init__(self, header: Iterable[str], options: ReadOptions) -> None:
+        explicit = {_norm(k): v for k, v in options.columns.items()}
+        lists_column = _norm(options.lists_column) if options.lists_column else None
+        self.names = [str(h) for h in header]
+        self.mapping: dict[int, str] = {}
+        for position, name in enumerate(self.names):
+            key = _norm(name)
+            element = explicit.get(key)
+            if element == "lists" or (lists_column is not None and key == lists_column):
+                self.mapping[position] = LISTS
+            elif element is not None or key in _BY_HEADER:
+                self.mapping[position] = element or _BY_HEADER[key]
+        found = set(self.mapping.values())
+        if EMAIL not in found:
+            shown = ", ".join(repr(n) for n in self.names[:12]) or "no columns"
+            raise SourceError(
+                f"no email column: the header has {shown}. Name one 'Email Address' or "
+                "'email', or map it with --column 'HEADER=EmailAddress'"
+            )
+        if options.lists_column and LISTS not in found:
+            raise SourceError(f"the lists column {options.lists_column!r} is not in the header")
+
+
+def _row(
+    line: int, values: Mapping[str, Any] | list[str], columns: _Columns, options: ReadOptions
+) -> SourceRow | Rejected:
+    fields: dict[str, str] = {}
+    lists: tuple[str, ...] = ()
+    raw_email = too_long = ""
+    items = (
+        ((p, values[p]) for p in columns.mapping if p < len(values))
+        if isinstance(values, list)
+        else ((p, values.get(columns.names[p])) for p in columns.mapping)
+    )
+    for position, value in items:
+        element = columns.mapping[position]
+        if value is None:
+            continue
+        if element == LISTS:
+            names = value if isinstance(value, list) else str(value).split(options.list_separator)
+            lists = tuple(dict.fromkeys(n.strip() for n in map(str, names) if str(n).strip()))
+            continue
+        text = str(value).strip()
+        if element == EMAIL:
+            raw_email = text
+        elif text:
+            limit = FIELD_LIMITS.get(element, _DEFAULT_LIMIT)
+            if len(text) > limit and not too_long:
+                too_long = f"{element} is {len(text)} characters; the API's limit is {limit}"
+            fields[element] = text
+    if too_long:
+        return Rejected(line, raw_email, too_long)
+    email, reason = normalise_email(raw_email)
+    if reason:
+        return Rejected(line, raw_email, reason)
+    return SourceRow((line,), email, fields, lists)
+
+
+def _decoded_lines(path: Path, encoding: str) -> Iterator[tuple[int, str, str]]:
+    """(line number, text, error) per physical line; undecodable bytes become an error."""
+    codec = "utf-8-sig" if encoding.lower().replace("_", "-") in ("utf-8", "utf8") else encoding
+    with path.open("rb") as binary:
+        for number, raw in enumerate(binary, 1):
+            try:
+                yield number, raw.decode(codec if number == 1 else codec.replace("-sig", "")), ""
+            except UnicodeDecodeError as exc:
+                bad = raw[exc.start : exc.end]
+                yield (
+                    number,
+                    raw.decode(encoding, "replace"),
+                    (
+                        f"line {number} has bytes {bad!r} that are not {encoding}; re-save the "
+                        "file as UTF-8 or pass --encoding (e.g. latin-1)"
+                    ),
+                )
+
+
+class SourceReader:
+    """Reads a source into `SourceRow`s and `Rejected`s.
+
+    Args:
+        source: a path (CSV or JSON Lines by extension), or an (async) iterable of mappings.
+        options: columns, lists column, encoding.
+    """
+
+    def __init__(self, source: Source, options: ReadOptions | None = None) -> None:
+        self.options = options or ReadOptions()
+        self.path: Path | None = None
+        self._iterable: Iterable[Mapping[str, Any]] | AsyncIterable[Mapping[str, Any]] | None
+        if isinstance(source, str | Path):
+            self.path = Path(source)
+            self._iterable = None
+            if not self.path.is_file():
+                raise SourceError(f"the source {self.path} does not exist or is not a file")
+            fmt = self.options.format or (
+                "jsonl" if self.path.suffix.lower() in (".jsonl", ".ndjson", ".json") else "csv"
+            )
+            self.format = fmt
+        else:
+            self._iterable = source
+            self.format = "iterable"
+        self.scan_result: Scan | None = None
+
+    # --- files: synchronous, run in a worker thread -----------------------------------
+
+    def _file_rows(self) -> Iterator[SourceRow | Rejected]:
+        assert self.path is not None
+        if self.format == "jsonl":
+            yield from self._jsonl_rows()
+        else:
+            yield from self._csv_rows()
+
+    def _csv_rows(self) -> Iterator[SourceRow | Rejected]:
+        assert self.path is not None
+        lines = _decoded_lines(self.path, self.options.encoding)
+        head = list(islice(lines, 50))
+        sample = "".join(text for _, text, _ in head)
+        if not sample.strip():
+            raise SourceError(f"the source {self.path} is empty")
+        try:
+            dialect: type[csv.Dialect] | csv.Dialect = csv.Sniffer().sniff(sample, ",;\t|")
+        except csv.Error:
+            dialect = csv.excel
+        errors: dict[int, str] = {}
+
+        def texts() -> Iterator[str]:
+            for number, text, error in (*head, *lines):
+                if error:
+                    errors[number] = error
+                yield text
+
+        reader = csv.reader(texts(), dialect)
+        try:
+            header = next(reader)
+        except StopIteration:
+            raise SourceError(f"the source {self.path} has no header row") from None
+        columns = _Columns(header, self.options)
+        start = reader.line_num + 1
+        try:
+            for record in reader:
+                line, start = start, reader.line_num + 1
+                if not any(cell.strip() for cell in record):
+                    continue  # blank line
+                bad = next((errors.pop(n) for n in range(line, start) if n in errors), "")
+                if bad:
+                    yield Rejected(line, "", bad)
+                    continue
+                yield _row(line, record, columns, self.options)
+        except csv.Error as exc:
+            raise SourceError(f"{self.path} line {reader.line_num}: {exc}") from exc
+
+    def _jsonl_rows(self) -> Iterator[SourceRow | Rejected]:
+        assert self.path is not None
+        cache: dict[tuple[str, ...], _Columns] = {}
+        any_line = False
+        for number, text, error in _decoded_lines(self.path, self.options.encoding):
+            if not text.strip():
+                continue
+            any_line = True
+            if error:
+                yield Rejected(number, "", error)
+                continue
+            try:
+                value = json.loads(text)
+            except json.JSONDecodeError as exc:
+                yield Rejected(number, "", f"line {number} is not JSON: {exc.msg}")
+                continue
+            if not isinstance(value, dict):
+                yield Rejected(number, "", f"line {number} is not a JSON object")
+                continue
+            yield self._mapping_row(number, value, cache)
+        if not any_line:
+            raise SourceError(f"the source {self.path} is empty")
+
+    def _mapping_row(
+        self, number: int, value: Mapping[str, Any], cache: dict[tuple[str, ...], _Columns]
+    ) -> SourceRow | Rejected:
+        keys = tuple(str(k) for k in value)
+        columns = cache.get(keys)
+        if columns is None:
+            try:
+                columns = _Columns(keys, self.options)
+            except SourceError as exc:
+                return Rejected(number, "", str(exc))
+            if len(cache) < 1000:
+                cache[keys] = columns
+        return _row(number, value, columns, self.options)
+
+    def _scan(self) -> Scan:
+        scan = Scan()
+        # 8 bytes per row, in 256 buckets by the low byte, so the sort below never holds
+        # more than one bucket as Python ints: memory stays flat in the input size.
+        buckets = [array("q") for _ in range(256)]
+        for item in self._file_rows():
+            scan.rows += 1
+            if isinstance(item, Rejected):
+                scan.rejected += 1
+                continue
+            scan.list_names.update(item.lists)
+            h = hash(item.email)
+            buckets[h & 0xFF].append(h)
+        for index, bucket in enumerate(buckets):
+            ordered = sorted(bucket)
+            buckets[index] = array("q")
+            for i in range(1, len(ordered)):
+                if ordered[i] == ordered[i - 1]:
+                    scan.duplicates[ordered[i]] = scan.duplicates.get(ordered[i], 1) + 1
+        return scan
+
+    async def scan(self) -> Scan:
+        """First pass over a file (in a worker thread); a no-op for iterables."""
+        if self.path is None:
+            self.scan_result = Scan()
+        else:
+            self.scan_result = await anyio.to_thread.run_sync(self._scan)
+        return self.scan_result
+
+    def _coalesced(self, scan: Scan) -> Iterator[SourceRow | Rejected]:
+        held: dict[int, dict[str, SourceRow]] = {}
+        seen: dict[int, int] = {}
+        for item in self._file_rows():
+            if isinstance(item, Rejected):
+                yield item
+                continue
+            h = hash(item.email)
+            total = scan.duplicates.get(h)
+            if total is None:
+                yield item
+                continue
+            group = held.setdefault(h, {})
+            before = group.get(item.email)
+            group[item.email] = item if before is None else _merge_rows(before, item)
+            seen[h] = seen.get(h, 0) + 1
+            if seen[h] >= total:
+                yield from held.pop(h).values()
+                del seen[h]
+        for group in held.values():  # only if the file changed between the passes
+            yield from group.values()
+
+    async def rows(self) -> AsyncIterator[SourceRow | Rejected]:
+        """Yield every row, duplicates of a file coalesced; call `scan()` first for files."""
+        if self._iterable is not None:
+            number = 0
+            cache: dict[tuple[str, ...], _Columns] = {}
+            if isinstance(self._iterable, AsyncIterable):
+                async for value in self._iterable:
+                    number += 1
+                    yield self._item(number, value, cache)
+            else:
+                for value in self._iterable:
+                    number += 1
+                    yield self._item(number, value, cache)
+                    if number % 512 == 0:
+                        await anyio.lowlevel.checkpoint()
+            return
+        scan = self.scan_result or await self.scan()
+        iterator = self._coalesced(scan)
+        while True:
+            chunk = await anyio.to_thread.run_sync(lambda: list(islice(iterator, 1024)))
+            if not chunk:
+                return
+            for item in chunk:
+                yield item
+
+    def _item(
+        self, number: int, value: Any, cache: dict[tuple[str, ...], _Columns]
+    ) -> SourceRow | Rejected:
+        if not isinstance(value, Mapping):
+            return Rejected(number, "", f"item {number} is not a mapping")
+        return self._mapping_row(number, value, cache)
+
+
+def _merge_rows(first: SourceRow, later: SourceRow) -> SourceRow:
+    return SourceRow(
+        lines=first.lines + later.lines,
+        email=first.email,
+        fields={**first.fields, **later.fields},
+        lists=tuple(dict.fromkeys(first.lists + later.lists)),
+    )

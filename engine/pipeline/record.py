@@ -1,0 +1,108 @@
+"""The record stage: one report line per email, the run's counts, and progress."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import IO
+
+import anyio
+import anyio.to_thread
+from anyio.streams.memory import MemoryObjectReceiveStream
+
+from engine.pipeline.models import Outcome
+from engine.pipeline.stats import RunStats
+
+__all__ = ["ReportWriter", "record_outcomes"]
+
+SUCCESSES = frozenset({"created", "updated", "unchanged", "bulk_added"})
+
+
+class ReportWriter:
+    """Writes outcomes as JSON Lines, buffered, from a worker thread.
+
+    Each line: `email`, `outcome`, `reason` (when not a success), `lists_added` (list
+    names), `rows` (source line numbers; several when duplicate rows were coalesced), and
+    `path` (`contact` or `bulk`). Lines are whole: a crash never leaves half a line behind
+    more than the last, unflushed buffer.
+
+    Args:
+        path: the report file (truncated), or None to keep no report.
+        list_names: list key -> name, to report names rather than ids.
+    """
+
+    def __init__(self, path: Path | None, list_names: Mapping[str, str]) -> None:
+        self.path = path
+        self._names = dict(list_names)
+        self._buffer: list[str] = []
+        self._file: IO[str] | None = None
+
+    async def open(self) -> None:
+        """Create (truncate) the report file."""
+        if self.path is not None:
+            path = self.path
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._file = await anyio.to_thread.run_sync(lambda: path.open("w", encoding="utf-8"))
+
+    def line(self, outcome: Outcome) -> str:
+        """The JSON line of an outcome."""
+        record: dict[str, object] = {"email": outcome.email, "outcome": outcome.kind}
+        if outcome.kind not in SUCCESSES or outcome.reason:
+            record["reason"] = outcome.reason
+        record["lists_added"] = [self._names.get(k, k) for k in outcome.lists_added]
+        record["rows"] = list(outcome.rows)
+        if outcome.path:
+            record["path"] = outcome.path
+        return json.dumps(record, ensure_ascii=False) + "\n"
+
+    async def write(self, outcome: Outcome) -> None:
+        """Add an outcome; flushes every 2,000 lines."""
+        if self._file is None:
+            return
+        self._buffer.append(self.line(outcome))
+        if len(self._buffer) >= 2000:
+            await self.flush()
+
+    async def flush(self) -> None:
+        """Write the buffer out and flush the file."""
+        file = self._file
+        if file is None or not self._buffer:
+            return
+        data, self._buffer = "".join(self._buffer), []
+
+        def write() -> None:
+            file.write(data)
+            file.flush()
+
+        await anyio.to_thread.run_sync(write)
+
+    async def aclose(self) -> None:
+        """Flush and close; shielded from cancellation so the report stays whole."""
+        with anyio.CancelScope(shield=True):
+            await self.flush()
+            if self._file is not None:
+                file, self._file = self._file, None
+                await anyio.to_thread.run_sync(file.close)
+
+
+async def record_outcomes(
+    receive_outcomes: MemoryObjectReceiveStream[Outcome],
+    *,
+    writer: ReportWriter,
+    stats: RunStats,
+    on_done: Callable[[str], None],
+    on_outcome: Callable[[Outcome], None] | None = None,
+) -> None:
+    """The stage: count every outcome, write it, tell the planner the email is done."""
+    stage = stats.stages["record"]
+    async with receive_outcomes:
+        async for outcome in receive_outcomes:
+            stats.outcomes[outcome.kind] += len(outcome.rows)
+            stats.emails += 1
+            stage.done += 1
+            await writer.write(outcome)
+            if outcome.email:
+                on_done(outcome.email)
+            if on_outcome is not None:
+                on_outcome(outcome)

@@ -1,0 +1,155 @@
+"""Live counters of the stages, the progress event built from them, and error triage."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import anyio
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+
+from engine.api.codec import UnsafeMergeError
+from engine.errors import (
+    ApiError,
+    ConnectionLostError,
+    DoNotMailError,
+    FatalApiError,
+    QuotaExhaustedError,
+)
+from engine.pipeline.models import Contact, Outcome, Stage
+
+__all__ = ["Progress", "RunStats", "StageStats", "fan_out", "outcome_for_error"]
+
+T = TypeVar("T")
+U = TypeVar("U")
+
+
+@dataclass(slots=True)
+class StageStats:
+    """Counters one stage keeps up to date (only that stage writes them).
+
+    Attributes:
+        done: items the stage finished.
+        busy: items it is working on now.
+        queued: items waiting in its input queue (filled in by the progress task).
+    """
+
+    done: int = 0
+    busy: int = 0
+    queued: int = 0
+
+
+@dataclass(slots=True)
+class RunStats:
+    """Every counter of a run.
+
+    Attributes:
+        stages: per-stage counters.
+        outcomes: outcome kind -> number of rows.
+        emails: emails (report records) recorded.
+        rows_read: rows read from the source.
+        rows_total: rows in the source when known (files), for the ETA.
+        activities: bulk activities submitted.
+        polls: activity status polls sent.
+        started: monotonic start time.
+    """
+
+    stages: dict[Stage, StageStats] = field(
+        default_factory=lambda: {
+            name: StageStats()
+            for name in ("read", "plan", "fetch", "merge", "put", "bulk", "record")
+        }
+    )
+    outcomes: Counter[str] = field(default_factory=Counter)
+    emails: int = 0
+    rows_read: int = 0
+    rows_total: int | None = None
+    activities: int = 0
+    polls: int = 0
+    started: float = field(default_factory=time.monotonic)
+
+
+@dataclass(frozen=True, slots=True)
+class Progress:
+    """A progress event, sent every `progress_interval` seconds and once at the end.
+
+    Attributes:
+        elapsed: seconds since the run started.
+        rows_read: rows read so far.
+        rows_total: rows in the source, when known.
+        rows_done: rows with an outcome.
+        outcomes: outcome kind -> rows.
+        stages: stage -> (busy, queued).
+        requests: requests sent.
+        retries: requests retried.
+        throttles: throttle answers received.
+        rate: the governor's current rate limit (None: unlimited).
+        activities: bulk activities submitted.
+        final: True for the last event of the run.
+    """
+
+    elapsed: float
+    rows_read: int
+    rows_total: int | None
+    rows_done: int
+    outcomes: dict[str, int]
+    stages: dict[str, tuple[int, int]]
+    requests: int
+    retries: int
+    throttles: int
+    rate: float | None
+    activities: int
+    final: bool = False
+
+    @property
+    def rows_per_second(self) -> float:
+        """Rows finished per second so far."""
+        return self.rows_done / self.elapsed if self.elapsed > 0 else 0.0
+
+    @property
+    def eta(self) -> float | None:
+        """Seconds left at the current pace, when the total is known."""
+        if self.rows_total is None or self.rows_done == 0:
+            return None
+        return max(0.0, (self.rows_total - self.rows_done) / self.rows_per_second)
+
+
+def outcome_for_error(contact: Contact, error: Exception, path: str) -> Outcome:
+    """The outcome of a contact whose request failed for good, or re-raise if the run must stop.
+
+    Fatal API errors (401, bad 403, 415, quota) and a connection lost for longer than the
+    retry budget stop the run; a Do Not Mail 403 is `skipped` (`opted-out`); anything else
+    specific to this contact is `failed` with the reason.
+    """
+    if isinstance(error, FatalApiError | ConnectionLostError | QuotaExhaustedError):
+        raise error
+    if isinstance(error, DoNotMailError):
+        return Outcome(contact.email, "skipped", tuple(contact.rows), "opted-out", path=path)
+    if isinstance(error, ApiError):
+        reason = f"{error.status or ''} {error.message}".strip()
+    elif isinstance(error, UnsafeMergeError):
+        reason = f"merge refused, nothing sent: {error}"
+    else:
+        raise error
+    return Outcome(contact.email, "failed", tuple(contact.rows), reason, path=path)
+
+
+async def fan_out(
+    worker: Callable[
+        [MemoryObjectReceiveStream[T], MemoryObjectSendStream[U]], Coroutine[Any, Any, None]
+    ],
+    receive: MemoryObjectReceiveStream[T],
+    send: MemoryObjectSendStream[U],
+    *,
+    limit: int,
+) -> None:
+    """Run `limit` copies of `worker`, each over its own clone of both channel halves.
+
+    The output closes when every worker has finished, which is how end-of-input flows on.
+    """
+    async with receive, send, anyio.create_task_group() as tg:
+        for _ in range(limit):
+            tg.start_soon(worker, receive.clone(), send.clone())
