@@ -1,1 +1,53 @@
-"""The contact migration engine."""
+"""The contact migration engine: put contacts on Constant Contact lists (legacy v1 API)
+without ever removing a membership they already have.
+
+    async with Account(Credentials.from_env()) as account:
+        report = await migrate(account, "contacts.csv", lists=["Newsletter"])
+"""
+
+from engine.api import (
+    Account,
+    Credentials,
+    RateGovernor,
+    RetryPolicy,
+)
+from engine.errors import (
+    ApiError,
+    ConfigError,
+    EngineError,
+    FatalApiError,
+    PipelineError,
+    RetryableApiError,
+    SkippableApiError,
+    SourceError,
+)
+from engine.pipeline.config import MigrationConfig, StageLimits
+from engine.pipeline.dryrun import DryRunPlan, plan_migration
+from engine.pipeline.models import Outcome
+from engine.pipeline.read import ReadOptions
+from engine.pipeline.run import MigrationReport, migrate
+from engine.pipeline.stats import Progress
+
+__all__ = [
+    "Account",
+    "ApiError",
+    "ConfigError",
+    "Credentials",
+    "DryRunPlan",
+    "EngineError",
+    "FatalApiError",
+    "MigrationConfig",
+    "MigrationReport",
+    "Outcome",
+    "PipelineError",
+    "Progress",
+    "RateGovernor",
+    "ReadOptions",
+    "RetryPolicy",
+    "RetryableApiError",
+    "SkippableApiError",
+    "SourceError",
+    "StageLimits",
+    "migrate",
+    "plan_migration",
+]

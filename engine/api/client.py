@@ -8,11 +8,14 @@ body under a size cap, and turns a status code into an error (`classify`).
 
 from __future__ import annotations
 
+import base64
 import email.utils
 import enum
 import ipaddress
 import logging
+import math
 import os
+import posixpath
 import re
 import ssl
 import time
@@ -21,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import Literal, Self, TypedDict, TypeVar
-from urllib.parse import quote, urljoin, urlsplit
+from urllib.parse import quote, unquote, urljoin, urlsplit
 
 import aiohttp
 from multidict import CIMultiDictProxy
@@ -101,6 +104,8 @@ class Credentials:
                 "the username must be the bare Constant Contact username; the engine builds "
                 "the 'APIKEY%username' login itself"
             )
+        if ":" in self.username or ":" in self.api_key:
+            raise ConfigError("the username and the API key cannot contain ':' (HTTP Basic)")
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **given: str | None) -> Credentials:
@@ -118,9 +123,12 @@ class Credentials:
             values[name] = value
         return cls(**values)
 
-    def auth(self) -> aiohttp.BasicAuth:
-        """HTTP Basic credentials in the v1 form: user `APIKEY%username`."""
-        return aiohttp.BasicAuth(f"{self.api_key}%{self.username}", self.password)
+    def auth(self) -> str:
+        """The `Authorization` header value: HTTP Basic with the user `APIKEY%username`."""
+        # Built by hand: aiohttp 3.14 deprecates `BasicAuth` (a DeprecationWarning on every
+        # Account), and `encode_basic_auth` does not exist before 3.14. Latin-1, as BasicAuth.
+        login = f"{self.api_key}%{self.username}:{self.password}".encode("latin-1")
+        return "Basic " + base64.b64encode(login).decode("ascii")
 
 
 class _State(enum.Enum):
@@ -146,13 +154,18 @@ def _is_loopback(host: str) -> bool:
 
 
 def _retry_after(value: str | None) -> float | None:
+    """Seconds from a Retry-After header (seconds or HTTP date); None when unusable."""
     if not value:
         return None
     try:
-        return max(0.0, float(value))
+        seconds = float(value)
     except ValueError:
-        parsed = email.utils.parsedate_to_datetime(value) if value else None
-        return max(0.0, parsed.timestamp() - time.time()) if parsed else None
+        try:
+            parsed = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError):  # not a date either: the server's header is junk
+            return None
+        seconds = parsed.timestamp() - time.time()
+    return max(0.0, seconds) if math.isfinite(seconds) else None
 
 
 class _Context(TypedDict):
@@ -283,10 +296,11 @@ class Account:
         if not url.endswith("/"):
             url += "/"
         parts = urlsplit(url)
-        if parts.scheme not in ("https", "http") or not parts.hostname:
-            raise ConfigError(f"the base URL must be an https:// URL, not {url!r}")
+        # Before any message that quotes the URL: it must never echo a password (I7).
         if parts.username or parts.password:
             raise ConfigError("put credentials in the environment, not in the base URL")
+        if parts.scheme not in ("https", "http") or not parts.hostname:
+            raise ConfigError(f"the base URL must be an https:// URL, not {url!r}")
         if parts.scheme == "http":
             if not _is_loopback(parts.hostname):
                 raise ConfigError(
@@ -334,9 +348,8 @@ class Account:
         connector = aiohttp.TCPConnector(ssl=ssl_context, limit=0, keepalive_timeout=30)
         self._session = aiohttp.ClientSession(
             connector=connector,
-            auth=self.credentials.auth(),
             timeout=aiohttp.ClientTimeout(total=self._timeout, sock_connect=min(10, self._timeout)),
-            headers={"Accept": ATOM},
+            headers={"Accept": ATOM, "Authorization": self.credentials.auth()},
             raise_for_status=False,
         )
         self._state = _State.OPENED
@@ -479,7 +492,9 @@ class Account:
         path = parts.path + (f"?{parts.query}" if parts.query else "")
         url = self._origin + path if path.startswith("/") else urljoin(self.base_url, path)
         base_path = urlsplit(self.base_url).path.lower()
-        if not urlsplit(url).path.lower().startswith(base_path):
+        # Dot-segments resolved first (servers do), or `acme/../other/` would pass the check.
+        target = posixpath.normpath(unquote(urlsplit(url).path)).lower() + "/"
+        if not target.startswith(base_path) or target == base_path:
             raise MalformedResponseError(f"a next link leaves the account: {href!r}")
         return url
 

@@ -357,16 +357,32 @@ def _prove_superset(entry: ContactEntry, body: bytes, targets: Mapping[str, str]
         )
 
 
+#: Elements `build_contact_entry` writes itself: a field of the same name would override
+#: the email, the consent (I2) or the lists.
+_RESERVED_FIELDS = frozenset(
+    {"EmailAddress", "OptInSource", "OptInTime", "OptOutSource", "OptOutTime", "OptOutReason"}
+    | {"ContactLists", "ContactList", "Status"}
+)
+_FIELD_NAME = re.compile(r"[A-Za-z][A-Za-z0-9]*\Z")
+
+
 def build_contact_entry(email: str, list_uris: Iterable[str], fields: Mapping[str, str]) -> bytes:
     """The body of `POST contacts` for a new contact on `list_uris`.
 
     `OptInSource` is always `ACTION_BY_CUSTOMER`: an owner import sends no welcome or
     confirmation email (invariant I2). `fields` maps v1 element names (`FirstName`, …) to
     values; empty values are left out.
+
+    Raises:
+        ValueError: no list, or a field name that is not a plain element name or is one of
+            the elements written here (email, opt-in/opt-out, status, lists).
     """
     uris = list(list_uris)
     if not uris:
         raise ValueError("a new contact needs at least one list")
+    bad = [n for n in fields if n in _RESERVED_FIELDS or not _FIELD_NAME.match(n)]
+    if bad:
+        raise ValueError(f"no contact field may be named {bad}")
     parts = [f"<EmailAddress>{escape(email)}</EmailAddress>"]
     parts += [f"<{name}>{escape(value)}</{name}>" for name, value in fields.items() if value]
     parts.append("<OptInSource>ACTION_BY_CUSTOMER</OptInSource>")

@@ -20,7 +20,7 @@ from tenacity import (
     RetryCallState,
     retry_if_exception_type,
     stop_after_attempt,
-    stop_after_delay,
+    stop_before_delay,
     wait_exponential_jitter,
 )
 
@@ -90,7 +90,9 @@ class RetryPolicy:
         extra = {"sleep": sleep} if sleep is not None else {}
         return AsyncRetrying(
             retry=retry_if_exception_type(RetryableApiError),
-            stop=stop_after_attempt(self.attempts) | stop_after_delay(self.timeout),
+            # stop_before_delay, not stop_after_delay: the latter lets one more wait (and a
+            # server's Retry-After of any length) run past `timeout`.
+            stop=stop_after_attempt(self.attempts) | stop_before_delay(self.timeout),
             wait=wait,
             before_sleep=before_sleep,
             reraise=True,

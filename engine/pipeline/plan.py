@@ -63,6 +63,10 @@ class Planner:
             math.inf
         )
         self._idle = anyio.Event()
+        # Held for a whole flush. The end of the run takes it before cancelling the helper
+        # loops, so a flush is never cut short: a batch already taken out of `_pending` and
+        # half sent would lose its other contacts (invariant I3).
+        self._flush_lock = anyio.Lock()
         self.batches_to_bulk = 0
         self.batches_to_contact = 0
 
@@ -117,7 +121,8 @@ class Planner:
                 while self._deferred:
                     self._idle = anyio.Event()
                     await self._idle.wait()
-                tg.cancel_scope.cancel()
+                async with self._flush_lock:
+                    tg.cancel_scope.cancel()
 
     async def _release_loop(self) -> None:
         async for email in self._receive_released:
@@ -175,6 +180,10 @@ class Planner:
             await self._flush(key)
 
     async def _flush(self, key: frozenset[str]) -> None:
+        async with self._flush_lock:
+            await self._flush_unlocked(key)
+
+    async def _flush_unlocked(self, key: frozenset[str]) -> None:
         pending = self._pending.pop(key, None)
         if pending is None or not pending.contacts:
             return
