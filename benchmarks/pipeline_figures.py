@@ -21,14 +21,17 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Coroutine
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from benchmarks.simulator_process import simulator_process
 from engine.api import Account, Credentials, RateGovernor, RetryPolicy
 from engine.pipeline.config import MigrationConfig, StageLimits
 from engine.pipeline.run import migrate
 from engine.simulator import AccountStore, SimulatorConfig
+
+T = TypeVar("T")
 
 WRITES = ("PUT contacts/{id}", "POST contacts")
 
@@ -70,6 +73,16 @@ async def _migrate(
         return report, time.perf_counter() - wall, time.process_time() - cpu
 
 
+def _event_loop_run(coro: Coroutine[Any, Any, T]) -> T:
+    """Run like the CLI does: on uvloop when the `fast` extra is installed."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(coro)
+    result: T = uvloop.run(coro)
+    return result
+
+
 def run_one(scenario: str, n: int, latency_ms: float, concurrency: int) -> dict[str, Any]:
     """One scenario in this process; returns its figures."""
     with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
@@ -93,7 +106,7 @@ def run_one(scenario: str, n: int, latency_ms: float, concurrency: int) -> dict[
         with simulator_process(args, state=state) as sim:
             sim.reset_stats()
             sim_cpu = sim.cpu_seconds()
-            report, wall, cpu = asyncio.run(
+            report, wall, cpu = _event_loop_run(
                 _migrate(
                     sim.base_url,
                     sim.ca_path,

@@ -456,7 +456,7 @@ def test_merge_refuses_a_result_that_does_not_parse(
     """If the spliced element broke the document, the guard raises UnsafeMergeError."""
     monkeypatch.setattr(codec, "_contact_lists_element", lambda prefix, uris: b"<ContactLists>")
     entry = parse_contact_entry(captured("single_contact_by_id.xml"))
-    with pytest.raises(UnsafeMergeError, match="does not parse"):
+    with pytest.raises(UnsafeMergeError, match="no single well-formed ContactLists"):
         merge_contact_lists(entry, {"7": f"{JOE}/lists/7"})
 
 

@@ -1,0 +1,205 @@
+"""`python -m engine simulate`: run the simulator until SIGINT or SIGTERM.
+
+The command line is a public contract. On start it prints exactly one line to stdout,
+`serving <base URL> ca=<CA file>` (without ` ca=…` when TLS is off), and nothing else; logs go
+to stderr. The password and API key are never printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from .config import SimulatorConfig
+from .server import serve
+from .store import AccountStore
+
+__all__ = ["add_arguments", "main", "run"]
+
+log = logging.getLogger("engine.simulator")
+
+
+def _probability(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"{text} is not in [0, 1]")
+    return value
+
+
+def _non_negative(text: str) -> float:
+    value = float(text)
+    if not value >= 0.0:
+        raise argparse.ArgumentTypeError(f"{text} is negative")
+    return value
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the `simulate` options to a parser.
+
+    Args:
+        parser: The (sub)parser of the `simulate` command.
+    """
+    defaults = SimulatorConfig()
+    net = parser.add_argument_group("listening")
+    net.add_argument("--host", default=defaults.host, help="address to bind (default %(default)s)")
+    net.add_argument("--port", type=int, default=0, help="https port; 0 picks a free one")
+    net.add_argument("--no-tls", action="store_true", help="serve plain http (loopback only)")
+    net.add_argument(
+        "--http-port",
+        type=int,
+        default=None,
+        help="with TLS, also listen for plain http here and refuse it (0 = free port)",
+    )
+    net.add_argument("--ca-dir", type=Path, default=None, help="folder for the CA file")
+
+    account = parser.add_argument_group("account")
+    account.add_argument("--username", default=defaults.username)
+    account.add_argument("--api-key", default=defaults.api_key)
+    account.add_argument("--password", default=defaults.password)
+    account.add_argument(
+        "--state", type=Path, default=None, help="JSON state file: loaded if present, saved on exit"
+    )
+
+    faults = parser.add_argument_group("faults and limits")
+    faults.add_argument("--latency-ms", type=_non_negative, default=0.0)
+    faults.add_argument("--latency-jitter-ms", type=_non_negative, default=0.0)
+    faults.add_argument("--latency-lognormal", action="store_true")
+    faults.add_argument("--error-rate", type=_probability, default=0.0, help="500/503 share")
+    faults.add_argument("--reset-rate", type=_probability, default=0.0, help="dropped share")
+    faults.add_argument("--rate-limit", type=float, default=None, help="requests/s per key")
+    faults.add_argument("--rate-burst", type=int, default=None)
+    faults.add_argument("--daily-quota", type=int, default=None, help="requests/day per key")
+    faults.add_argument("--throttle-status", type=int, choices=(403, 429, 503), default=403)
+    faults.add_argument("--retry-after", type=_non_negative, default=None)
+    faults.add_argument("--search-miss-500", action="store_true")
+    faults.add_argument("--seed", type=int, default=defaults.seed)
+
+    bulk = parser.add_argument_group("activities")
+    bulk.add_argument("--activity-delay", type=_non_negative, default=defaults.activity_delay)
+    bulk.add_argument("--activity-jitter", type=_probability, default=defaults.activity_jitter)
+    bulk.add_argument("--activity-error-rate", type=_probability, default=0.0)
+    bulk.add_argument("--bulk-semantics", choices=("append", "replace"), default="append")
+    bulk.add_argument("--bulk-max-rows", type=int, default=defaults.bulk_max_rows)
+    bulk.add_argument("--bulk-max-bytes", type=int, default=defaults.bulk_max_bytes)
+
+    variants = parser.add_argument_group("variants of unknown behaviour")
+    variants.add_argument("--plain-http-status", type=int, choices=(401, 403), default=403)
+    variants.add_argument("--username-mismatch-status", type=int, choices=(401, 403), default=401)
+    variants.add_argument("--dnm-put-rule", choices=("adding-lists", "any"), default="adding-lists")
+    variants.add_argument("--no-location-headers", action="store_true")
+
+
+def config_from_args(args: argparse.Namespace) -> SimulatorConfig:
+    """Build the `SimulatorConfig` the parsed options describe.
+
+    Raises:
+        ValueError: An option value the config rejects (the message names the field).
+    """
+    return SimulatorConfig(
+        host=args.host,
+        port=args.port,
+        tls=not args.no_tls,
+        http_port=args.http_port,
+        ca_dir=args.ca_dir,
+        username=args.username,
+        api_key=args.api_key,
+        password=args.password,
+        latency_ms=args.latency_ms,
+        latency_jitter_ms=args.latency_jitter_ms,
+        latency_lognormal=args.latency_lognormal,
+        error_rate=args.error_rate,
+        reset_rate=args.reset_rate,
+        rate_limit=args.rate_limit,
+        rate_burst=args.rate_burst,
+        daily_quota=args.daily_quota,
+        throttle_status=args.throttle_status,
+        retry_after=args.retry_after,
+        search_miss_500=args.search_miss_500,
+        seed=args.seed,
+        activity_delay=args.activity_delay,
+        activity_jitter=args.activity_jitter,
+        activity_error_rate=args.activity_error_rate,
+        bulk_semantics=args.bulk_semantics,
+        bulk_max_rows=args.bulk_max_rows,
+        bulk_max_bytes=args.bulk_max_bytes,
+        plain_http_status=args.plain_http_status,
+        username_mismatch_status=args.username_mismatch_status,
+        dnm_put_rule=args.dnm_put_rule,
+        location_headers=not args.no_location_headers,
+    )
+
+
+async def _serve_until_signalled(config: SimulatorConfig, store: AccountStore) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    try:
+        async with serve(config, store) as sim:
+            line = f"serving {sim.base_url}"
+            if sim.ca_path is not None:
+                line += f" ca={sim.ca_path}"
+            print(line, flush=True)
+            if sim.http_base_url is not None:
+                log.info("refusing plain http at %s", sim.http_base_url)
+            await stop.wait()
+            log.info("stopping")
+    finally:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(signum)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the simulator with parsed options until SIGINT or SIGTERM.
+
+    Args:
+        args: Options added by `add_arguments`.
+
+    Returns:
+        The exit status: 0 after a clean stop, 2 for an invalid setting or state file.
+    """
+    if not logging.getLogger().handlers:
+        logging.basicConfig(
+            stream=sys.stderr, level=logging.INFO, format="%(levelname)s %(message)s"
+        )
+    try:
+        config = config_from_args(args)
+    except ValueError as exc:
+        log.error("%s", exc)
+        return 2
+    state: Path | None = args.state
+    try:
+        if state is not None and state.exists():
+            store = AccountStore.load(state, config)
+            log.info("loaded %d contacts from %s", store.contact_count(), state)
+        else:
+            store = AccountStore(config)
+        asyncio.run(_serve_until_signalled(config, store))
+    except (OSError, ValueError) as exc:
+        log.error("%s", exc)
+        return 2
+    if state is not None:
+        store.save(state)
+        log.info("saved state to %s", state)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Stand-alone entry point with its own parser (the same options as `simulate`).
+
+    Args:
+        argv: Arguments without the program name; `sys.argv[1:]` when `None`.
+
+    Returns:
+        The exit status.
+    """
+    parser = argparse.ArgumentParser(
+        prog="engine-simulate", description="Run the Constant Contact v1 API simulator."
+    )
+    add_arguments(parser)
+    return run(parser.parse_args(argv))

@@ -1,0 +1,138 @@
+"""Run the simulator on real sockets, with https from a private certificate authority."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import ssl
+import tempfile
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import trustme
+from aiohttp import web
+
+from .app import STORE_KEY, create_app
+from .config import SimulatorConfig
+from .store import AccountStore
+
+__all__ = ["RunningSimulator", "serve"]
+
+
+@dataclass(frozen=True, slots=True)
+class RunningSimulator:
+    """A simulator that is listening.
+
+    Attributes:
+        base_url: The API base, with its trailing slash, e.g.
+            `https://127.0.0.1:40123/ws/customers/demo/`.
+        ca_path: PEM file of the CA that signed the server certificate (`None` without TLS);
+            trust it with `ssl.create_default_context(cafile=...)`.
+        store: The served account; tests seed and inspect it directly.
+        config: The settings in force.
+        stats_url: `GET` for request counters as JSON, `DELETE` to reset them.
+        http_base_url: The API base on the plain-http listener that refuses everything, or
+            `None` when there is no such listener.
+    """
+
+    base_url: str
+    ca_path: Path | None
+    store: AccountStore
+    config: SimulatorConfig
+    stats_url: str
+    http_base_url: str | None = None
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(512)
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def _url_host(host: str) -> str:
+    if host in ("0.0.0.0", ""):
+        return "127.0.0.1"
+    if host == "::":
+        return "[::1]"
+    return f"[{host}]" if ":" in host else host
+
+
+def _server_tls(host: str, ca_dir: Path) -> tuple[ssl.SSLContext, Path]:
+    """A fresh CA, a server certificate for loopback names, and the CA file for clients."""
+    ca = trustme.CA(organization_name="ctct v1 simulator")
+    names = ["127.0.0.1", "localhost", "::1"]
+    if host not in names and host not in ("0.0.0.0", "::", ""):
+        names.append(host)
+    cert = ca.issue_cert(*names)
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    cert.configure_cert(context)
+    ca_dir.mkdir(parents=True, exist_ok=True)
+    ca_path = ca_dir / "ctct-simulator-ca.pem"
+    ca.cert_pem.write_to_path(str(ca_path))
+    return context, ca_path
+
+
+@asynccontextmanager
+async def serve(
+    config: SimulatorConfig, store: AccountStore | None = None
+) -> AsyncIterator[RunningSimulator]:
+    """Serve the simulator until the block exits.
+
+    Args:
+        config: Settings: host, port (0 = a free port), TLS, faults….
+        store: The account to serve; a new empty one by default.
+
+    Yields:
+        The `RunningSimulator` with the real port in its URLs.
+
+    With TLS on, a new CA is generated and its PEM written to `config.ca_dir` (left in place)
+    or a temporary folder (removed on exit). Runner, sites and background tasks are cleaned up
+    on exit.
+    """
+    app = create_app(config, store)
+    runner = web.AppRunner(app, handle_signals=False, access_log=None)
+    await runner.setup()
+    with contextlib.ExitStack() as stack:
+        try:
+            ca_path: Path | None = None
+            ssl_context: ssl.SSLContext | None = None
+            if config.tls:
+                if config.ca_dir is not None:
+                    ca_dir = Path(config.ca_dir)
+                else:
+                    tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="ctct-sim-"))
+                    ca_dir = Path(tmp)
+                ssl_context, ca_path = _server_tls(config.host, ca_dir)
+            sock = stack.enter_context(_bind(config.host, config.port))
+            await web.SockSite(runner, sock, ssl_context=ssl_context).start()
+            host = _url_host(config.host)
+            scheme = "https" if config.tls else "http"
+            port = sock.getsockname()[1]
+            origin = f"{scheme}://{host}:{port}"
+            http_base_url = None
+            if config.tls and config.http_port is not None:
+                plain = stack.enter_context(_bind(config.host, config.http_port))
+                await web.SockSite(runner, plain).start()
+                http_base_url = (
+                    f"http://{host}:{plain.getsockname()[1]}/ws/customers/{config.username}/"
+                )
+            yield RunningSimulator(
+                base_url=f"{origin}/ws/customers/{config.username}/",
+                ca_path=ca_path,
+                store=app[STORE_KEY],
+                config=config,
+                stats_url=f"{origin}/_sim/stats",
+                http_base_url=http_base_url,
+            )
+        finally:
+            await runner.cleanup()
