@@ -107,6 +107,14 @@ class BulkPath:
 
         Contacts sent to the per-contact path get their outcome there instead.
         """
+        skipped: list[Outcome] = []
+        if self.config.skip_removed:
+            batch, skipped = await self._without_removed(batch)
+            if not batch.contacts:
+                return skipped
+        return skipped + await self._run_batch(batch)
+
+    async def _run_batch(self, batch: Batch) -> list[Outcome]:
         if self._needs_check():
             async with self._check_lock:
                 # Checked again: another batch may have done the check while this one waited.
@@ -116,6 +124,22 @@ class BulkPath:
             await self._fall_back(batch.contacts, "bulk path switched off")
             return []
         return await self._run(batch, check=False)
+
+    async def _without_removed(self, batch: Batch) -> tuple[Batch, list[Outcome]]:
+        """The batch without its Removed contacts, and their `skipped` outcomes.
+
+        An add activity makes a Removed contact Active again; with `skip_removed` they must
+        be left alone, so their status is looked up first (50 emails a search).
+        """
+        found = await self.account.search_contacts([c.email for c in batch.contacts])
+        removed = {e for e, s in found.items() if s.status.strip().lower() == "removed"}
+        skipped = [
+            Outcome(c.email, "skipped", tuple(c.rows), "removed", path="bulk")
+            for c in batch.contacts
+            if c.email in removed
+        ]
+        rest = tuple(c for c in batch.contacts if c.email not in removed)
+        return Batch(rest, batch.targets), skipped
 
     def _needs_check(self) -> bool:
         return self.enabled and not self.verified
@@ -130,7 +154,10 @@ class BulkPath:
         except (ApiError, TimeoutError) as exc:
             await self._fall_back(batch.contacts, f"activity failed: {exc}")
             return []
-        if before:
+        # Only a completed activity proves anything: one that ended in ERROR applied
+        # nothing, so its sampled contacts lack the targets without having lost a list.
+        # The check then waits for a later batch, and these contacts fall back below.
+        if before and all(a.status.upper() == "COMPLETE" for a in finished):
             lost = await self._check(before, batch.targets)
             if lost:
                 await self._switch_off(lost, before, batch)

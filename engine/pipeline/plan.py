@@ -102,27 +102,37 @@ class Planner:
         send_outcomes: ObjectSendStream[Outcome],
     ) -> None:
         """The stage: consume rows until the input ends and nothing is held back."""
+        # The release channel closes with the stage: an unclosed memory stream is a
+        # ResourceWarning when the planner is collected.
         async with receive_rows, send_contacts, send_batches, send_outcomes:
             self._out = (send_contacts, send_batches)
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(self._release_loop)
-                if self.config.linger > 0:
-                    tg.start_soon(self._linger_loop)
-                async for item in receive_rows:
-                    if isinstance(item, Rejected):
-                        await send_outcomes.send(_rejected(item))
-                        continue
-                    contact = self.contact(item)
-                    if isinstance(contact, Rejected):
-                        await send_outcomes.send(_rejected(contact))
-                        continue
-                    await self._add(contact)
-                await self._flush_all()
-                while self._deferred:
-                    self._idle = anyio.Event()
-                    await self._idle.wait()
-                async with self._flush_lock:
-                    tg.cancel_scope.cancel()
+            with self._send_released, self._receive_released:
+                await self._consume(receive_rows, send_outcomes)
+
+    async def _consume(
+        self,
+        receive_rows: ObjectReceiveStream[SourceRow | Rejected],
+        send_outcomes: ObjectSendStream[Outcome],
+    ) -> None:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._release_loop)
+            if self.config.linger > 0:
+                tg.start_soon(self._linger_loop)
+            async for item in receive_rows:
+                if isinstance(item, Rejected):
+                    await send_outcomes.send(_rejected(item))
+                    continue
+                contact = self.contact(item)
+                if isinstance(contact, Rejected):
+                    await send_outcomes.send(_rejected(contact))
+                    continue
+                await self._add(contact)
+            await self._flush_all()
+            while self._deferred:
+                self._idle = anyio.Event()
+                await self._idle.wait()
+            async with self._flush_lock:
+                tg.cancel_scope.cancel()
 
     async def _release_loop(self) -> None:
         async for email in self._receive_released:

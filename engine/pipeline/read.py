@@ -15,6 +15,7 @@ occurrence and yields them coalesced, so memory stays flat and each email is pla
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import re
 from array import array
@@ -173,18 +174,22 @@ class Scan:
         rejected: rows rejected.
         list_names: the names met in the lists column.
         duplicates: hash -> number of rows, for the emails seen more than once.
+        digest: SHA-256 of the file's bytes ("" for iterables).
     """
 
     rows: int = 0
     rejected: int = 0
     list_names: set[str] = field(default_factory=set)
     duplicates: dict[int, int] = field(default_factory=dict)
+    digest: str = ""
 
 
 class _Columns:
     """A header, mapped once: position -> element (or LISTS)."""
 
-    def __init__(self, header: Iterable[str], options: ReadOptions) -> None:
+    def __init__(
+        self, header: Iterable[str], options: ReadOptions, *, lists_required: bool = True
+    ) -> None:
         explicit = {_norm(k): v for k, v in options.columns.items()}
         lists_column = _norm(options.lists_column) if options.lists_column else None
         self.names = [str(h) for h in header]
@@ -203,7 +208,7 @@ class _Columns:
                 f"no email column: the header has {shown}. Name one 'Email Address' or "
                 "'email', or map it with --column 'HEADER=EmailAddress'"
             )
-        if options.lists_column and LISTS not in found:
+        if options.lists_column and LISTS not in found and lists_required:
             raise SourceError(f"the lists column {options.lists_column!r} is not in the header")
 
 
@@ -242,11 +247,16 @@ def _row(
     return SourceRow((line,), email, fields, lists)
 
 
-def _decoded_lines(path: Path, encoding: str) -> Iterator[tuple[int, str, str]]:
-    """(line number, text, error) per physical line; undecodable bytes become an error."""
+def _decoded_lines(path: Path, encoding: str, digest: Any = None) -> Iterator[tuple[int, str, str]]:
+    """(line number, text, error) per physical line; undecodable bytes become an error.
+
+    `digest`, a hashlib object, is fed every byte read (the journal's key of the source).
+    """
     codec = "utf-8-sig" if encoding.lower().replace("_", "-") in ("utf-8", "utf8") else encoding
     with path.open("rb") as binary:
         for number, raw in enumerate(binary, 1):
+            if digest is not None:
+                digest.update(raw)
             try:
                 yield number, raw.decode(codec if number == 1 else codec.replace("-sig", "")), ""
             except UnicodeDecodeError as exc:
@@ -289,16 +299,16 @@ class SourceReader:
 
     # --- files: synchronous, run in a worker thread -----------------------------------
 
-    def _file_rows(self) -> Iterator[SourceRow | Rejected]:
+    def _file_rows(self, digest: Any = None) -> Iterator[SourceRow | Rejected]:
         assert self.path is not None
         if self.format == "jsonl":
-            yield from self._jsonl_rows()
+            yield from self._jsonl_rows(digest)
         else:
-            yield from self._csv_rows()
+            yield from self._csv_rows(digest)
 
-    def _csv_rows(self) -> Iterator[SourceRow | Rejected]:
+    def _csv_rows(self, digest: Any = None) -> Iterator[SourceRow | Rejected]:
         assert self.path is not None
-        lines = _decoded_lines(self.path, self.options.encoding)
+        lines = _decoded_lines(self.path, self.options.encoding, digest)
         head = list(islice(lines, 50))
         sample = "".join(text for _, text, _ in head)
         if not sample.strip():
@@ -335,11 +345,11 @@ class SourceReader:
         except csv.Error as exc:
             raise SourceError(f"{self.path} line {reader.line_num}: {exc}") from exc
 
-    def _jsonl_rows(self) -> Iterator[SourceRow | Rejected]:
+    def _jsonl_rows(self, digest: Any = None) -> Iterator[SourceRow | Rejected]:
         assert self.path is not None
         cache: dict[tuple[str, ...], _Columns] = {}
         any_line = False
-        for number, text, error in _decoded_lines(self.path, self.options.encoding):
+        for number, text, error in _decoded_lines(self.path, self.options.encoding, digest):
             if not text.strip():
                 continue
             any_line = True
@@ -365,7 +375,9 @@ class SourceReader:
         columns = cache.get(keys)
         if columns is None:
             try:
-                columns = _Columns(keys, self.options)
+                # A mapping without the lists key has no lists of its own, like an empty
+                # cell; it still needs an email.
+                columns = _Columns(keys, self.options, lists_required=False)
             except SourceError as exc:
                 return Rejected(number, "", str(exc))
             if len(cache) < 1000:
@@ -377,7 +389,8 @@ class SourceReader:
         # 8 bytes per row, in 256 buckets by the low byte, so the sort below never holds
         # more than one bucket as Python ints: memory stays flat in the input size.
         buckets = [array("q") for _ in range(256)]
-        for item in self._file_rows():
+        digest = hashlib.sha256()
+        for item in self._file_rows(digest):
             scan.rows += 1
             if isinstance(item, Rejected):
                 scan.rejected += 1
@@ -391,6 +404,7 @@ class SourceReader:
             for i in range(1, len(ordered)):
                 if ordered[i] == ordered[i - 1]:
                     scan.duplicates[ordered[i]] = scan.duplicates.get(ordered[i], 1) + 1
+        scan.digest = digest.hexdigest()
         return scan
 
     async def scan(self) -> Scan:

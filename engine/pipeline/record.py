@@ -102,7 +102,9 @@ async def record_outcomes(
             stats.emails += 1
             stage.done += 1
             await writer.write(outcome)
-            if outcome.email:
+            # Only a planned contact's outcome (it has a path) ends a write; a rejected row
+            # that names an email being written must not release that email (I5).
+            if outcome.email and outcome.path:
                 on_done(outcome.email)
             if on_outcome is not None:
                 on_outcome(outcome)

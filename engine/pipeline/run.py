@@ -156,7 +156,11 @@ async def migrate(
     by_name = await prepare_lists(
         account, [*config.lists, *sorted(scan.list_names)], create=config.create_lists
     )
-    planner = Planner(config, by_name)
+    # `linger` is for streaming sources: a file's batches fill up to the caps or the end of
+    # the input, or its 20,000 rows would go out in as many activities as linger periods.
+    planner = Planner(
+        config if reader.path is None else dataclasses.replace(config, linger=0), by_name
+    )
     writer = ReportWriter(Path(report) if report else None, {c.key: n for n, c in by_name.items()})
     await writer.open()
     requests_before, retries_before = account.requests_sent, account.retries

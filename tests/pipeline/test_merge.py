@@ -1,0 +1,144 @@
+"""`decide`: what a fetched contact needs, from full entries as the simulator renders them."""
+
+from __future__ import annotations
+
+import pytest
+
+from engine.api.codec import parse_contact_entry
+from engine.api.records import ContactEntry
+from engine.pipeline.merge import Write, decide
+from engine.pipeline.models import Contact, Outcome
+from engine.simulator import AccountStore
+from engine.simulator._xml import Renderer
+
+ID_BASE = "http://api.constantcontact.com/ws/customers/demo/lists/"
+
+
+@pytest.fixture
+def store() -> AccountStore:
+    """An account with lists 1 (A), 2 (B) and 3 (C)."""
+    account = AccountStore()
+    for name in ("A", "B", "C"):
+        account.create_list(name)
+    return account
+
+
+def entry_of(store: AccountStore, email: str) -> ContactEntry:
+    """The full entry of a stored contact, as `GET contacts/{id}` sends it, parsed."""
+    contact = store.contact_by_email(email)
+    assert contact is not None
+    body = Renderer("demo", "api.constantcontact.com").contact_entry(contact, store.now())
+    return parse_contact_entry(body)
+
+
+def contact(*list_ids: int, email: str = "jane@example.com") -> Contact:
+    """A contact to migrate onto the given lists."""
+    return Contact(email, {str(i): f"{ID_BASE}{i}" for i in list_ids}, {}, [7, 9])
+
+
+def write_of(result: Write | Outcome) -> Write:
+    """The result, which must be a write."""
+    assert isinstance(result, Write), result
+    return result
+
+
+def test_new_contact_is_posted() -> None:
+    """No entry: a POST (no body to build) that adds every target."""
+    result = write_of(decide(contact(1, 2), None, skip_removed=False))
+    assert result.entry is None
+    assert result.body is None
+    assert result.added == ("1", "2")
+
+
+@pytest.mark.parametrize(
+    "skip_removed", [pytest.param(False, id="default"), pytest.param(True, id="skip-removed")]
+)
+def test_do_not_mail_is_skipped(store: AccountStore, skip_removed: bool) -> None:
+    """A Do Not Mail contact is `skipped` as `opted-out` with its rows, and nothing is sent."""
+    store.add_contact("jane@example.com", status="Do Not Mail")
+    result = decide(contact(1), entry_of(store, "jane@example.com"), skip_removed=skip_removed)
+    assert result == Outcome("jane@example.com", "skipped", (7, 9), "opted-out", path="contact")
+
+
+def test_removed_is_skipped_with_skip_removed(store: AccountStore) -> None:
+    """With `skip_removed`, a Removed contact is `skipped` as `removed`."""
+    store.add_contact("jane@example.com", status="Removed")
+    result = decide(contact(1), entry_of(store, "jane@example.com"), skip_removed=True)
+    assert result == Outcome("jane@example.com", "skipped", (7, 9), "removed", path="contact")
+
+
+def test_removed_is_re_added_by_default(store: AccountStore) -> None:
+    """By default a Removed contact gets a PUT that puts it on its targets."""
+    store.add_contact("jane@example.com", status="Removed")
+    result = write_of(decide(contact(1), entry_of(store, "jane@example.com"), skip_removed=False))
+    assert result.body is not None
+    assert parse_contact_entry(result.body).list_keys == {"1"}
+
+
+@pytest.mark.parametrize(
+    ("has", "targets"),
+    [
+        pytest.param([1], [1], id="same-list"),
+        pytest.param([1, 2, 3], [2], id="subset"),
+        pytest.param([1, 2], [2, 1], id="other-order"),
+    ],
+)
+def test_nothing_new_is_unchanged_without_a_body(
+    store: AccountStore, has: list[int], targets: list[int]
+) -> None:
+    """When the contact is on every target already, it is `unchanged` and no write is built."""
+    store.add_contact("jane@example.com", lists=has)
+    result = decide(contact(*targets), entry_of(store, "jane@example.com"), skip_removed=False)
+    assert result == Outcome("jane@example.com", "unchanged", (7, 9), path="contact")
+
+
+def test_targets_in_https_form_match_http_ids(store: AccountStore) -> None:
+    """List ids compare by their key, whatever the scheme the target URI uses."""
+    store.add_contact("jane@example.com", lists=[1])
+    target = Contact("jane@example.com", {"1": ID_BASE.replace("http:", "https:") + "1"}, {}, [2])
+    assert decide(target, entry_of(store, "jane@example.com"), skip_removed=False) == Outcome(
+        "jane@example.com", "unchanged", (2,), path="contact"
+    )
+
+
+@pytest.mark.parametrize(
+    ("has", "targets"),
+    [
+        pytest.param([1], [2], id="one-new"),
+        pytest.param([1, 3], [2, 3], id="one-new-one-kept"),
+        pytest.param([], [1, 2], id="on-no-list"),
+    ],
+)
+def test_new_list_gives_a_put_body_with_the_union(
+    store: AccountStore, has: list[int], targets: list[int]
+) -> None:
+    """A new list gives a PUT of the fetched entry with before ∪ targets, else unchanged."""
+    store.add_contact(
+        "jane@example.com", lists=has, fields={"FirstName": "Jane", "City": "Boston, MA"}
+    )
+    before = entry_of(store, "jane@example.com")
+    result = write_of(decide(contact(*targets), before, skip_removed=False))
+
+    assert result.entry == before
+    assert result.body is not None
+    after = parse_contact_entry(result.body)
+    assert after.list_keys == {str(i) for i in has} | {str(i) for i in targets}
+    assert after.list_keys >= before.list_keys
+    assert (after.id, after.email, after.status) == (before.id, before.email, before.status)
+    assert b"<FirstName>Jane</FirstName>" in result.body
+    assert b"<City>Boston, MA</City>" in result.body
+    assert result.added == tuple(str(i) for i in targets if i not in has)
+
+
+def test_the_put_body_never_says_action_by_contact(store: AccountStore) -> None:
+    """I2: the PUT body of a self-signed-up contact never carries ACTION_BY_CONTACT."""
+    store.add_contact("jane@example.com", lists=[1], opt_in_source="ACTION_BY_CONTACT")
+    before = entry_of(store, "jane@example.com")
+    assert b"ACTION_BY_CONTACT" in before.raw  # the trap is in the fetched entry
+
+    result = write_of(decide(contact(2), before, skip_removed=False))
+
+    assert result.body is not None
+    assert b"ACTION_BY_CONTACT" not in result.body
+    assert b"<OptInSource>ACTION_BY_CUSTOMER</OptInSource>" in result.body
+    assert parse_contact_entry(result.body).list_keys == {"1", "2"}

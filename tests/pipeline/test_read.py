@@ -1,0 +1,421 @@
+"""The read stage alone: files and iterables to normalised rows or rejections."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from engine.errors import ConfigError, SourceError
+from engine.pipeline.models import Rejected, SourceRow
+from engine.pipeline.read import ReadOptions, SourceReader, normalise_email
+
+from .conftest import write_csv, write_jsonl
+
+Item = SourceRow | Rejected
+
+
+async def read_all(source: Any, **options: Any) -> list[Item]:
+    """Every item the reader yields for `source` (a scan first, as `migrate` does)."""
+    reader = SourceReader(source, ReadOptions(**options))
+    await reader.scan()
+    return [item async for item in reader.rows()]
+
+
+def write_text(path: Path, text: str | bytes) -> Path:
+    """Write exact bytes (no newline translation)."""
+    path.write_bytes(text if isinstance(text, bytes) else text.encode("utf-8"))
+    return path
+
+
+def valid(items: Iterable[Item]) -> list[SourceRow]:
+    """The rows that were not rejected."""
+    return [i for i in items if isinstance(i, SourceRow)]
+
+
+def rejected(items: Iterable[Item]) -> list[Rejected]:
+    """The rejections."""
+    return [i for i in items if isinstance(i, Rejected)]
+
+
+@pytest.mark.parametrize(
+    "email_header",
+    [
+        pytest.param("Email Address", id="email-address"),
+        pytest.param("email", id="email"),
+        pytest.param("E-mail", id="e-mail"),
+        pytest.param("EMAIL_ADDRESS", id="upper-snake"),
+        pytest.param(" Email ", id="padded"),
+    ],
+)
+@pytest.mark.parametrize(
+    ("first_header", "last_header"),
+    [
+        pytest.param("First Name", "Last Name", id="import-vocabulary"),
+        pytest.param("first_name", "last_name", id="snake"),
+        pytest.param("FirstName", "Surname", id="element-and-alias"),
+    ],
+)
+async def test_header_aliases(
+    email_header: str, first_header: str, last_header: str, tmp_path: Path
+) -> None:
+    """Usual header spellings map to the v1 fields, whatever their case or punctuation."""
+    path = write_csv(
+        tmp_path / "in.csv",
+        [email_header, first_header, last_header, "Unrelated"],
+        [["Ann@Example.com", "Ann", "Lee", "ignored"]],
+    )
+
+    items = await read_all(path)
+
+    assert items == [
+        SourceRow((2,), "ann@example.com", {"FirstName": "Ann", "LastName": "Lee"}, ())
+    ]
+
+
+async def test_explicit_column_mapping(tmp_path: Path) -> None:
+    """An explicit mapping names columns the aliases do not know, and wins over them."""
+    path = write_csv(
+        tmp_path / "in.csv",
+        ["Correo", "Nombre", "email"],
+        [["ana@example.com", "Ana", "other@example.com"]],
+    )
+
+    items = await read_all(
+        path, columns={"Correo": "EmailAddress", "Nombre": "FirstName", "email": "Note"}
+    )
+
+    assert items == [
+        SourceRow((2,), "ana@example.com", {"FirstName": "Ana", "Note": "other@example.com"})
+    ]
+
+
+def test_mapping_to_an_unknown_field_is_refused() -> None:
+    """A column mapped to something that is no v1 field is a configuration error."""
+    with pytest.raises(ConfigError, match="FavouriteColour"):
+        ReadOptions(columns={"Colour": "FavouriteColour"})
+
+
+async def test_lists_column(tmp_path: Path) -> None:
+    """The lists column gives each row its list names, split and trimmed, duplicates once."""
+    path = write_csv(
+        tmp_path / "in.csv",
+        ["Email", "Groups"],
+        [["a@example.com", "VIP; Customers ;VIP"], ["b@example.com", ""]],
+    )
+
+    items = await read_all(path, lists_column="Groups")
+
+    assert [(i.email, i.lists) for i in valid(items)] == [
+        ("a@example.com", ("VIP", "Customers")),
+        ("b@example.com", ()),
+    ]
+
+
+async def test_missing_lists_column_is_a_source_error(tmp_path: Path) -> None:
+    """Naming a lists column the header lacks stops before any row is read."""
+    path = write_csv(tmp_path / "in.csv", ["Email"], [["a@example.com"]])
+
+    with pytest.raises(SourceError, match="Groups"):
+        await read_all(path, lists_column="Groups")
+
+
+async def test_no_email_column_names_the_header(tmp_path: Path) -> None:
+    """A header without an email column is a `SourceError` that shows the header."""
+    path = write_csv(tmp_path / "in.csv", ["Name", "Phone"], [["Ann", "555"]])
+
+    with pytest.raises(SourceError) as caught:
+        await read_all(path)
+
+    assert "'Name', 'Phone'" in str(caught.value)
+    assert "--column" in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    "delimiter",
+    [
+        pytest.param(",", id="comma"),
+        pytest.param(";", id="semicolon"),
+        pytest.param("\t", id="tab"),
+        pytest.param("|", id="pipe"),
+    ],
+)
+async def test_delimiters_are_detected(delimiter: str, tmp_path: Path) -> None:
+    """Comma, semicolon, tab and pipe files read the same."""
+    path = write_csv(
+        tmp_path / "in.csv",
+        ["Email", "First Name", "City"],
+        [["a@example.com", "Ann", "Boston"], ["b@example.com", "Bob", "Lyon"]],
+        delimiter=delimiter,
+    )
+
+    items = await read_all(path)
+
+    assert items == [
+        SourceRow((2,), "a@example.com", {"FirstName": "Ann", "City": "Boston"}),
+        SourceRow((3,), "b@example.com", {"FirstName": "Bob", "City": "Lyon"}),
+    ]
+
+
+async def test_utf8_bom_and_crlf(tmp_path: Path) -> None:
+    """A UTF-8 byte order mark and CRLF line ends are read transparently."""
+    path = write_text(
+        tmp_path / "in.csv", "\ufeffEmail,First Name\r\na@example.com,Zoë\r\nb@example.com,Bo\r\n"
+    )
+
+    items = await read_all(path)
+
+    assert items == [
+        SourceRow((2,), "a@example.com", {"FirstName": "Zoë"}),
+        SourceRow((3,), "b@example.com", {"FirstName": "Bo"}),
+    ]
+
+
+async def test_latin1_bytes_reject_the_line_and_suggest_the_encoding(tmp_path: Path) -> None:
+    """Non-UTF-8 bytes reject that row, naming its line and `--encoding`; others read."""
+    path = write_text(
+        tmp_path / "in.csv",
+        "Email,First Name\na@example.com,Ann\nb@example.com,Müller\nc@example.com,Cy\n".encode(
+            "latin-1"
+        ),
+    )
+
+    items = await read_all(path)
+
+    assert [i.email for i in valid(items)] == ["a@example.com", "c@example.com"]
+    (bad,) = rejected(items)
+    assert bad.line == 3
+    assert "line 3" in bad.reason
+    assert "--encoding" in bad.reason
+
+
+async def test_latin1_file_reads_with_its_encoding(tmp_path: Path) -> None:
+    """With `encoding="latin-1"` the same file reads whole and right."""
+    path = write_text(
+        tmp_path / "in.csv", "Email,First Name\nb@example.com,Müller\n".encode("latin-1")
+    )
+
+    items = await read_all(path, encoding="latin-1")
+
+    assert items == [SourceRow((2,), "b@example.com", {"FirstName": "Müller"})]
+
+
+async def test_quotes_commas_and_embedded_newlines(tmp_path: Path) -> None:
+    """Quoted commas, quotes and line breaks survive; line numbers count physical lines."""
+    path = write_text(
+        tmp_path / "in.csv",
+        'Email,City,Note\na@example.com,"Boston, MA","line one\nline two"\n'
+        'b@example.com,"Say ""hi""",plain\n',
+    )
+
+    items = await read_all(path)
+
+    assert items == [
+        SourceRow((2,), "a@example.com", {"City": "Boston, MA", "Note": "line one\nline two"}),
+        SourceRow((4,), "b@example.com", {"City": 'Say "hi"', "Note": "plain"}),
+    ]
+
+
+async def test_blank_lines_are_skipped(tmp_path: Path) -> None:
+    """Blank lines yield nothing, and later rows keep their true line numbers."""
+    path = write_text(tmp_path / "in.csv", "Email\na@example.com\n\n,\nb@example.com\n")
+
+    items = await read_all(path)
+
+    assert items == [SourceRow((2,), "a@example.com", {}), SourceRow((5,), "b@example.com", {})]
+
+
+async def test_empty_file_is_a_source_error(tmp_path: Path) -> None:
+    """An empty file cannot be read at all."""
+    path = write_text(tmp_path / "in.csv", "")
+
+    with pytest.raises(SourceError, match="empty"):
+        await read_all(path)
+
+
+async def test_header_only_file_has_no_rows(tmp_path: Path) -> None:
+    """A file with a header and no data rows yields nothing and counts no rows."""
+    path = write_text(tmp_path / "in.csv", "Email Address,First Name\n")
+    reader = SourceReader(path)
+
+    scan = await reader.scan()
+
+    assert scan.rows == 0
+    assert [item async for item in reader.rows()] == []
+
+
+def test_missing_file_is_a_source_error(tmp_path: Path) -> None:
+    """A path that is not a file is refused at once."""
+    with pytest.raises(SourceError, match="does not exist"):
+        SourceReader(tmp_path / "nope.csv")
+
+
+async def test_over_long_fields_are_rejected_with_the_field_and_limit(tmp_path: Path) -> None:
+    """A value over the API's field limit rejects the row, naming the field and the limit."""
+    path = write_csv(
+        tmp_path / "in.csv",
+        ["Email", "First Name", "Zip", "Notes"],
+        [
+            ["a@example.com", "x" * 51, "", ""],
+            ["b@example.com", "x" * 50, "1" * 26, ""],
+            ["c@example.com", "ok", "12345", "n" * 500],
+        ],
+    )
+
+    items = await read_all(path)
+
+    first, second = rejected(items)
+    assert (first.line, first.email) == (2, "a@example.com")
+    assert "FirstName" in first.reason
+    assert "51" in first.reason
+    assert "50" in first.reason
+    assert second.line == 3
+    assert "PostalCode" in second.reason
+    assert "25" in second.reason
+    assert [i.email for i in valid(items)] == ["c@example.com"]
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        pytest.param("  Ann.Lee@Example.COM ", "ann.lee@example.com", id="trim-and-lower"),
+        pytest.param("user@bücher.de", "user@xn--bcher-kva.de", id="idn-domain-to-punycode"),
+        pytest.param("a+tag@sub.example.co.uk", "a+tag@sub.example.co.uk", id="plus-and-subdomain"),
+        pytest.param("o'brien@example.ie", "o'brien@example.ie", id="apostrophe"),
+    ],
+)
+def test_valid_emails_are_normalised(raw: str, expected: str) -> None:
+    """Emails are trimmed and lower-cased; an internationalised domain becomes punycode."""
+    assert normalise_email(raw) == (expected, "")
+
+
+@pytest.mark.parametrize(
+    ("raw", "reason"),
+    [
+        pytest.param("", "no email", id="empty"),
+        pytest.param("not-an-email", "invalid", id="no-at"),
+        pytest.param("two@@example.com", "invalid", id="two-ats"),
+        pytest.param("a b@example.com", "invalid", id="space"),
+        pytest.param("trailing.dot@example.", "invalid", id="trailing-dot"),
+        pytest.param("nodomain@localhost", "invalid", id="no-tld"),
+        pytest.param("jö@example.com", "ASCII local parts only", id="non-ascii-local-part"),
+        pytest.param("a" * 75 + "@example.com", "longer than 80", id="too-long"),
+    ],
+)
+def test_invalid_emails_are_refused_with_a_reason(raw: str, reason: str) -> None:
+    """Invalid addresses give no email and a reason a user can act on."""
+    email, why = normalise_email(raw)
+    assert email == ""
+    assert reason in why
+
+
+async def test_invalid_emails_become_rejected_rows(tmp_path: Path) -> None:
+    """Rows with invalid addresses are `Rejected` with the address as given."""
+    path = write_csv(
+        tmp_path / "in.csv",
+        ["Email"],
+        [["ok@example.com"], ["jö@example.com"], ["bad@@example.com"], ["user@bücher.de"]],
+    )
+
+    items = await read_all(path)
+
+    assert [i.email for i in valid(items)] == ["ok@example.com", "user@xn--bcher-kva.de"]
+    assert [(r.line, r.email) for r in rejected(items)] == [
+        (3, "jö@example.com"),
+        (4, "bad@@example.com"),
+    ]
+
+
+async def test_jsonl_rows_and_bad_lines(tmp_path: Path) -> None:
+    """JSON Lines: objects are rows; bad JSON, non-objects, no email are rejected by line."""
+    path = write_jsonl(
+        tmp_path / "in.jsonl",
+        [
+            {"email": "A@example.com", "first_name": "Ann", "lists": ["VIP", "Customers"]},
+            "{not json",
+            "[1, 2]",
+            "",
+            {"Email Address": "b@example.com", "Last Name": "Bee", "age": 40},
+            {"name": "nobody"},
+        ],
+    )
+
+    items = await read_all(path, lists_column="lists")
+
+    assert valid(items) == [
+        SourceRow((1,), "a@example.com", {"FirstName": "Ann"}, ("VIP", "Customers")),
+        SourceRow((5,), "b@example.com", {"LastName": "Bee"}),
+    ]
+    reasons = {r.line: r.reason for r in rejected(items)}
+    assert set(reasons) == {2, 3, 6}
+    assert "not JSON" in reasons[2]
+    assert "not a JSON object" in reasons[3]
+    assert "no email column" in reasons[6]
+
+
+async def test_duplicates_far_apart_in_a_file_are_coalesced(tmp_path: Path) -> None:
+    """Far-apart rows of one email coalesce: all lines, lists unioned, later values win."""
+    rows = [["Dup@Example.com", "Old", "Keep", "A"]]
+    rows += [[f"other{i}@example.com", "", "", "A"] for i in range(3000)]
+    rows += [["dup@example.com", "New", "", "B"]]
+    rows += [[f"tail{i}@example.com", "", "", "A"] for i in range(10)]
+    rows += [[" DUP@example.COM", "", "", "A;C"]]
+    path = write_csv(tmp_path / "in.csv", ["Email", "First Name", "Last Name", "Lists"], rows)
+
+    items = await read_all(path, lists_column="Lists")
+
+    dups = [i for i in valid(items) if i.email == "dup@example.com"]
+    assert dups == [
+        SourceRow(
+            (2, 3003, 3014),
+            "dup@example.com",
+            {"FirstName": "New", "LastName": "Keep"},
+            ("A", "B", "C"),
+        )
+    ]
+    assert len(items) == 3011
+    assert sorted(line for i in valid(items) for line in i.lines) == list(range(2, 3015))
+
+
+async def test_sync_iterable(tmp_path: Path) -> None:
+    """A plain iterable is numbered from 1, and a non-mapping item is rejected."""
+    source: list[Any] = [
+        {"email": "a@example.com", "FirstName": "Ann"},
+        "not a mapping",
+        {"E-mail": "B@example.com"},
+    ]
+
+    items = await read_all(source)
+
+    assert items[0] == SourceRow((1,), "a@example.com", {"FirstName": "Ann"})
+    assert isinstance(items[1], Rejected)
+    assert items[1].line == 2
+    assert "not a mapping" in items[1].reason
+    assert items[2] == SourceRow((3,), "b@example.com", {})
+
+
+async def test_async_iterable() -> None:
+    """An async iterable is read as it produces items; duplicates are left to the planner."""
+
+    async def produce() -> AsyncIterator[Mapping[str, Any]]:
+        for i in range(3):
+            yield {"email": f"user{i}@example.com", "first_name": f"U{i}"}
+        yield {"email": "user0@example.com", "first_name": "Again"}
+
+    items = await read_all(produce())
+
+    assert [(i.lines, i.email) for i in valid(items)] == [
+        ((1,), "user0@example.com"),
+        ((2,), "user1@example.com"),
+        ((3,), "user2@example.com"),
+        ((4,), "user0@example.com"),
+    ]
+
+
+async def test_large_sync_iterable_is_read_whole() -> None:
+    """A long iterable is read whole, in order (the reader yields to the loop as it goes)."""
+    items = await read_all({"email": f"n{i}@example.com"} for i in range(2000))
+
+    assert [i.lines[0] for i in valid(items)] == list(range(1, 2001))

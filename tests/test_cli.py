@@ -1,0 +1,328 @@
+"""The `migrate` and `lists` commands, in-process, against a simulator in its own thread."""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import json
+import ssl
+import threading
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from engine.cli import main
+from engine.simulator import AccountStore, RunningSimulator, SimulatorConfig, serve
+
+API_KEY = "k3y-4a61d1c"
+PASSWORD = "pw-S3cret-0f9e"  # must never be printed
+CONFIG = SimulatorConfig(
+    host="127.0.0.1", port=0, activity_delay=0.05, seed=7, api_key=API_KEY, password=PASSWORD
+)
+
+
+@contextmanager
+def simulator_in_thread(store: AccountStore) -> Iterator[RunningSimulator]:
+    """Serve `store` from a thread with its own loop (`main` runs `asyncio.run` itself)."""
+    ready = threading.Event()
+    box: dict[str, Any] = {}
+
+    async def serve_until_stopped() -> None:
+        stop = asyncio.Event()
+        async with serve(CONFIG, store) as sim:
+            box.update(sim=sim, loop=asyncio.get_running_loop(), stop=stop)
+            ready.set()
+            await stop.wait()
+
+    def target() -> None:
+        try:
+            asyncio.run(serve_until_stopped())
+        except BaseException as exc:  # reported to the test thread below
+            box["error"] = exc
+            ready.set()
+
+    thread = threading.Thread(target=target, name="simulator", daemon=True)
+    thread.start()
+    assert ready.wait(30), "the simulator did not start"
+    if "error" in box:
+        raise box["error"]
+    try:
+        yield box["sim"]
+    finally:
+        box["loop"].call_soon_threadsafe(box["stop"].set)
+        thread.join(30)
+        assert not thread.is_alive()
+
+
+def stats(sim: RunningSimulator) -> dict[str, Any]:
+    """The simulator's request counters."""
+    context = ssl.create_default_context(cafile=str(sim.ca_path))
+    with urllib.request.urlopen(sim.stats_url, context=context, timeout=10) as answer:
+        counters: dict[str, Any] = json.loads(answer.read())
+    return counters
+
+
+def writes(sim: RunningSimulator) -> dict[str, int]:
+    """The write requests (PUT, POST, DELETE) the simulator answered, by route."""
+    routes: dict[str, int] = stats(sim)["by_route"]
+    return {r: n for r, n in routes.items() if r.split()[0] in ("PUT", "POST", "DELETE")}
+
+
+@pytest.fixture
+def store() -> AccountStore:
+    """An account with Customers (40 members), Newsletter (empty) and a Do Not Mail contact."""
+    account = AccountStore(CONFIG)
+    customers = account.create_list("Customers")
+    account.create_list("Newsletter")
+    for i in range(40):
+        account.add_contact(f"member{i}@example.com", lists=[customers])
+    account.add_contact("optedout@example.com", status="Do Not Mail")
+    return account
+
+
+@pytest.fixture
+def sim(store: AccountStore, monkeypatch: pytest.MonkeyPatch) -> Iterator[RunningSimulator]:
+    """The simulator, with the credentials in the environment as a user would set them."""
+    monkeypatch.setenv("CTCT_USERNAME", CONFIG.username)
+    monkeypatch.setenv("CTCT_API_KEY", API_KEY)
+    monkeypatch.setenv("CTCT_PASSWORD", PASSWORD)
+    with simulator_in_thread(store) as running:
+        yield running
+
+
+def source(tmp_path: Path, emails: list[str], lists: dict[str, str] | None = None) -> Path:
+    """A CSV of the emails, with a Lists column (names for some emails, else empty)."""
+    path = tmp_path / "contacts.csv"
+    with path.open("w", newline="", encoding="utf-8") as file:
+        writer = csv.writer(file)
+        writer.writerow(["Email Address", "First Name", "Lists"])
+        writer.writerows(
+            [email, f"N{i}", (lists or {}).get(email, "")] for i, email in enumerate(emails)
+        )
+    return path
+
+
+def account_args(sim: RunningSimulator) -> list[str]:
+    """The account options for the simulator: its URL, its CA, no real rate limit."""
+    return [
+        "--base-url",
+        sim.base_url,
+        "--ca-file",
+        str(sim.ca_path),
+        "--rate-limit",
+        "10000",
+        "--concurrency",
+        "16",
+    ]
+
+
+def migrate_args(sim: RunningSimulator, path: Path, *extra: str) -> list[str]:
+    """`migrate PATH` with fast polls and the account options."""
+    return [
+        "migrate",
+        str(path),
+        "--poll-initial",
+        "0.02",
+        "--poll-max",
+        "0.1",
+        *extra,
+        *account_args(sim),
+    ]
+
+
+def run_cli(capsys: pytest.CaptureFixture[str], argv: list[str]) -> tuple[int, str, str]:
+    """Run `main(argv)`; return the exit status, stdout and stderr (never showing secrets)."""
+    status = main(argv)
+    out, err = capsys.readouterr()
+    assert PASSWORD not in out + err
+    assert API_KEY not in out + err
+    return status, out, err
+
+
+def test_clean_migration_exits_0_and_writes_the_report(
+    sim: RunningSimulator,
+    store: AccountStore,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A clean run exits 0 and writes one JSON line per email with rows and lists_added."""
+    emails = [f"member{i}@example.com" for i in range(30)] + ["new@example.org"]
+    path = source(tmp_path, [*emails, "NEW@example.org"])
+    report = tmp_path / "report.jsonl"
+
+    status, out, err = run_cli(
+        capsys, ["-v", *migrate_args(sim, path, "--list", "Newsletter", "--report", str(report))]
+    )
+
+    assert status == 0, err
+    assert "32 rows (1 merged as duplicates)" in out
+    assert f"report: {report}" in out
+    assert "progress:" in err
+    lines = [json.loads(line) for line in report.read_text(encoding="utf-8").splitlines()]
+    assert len(lines) == 31
+    for line in lines:
+        assert {"email", "outcome", "rows", "lists_added"} <= line.keys()
+        assert line["lists_added"] == ["Newsletter"]
+    assert {line["email"]: line["rows"] for line in lines}["new@example.org"] == [32, 33]
+    assert sorted(r for line in lines for r in line["rows"]) == list(range(2, 34))
+    newsletter = store.list_by_name("Newsletter")
+    customers = store.list_by_name("Customers")
+    assert newsletter is not None
+    assert customers is not None
+    assert store.member_count(newsletter.id) == 31
+    assert store.member_count(customers.id) == 40
+    assert PASSWORD not in caplog.text
+
+
+def test_rejected_rows_exit_1(
+    sim: RunningSimulator, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A run in which some rows were rejected exits 1, and the valid rows are migrated."""
+    path = source(tmp_path, ["member1@example.com", "not-an-email", "x@@example.com"])
+
+    status, out, _ = run_cli(capsys, migrate_args(sim, path, "--list", "Newsletter", "--quiet"))
+
+    assert status == 1
+    assert "2 rejected" in out
+    assert "1 updated" in out
+
+
+def test_default_report_sits_beside_the_source(
+    sim: RunningSimulator, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The default report is SOURCE.report.jsonl; opted-out rows are skipped, exit 0."""
+    path = source(tmp_path, ["optedout@example.com", "member2@example.com"])
+
+    status, _out, _ = run_cli(
+        capsys, migrate_args(sim, path, "--list", "Newsletter", "--quiet", "--no-bulk")
+    )
+
+    assert status == 0
+    lines = [json.loads(line) for line in Path(f"{path}.report.jsonl").read_text().splitlines()]
+    assert {line["email"]: (line["outcome"], line.get("reason")) for line in lines} == {
+        "optedout@example.com": ("skipped", "opted-out"),
+        "member2@example.com": ("updated", None),
+    }
+
+
+def test_unknown_list_exits_2_and_writes_nothing(
+    sim: RunningSimulator, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An unknown list exits 2, names the account's lists, and writes nothing."""
+    path = source(tmp_path, ["member1@example.com"])
+
+    status, _, err = run_cli(capsys, migrate_args(sim, path, "--list", "Newsleter", "--quiet"))
+
+    assert status == 2
+    assert "'Newsleter'" in err
+    assert "'Customers'" in err
+    assert "'Newsletter'" in err
+    assert "nothing was written" in err
+    assert writes(sim) == {}
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        pytest.param("CTCT_PASSWORD", "Wr0ng-pw-77", id="wrong-password"),
+        pytest.param("CTCT_API_KEY", "wrong-key-77", id="wrong-key"),
+    ],
+)
+def test_bad_credentials_exit_2_and_explain_the_login(
+    variable: str,
+    value: str,
+    sim: RunningSimulator,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Bad credentials exit 2, explain APIKEY%username, print no secret, write nothing."""
+    monkeypatch.setenv(variable, value)
+    path = source(tmp_path, ["member1@example.com"])
+
+    status, out, err = run_cli(capsys, migrate_args(sim, path, "--list", "Newsletter"))
+
+    assert status == 2
+    assert "APIKEY%username" in err
+    assert value not in out + err
+    assert writes(sim) == {}
+
+
+def test_missing_credentials_exit_2_naming_the_variable(
+    sim: RunningSimulator,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Without CTCT_PASSWORD the command exits 2 and says which variable to set."""
+    monkeypatch.delenv("CTCT_PASSWORD")
+    path = source(tmp_path, ["member1@example.com"])
+
+    status, _, err = run_cli(capsys, migrate_args(sim, path, "--list", "Newsletter"))
+
+    assert status == 2
+    assert "CTCT_PASSWORD" in err
+
+
+def test_dry_run_prints_the_plan_and_writes_nothing(
+    sim: RunningSimulator,
+    store: AccountStore,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`--dry-run` prints contacts per path, requests and time at the rate; no writes."""
+    emails = [f"member{i}@example.com" for i in range(30)]
+    path = source(tmp_path, [*emails, "solo@example.org"], {"solo@example.org": "Customers"})
+    before = {c.email: (c.status, set(c.lists)) for c in store.contacts()}
+
+    status, out, _ = run_cli(
+        capsys,
+        [
+            "migrate",
+            str(path),
+            "--list",
+            "Newsletter",
+            "--lists-column",
+            "Lists",
+            "--dry-run",
+            "--lookup",
+            *account_args(sim)[:-4],
+            "--rate-limit",
+            "4",
+        ],
+    )
+
+    assert status == 0
+    assert "rows read:              31" in out
+    assert "bulk path:              30 contacts in 1 activities" in out
+    assert "per-contact path:       1 contacts; 0 exist, 1 are new" in out
+    assert "requests to send:" in out
+    assert "time at 4 requests/s:" in out
+    assert "nothing was written." in out
+    assert writes(sim) == {}
+    assert {c.email: (c.status, set(c.lists)) for c in store.contacts()} == before
+    assert not Path(f"{path}.report.jsonl").exists()
+
+
+def test_lists_prints_id_name_members_and_sort_order(
+    sim: RunningSimulator, store: AccountStore, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`lists` prints each list's id, member count, SortOrder and name."""
+    status, out, _ = run_cli(capsys, ["lists", *account_args(sim)])
+
+    assert status == 0
+    rows = {line.split()[-1]: line.split() for line in out.splitlines() if "/lists/" in line}
+    for item in store.lists():
+        fields = rows[item.name]
+        assert fields[0].endswith(f"/ws/customers/{CONFIG.username}/lists/{item.id}")
+        assert fields[1] == str(store.member_count(item.id))
+        assert fields[2] == str(item.sort_order)
+    assert "(system list)" in out
+    assert "SortOrder" in out.splitlines()[0]
+    assert "not the SortOrder" in out
+    assert writes(sim) == {}
