@@ -18,7 +18,7 @@ An activity that ends in `ERROR`, cannot be submitted, or does not finish within
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
@@ -32,19 +32,25 @@ from engine.api.activities import (
 from engine.api.client import Account
 from engine.api.codec import merge_contact_lists
 from engine.api.records import Activity, ContactEntry, uri_key
+from engine.crashpoints import crash_point
 from engine.errors import (
     ApiError,
     ConnectionLostError,
     FatalApiError,
     QuotaExhaustedError,
 )
+from engine.journal import PendingActivity
 from engine.pipeline.config import MigrationConfig
-from engine.pipeline.models import Batch, Contact, Outcome
+from engine.pipeline.models import Batch, Contact, Outcome, OutcomeKind
 from engine.pipeline.stats import RunStats
 
 __all__ = ["BulkPath"]
 
 log = logging.getLogger("engine.bulk")
+
+
+class _Stopped(Exception):
+    """The run is stopping: leave the activity to the journal and a resumed run."""
 
 
 class BulkPath:
@@ -64,13 +70,15 @@ class BulkPath:
         config: MigrationConfig,
         stats: RunStats,
         send_contacts: MemoryObjectSendStream[Contact],
-        on_submitted: Callable[[Activity, Batch], None] | None = None,
+        on_submitted: Callable[[Activity, Batch], Awaitable[None]] | None = None,
+        stop: anyio.Event | None = None,
     ) -> None:
         self.account = account
         self.config = config
         self.stats = stats
         self._send_contacts = send_contacts
         self._on_submitted = on_submitted
+        self._stop = stop
         self.enabled = True
         self.verified = False
         self._check_lock = anyio.Lock()
@@ -90,8 +98,12 @@ class BulkPath:
             async def one(batch: Batch) -> None:
                 stage.busy += len(batch.contacts)
                 try:
+                    if self._stop is not None and self._stop.is_set():
+                        return  # not sent: these contacts are redone by a resumed run
                     for outcome in await self.run_batch(batch):
                         await send_outcomes.send(outcome)
+                except _Stopped:
+                    return
                 finally:
                     stage.busy -= len(batch.contacts)
                     stage.done += len(batch.contacts)
@@ -145,34 +157,90 @@ class BulkPath:
         return self.enabled and not self.verified
 
     async def _run(self, batch: Batch, *, check: bool) -> list[Outcome]:
-        before = await self._sample(batch) if check and self.config.sample_size else {}
+        """Run a batch; with `check`, first as a small probe activity whose contacts were
+        all read before, so a server that replaced memberships is caught and fully repaired.
+        """
+        outcomes: list[Outcome] = []
+        contacts = batch.contacts
+        if check and self.config.probe_size:
+            probe, before = await self._probe(batch)
+            if before:  # contacts on other lists: the probe can prove (or disprove) append
+                settled = await self._submit_and_settle(probe, batch.targets, before=before)
+                chosen = {c.email for c in probe}
+                contacts = tuple(c for c in contacts if c.email not in chosen)
+                if settled is None:  # switched off: the probe fell back, the rest follows
+                    await self._fall_back(contacts, "bulk path switched off")
+                    return []
+                outcomes += settled
+        if contacts:
+            outcomes += await self._submit_and_settle(contacts, batch.targets) or []
+        return outcomes
+
+    async def _submit_and_settle(
+        self,
+        contacts: tuple[Contact, ...],
+        targets: dict[str, str],
+        *,
+        before: dict[str, ContactEntry] | None = None,
+    ) -> list[Outcome] | None:
+        """Submit, poll, check (with `before`) and map outcomes; None if bulk was switched off."""
         try:
-            activities = await self._submit(batch.contacts, batch)
+            activities = await self._submit(contacts, targets)
             finished = [await self._poll(a) for a, _ in activities]
-        except (FatalApiError, ConnectionLostError, QuotaExhaustedError):
+        except (FatalApiError, ConnectionLostError, QuotaExhaustedError, _Stopped):
             raise
         except (ApiError, TimeoutError) as exc:
-            await self._fall_back(batch.contacts, f"activity failed: {exc}")
+            await self._fall_back(contacts, f"activity failed: {exc}")
             return []
+        crash_point("activity-complete")
         # Only a completed activity proves anything: one that ended in ERROR applied
-        # nothing, so its sampled contacts lack the targets without having lost a list.
-        # The check then waits for a later batch, and these contacts fall back below.
+        # nothing, so its contacts lack the targets without having lost a list. The check
+        # then waits for a later batch, and these contacts fall back below.
         if before and all(a.status.upper() == "COMPLETE" for a in finished):
-            lost = await self._check(before, batch.targets)
+            lost = await self._check(before, targets)
             if lost:
-                await self._switch_off(lost, before, batch)
-                return []
+                await self._switch_off(lost, before, contacts, targets)
+                return None
             self.verified = True
+        return await self._settle(finished, activities, targets)
+
+    async def _settle(
+        self,
+        finished: list[Activity],
+        activities: list[tuple[Activity, tuple[Contact, ...]]],
+        targets: dict[str, str],
+    ) -> list[Outcome]:
         outcomes: list[Outcome] = []
         for activity, (_, contacts) in zip(finished, activities, strict=True):
             if activity.status.upper() != "COMPLETE":
                 await self._fall_back(contacts, f"activity {activity.key} ended {activity.status}")
                 continue
-            outcomes += self._outcomes(activity, contacts, tuple(batch.targets))
+            outcomes += self._outcomes(activity, contacts, tuple(targets))
         return outcomes
 
+    async def resume(
+        self, pending: list[PendingActivity], send_outcomes: MemoryObjectSendStream[Outcome]
+    ) -> None:
+        """Settle activities an earlier run submitted: poll them instead of resubmitting."""
+        async with send_outcomes:
+            for item in pending:
+                activity = Activity(item.id, item.id, "", "PENDING", None, ())
+                try:
+                    finished = await self._poll(activity)
+                except _Stopped:
+                    return
+                except (FatalApiError, ConnectionLostError, QuotaExhaustedError):
+                    raise
+                except (ApiError, TimeoutError) as exc:  # e.g. 404: expired after 14 days
+                    await self._fall_back(item.contacts, f"activity {item.id}: {exc}")
+                    continue
+                for outcome in await self._settle(
+                    [finished], [(finished, item.contacts)], item.targets
+                ):
+                    await send_outcomes.send(outcome)
+
     async def _submit(
-        self, contacts: tuple[Contact, ...], batch: Batch
+        self, contacts: tuple[Contact, ...], targets: dict[str, str]
     ) -> list[tuple[Activity, tuple[Contact, ...]]]:
         fields = sorted(
             {f for c in contacts for f in c.fields if f in COLUMN_NAMES and f != "EmailAddress"}
@@ -181,7 +249,7 @@ class BulkPath:
         try:
             body = encode_add_contacts(
                 rows,
-                list(batch.targets.values()),
+                list(targets.values()),
                 fields=fields,
                 max_rows=self.config.bulk_max_rows,
                 max_bytes=self.config.bulk_max_bytes,
@@ -191,13 +259,17 @@ class BulkPath:
                 raise
             half = len(contacts) // 2
             return [
-                *await self._submit(contacts[:half], batch),
-                *await self._submit(contacts[half:], batch),
+                *await self._submit(contacts[:half], targets),
+                *await self._submit(contacts[half:], targets),
             ]
+        if self._stop is not None and self._stop.is_set():
+            raise _Stopped
         activity = await self.account.submit_activity(body)
         self.stats.activities += 1
+        crash_point("activity-submitted")
         if self._on_submitted is not None:
-            self._on_submitted(activity, Batch(contacts, batch.targets))
+            await self._on_submitted(activity, Batch(contacts, targets))
+        crash_point("activity-journaled")
         log.info("activity %s submitted with %d contacts", activity.key, len(contacts))
         return [(activity, contacts)]
 
@@ -205,11 +277,20 @@ class BulkPath:
         delay = self.config.poll_initial
         with anyio.fail_after(self.config.poll_timeout):
             while not activity.finished:
-                await anyio.sleep(delay)
+                await self._sleep_unless_stopped(delay)
                 delay = min(self.config.poll_max, max(delay * 2, 0.01))
                 activity = await self.account.get_activity(activity.key)
                 self.stats.polls += 1
         return activity
+
+    async def _sleep_unless_stopped(self, seconds: float) -> None:
+        if self._stop is None:
+            await anyio.sleep(seconds)
+            return
+        with anyio.move_on_after(seconds):
+            await self._stop.wait()
+        if self._stop.is_set():
+            raise _Stopped  # the journal knows the activity: a resumed run polls it
 
     def _outcomes(
         self, activity: Activity, contacts: tuple[Contact, ...], targets: tuple[str, ...]
@@ -226,16 +307,25 @@ class BulkPath:
                 continue
             message = error.message.lower()
             rows = tuple(contact.rows)
+            kind: OutcomeKind
             if "do not mail" in message or "do-not-mail" in message or "opted out" in message:
-                outcome = Outcome(contact.email, "skipped", rows, "opted-out", path="bulk")
+                kind, reason = "skipped", "opted-out"
             elif "invalid" in message:
-                outcome = Outcome(contact.email, "rejected", rows, error.message, path="bulk")
+                kind, reason = "rejected", error.message
             else:
-                outcome = Outcome(contact.email, "failed", rows, error.message, path="bulk")
-            settled[contact.email] = outcome
+                kind, reason = "failed", error.message
+            settled[contact.email] = Outcome(
+                contact.email,
+                kind,
+                rows,
+                reason,
+                (),
+                "bulk",
+                targets,
+            )
         return [
             settled.get(c.email)
-            or Outcome(c.email, "bulk_added", tuple(c.rows), lists_added=targets, path="bulk")
+            or Outcome(c.email, "bulk_added", tuple(c.rows), "", targets, "bulk", targets)
             for c in contacts
         ]
 
@@ -247,25 +337,32 @@ class BulkPath:
 
     # --- the membership check -------------------------------------------------------
 
-    async def _sample(self, batch: Batch) -> dict[str, ContactEntry]:
-        """Entries of up to `sample_size` contacts of the batch that are on other lists."""
-        emails = [c.email for c in batch.contacts[:50]]
-        found = await self.account.search_contacts(emails)
-        sample: dict[str, ContactEntry] = {}
-        for summary in list(found.values())[: self.config.sample_size * 3]:
+    async def _probe(self, batch: Batch) -> tuple[tuple[Contact, ...], dict[str, ContactEntry]]:
+        """The probe (up to `probe_size` contacts, existing ones first) and the entries of its
+        contacts that are on other lists, read before anything is sent.
+
+        Every existing contact of the probe is read, not only a sample: if the server turns
+        out to replace memberships, each of them can be repaired, so I1 holds for them all.
+        """
+        size = self.config.probe_size
+        head = batch.contacts[: max(50, size)]
+        found = await self.account.search_contacts([c.email for c in head[:50]])
+        existing = [c for c in head if c.email in found][:size]
+        fresh = [c for c in head if c.email not in found][: size - len(existing)]
+        before: dict[str, ContactEntry] = {}
+        for contact in existing:
+            summary = found[contact.email]
             if summary.status.strip().lower() == "do not mail":
                 continue
             entry = await self.account.get_contact(summary.key)
             if entry.list_keys - set(batch.targets):
-                sample[entry.key] = entry
-            if len(sample) >= self.config.sample_size:
-                break
-        return sample
+                before[entry.key] = entry
+        return (*existing, *fresh), before
 
     async def _check(
         self, before: dict[str, ContactEntry], targets: dict[str, str]
     ) -> dict[str, frozenset[str]]:
-        """Sampled contact key -> lists it lost (before ∪ targets minus after)."""
+        """Probed contact key -> lists it lost (before ∪ targets minus after)."""
         lost: dict[str, frozenset[str]] = {}
         for key, entry in before.items():
             after = await self.account.get_contact(key)
@@ -275,23 +372,26 @@ class BulkPath:
         return lost
 
     async def _switch_off(
-        self, lost: dict[str, frozenset[str]], before: dict[str, ContactEntry], batch: Batch
+        self,
+        lost: dict[str, frozenset[str]],
+        before: dict[str, ContactEntry],
+        probe: tuple[Contact, ...],
+        targets: dict[str, str],
     ) -> None:
         self.enabled = False
         self.verified = True
         message = (
             f"bulk activities did NOT keep existing memberships: {len(lost)} of {len(before)} "
-            "sampled contacts lost lists. The bulk path is switched off for this run and the "
-            "rest goes contact by contact; the sampled contacts were repaired. Other contacts "
-            "of that first activity may have lost lists: check them with `audit`."
+            "probed contacts lost lists. They were repaired, the bulk path is switched off "
+            "for this run, and every contact goes contact by contact."
         )
         self.warnings.append(message)
         log.error(message)
         for key, entry in before.items():
             current = await self.account.get_contact(key)
             wanted = {uri_key(uri): uri for uri in entry.lists}
-            wanted.update(batch.targets)
+            wanted.update(targets)
             body = merge_contact_lists(current, wanted)
             if body is not None:
                 await self.account.put_contact(current, body)
-        await self._fall_back(batch.contacts, "bulk path switched off")
+        await self._fall_back(probe, "bulk path switched off")

@@ -54,8 +54,9 @@ class MigrationConfig:
         poll_max: the longest wait between polls, in seconds.
         poll_timeout: seconds after which an unfinished activity is given up (its contacts
             then go through the per-contact path, which is safe to repeat).
-        sample_size: contacts read back after the first bulk activity to prove it kept
-            their other memberships.
+        probe_size: contacts of the first bulk activity that holds contacts already on other
+            lists: they go first, in an activity of their own, read before and after, to
+            prove that bulk add keeps memberships (0: no probe; not recommended).
         progress_interval: seconds between progress events.
     """
 
@@ -73,7 +74,7 @@ class MigrationConfig:
     poll_initial: float = 5.0
     poll_max: float = 30.0
     poll_timeout: float = 3 * 3600.0
-    sample_size: int = 5
+    probe_size: int = 25
     progress_interval: float = 1.0
 
     def __post_init__(self) -> None:
@@ -88,7 +89,7 @@ class MigrationConfig:
         for name in ("linger", "poll_initial", "poll_max", "poll_timeout", "progress_interval"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} cannot be negative")
-        if self.sample_size < 0:
-            raise ConfigError("sample_size cannot be negative")
+        if self.probe_size < 0:
+            raise ConfigError("probe_size cannot be negative")
         if any(not name.strip() for name in self.lists):
             raise ConfigError("a list name is empty")

@@ -9,6 +9,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 
 from engine.api.client import SEARCH_BATCH, Account
 from engine.api.records import ContactEntry
+from engine.crashpoints import crash_point
 from engine.pipeline.models import Contact, Outcome
 from engine.pipeline.stats import StageStats, outcome_for_error
 
@@ -62,16 +63,31 @@ async def fetch_contacts(
     account: Account,
     send_outcomes: MemoryObjectSendStream[Outcome],
     stats: StageStats,
+    limit: int,
+    stop: anyio.Event | None = None,
 ) -> None:
-    """One fetch worker: search a batch of up to 50 emails, GET every contact found."""
-    async with receive_contacts, send_fetched, send_outcomes:
+    """The stage: one task forms batches of up to 50 emails, `limit` batches in flight.
+
+    Once `stop` is set, batches are drained without a request: a resumed run redoes them.
+
+    Batching in a single task keeps the searches full: idle workers each taking what is
+    queued would search a few emails at a time whenever the queue fills slowly.
+    """
+    slots = anyio.Semaphore(limit)
+
+    async def work(batch: list[Contact]) -> None:
+        stats.busy += len(batch)
+        try:
+            await _fetch_batch(batch, account, send_fetched, send_outcomes)
+        finally:
+            stats.busy -= len(batch)
+            stats.done += len(batch)
+            slots.release()
+
+    async with receive_contacts, send_fetched, send_outcomes, anyio.create_task_group() as tg:
         while batch := await receive_batch(receive_contacts, SEARCH_BATCH):
-            stats.busy += len(batch)
-            try:
-                await _fetch_batch(batch, account, send_fetched, send_outcomes)
-            finally:
-                stats.busy -= len(batch)
-                stats.done += len(batch)
+            await slots.acquire()
+            tg.start_soon(work, batch)
 
 
 async def _fetch_batch(
@@ -82,6 +98,7 @@ async def _fetch_batch(
 ) -> None:
     try:
         found = await account.search_contacts([c.email for c in batch])
+        crash_point("search")
     except Exception as exc:
         for contact in batch:
             await send_outcomes.send(outcome_for_error(contact, exc, "contact"))

@@ -48,13 +48,14 @@ def decide(contact: Contact, entry: ContactEntry | None, *, skip_removed: bool) 
     if entry is None:
         return Write(contact, None, None, tuple(contact.targets))
     status = entry.status.strip().lower()
+    targets, before = tuple(contact.targets), tuple(sorted(entry.list_keys))
     if status == DO_NOT_MAIL:
-        return Outcome(contact.email, "skipped", rows, "opted-out", path="contact")
+        return Outcome(contact.email, "skipped", rows, "opted-out", (), "contact", targets, before)
     if status == REMOVED and skip_removed:
-        return Outcome(contact.email, "skipped", rows, "removed", path="contact")
+        return Outcome(contact.email, "skipped", rows, "removed", (), "contact", targets, before)
     body = merge_contact_lists(entry, contact.targets)
     if body is None:
-        return Outcome(contact.email, "unchanged", rows, path="contact")
+        return Outcome(contact.email, "unchanged", rows, "", (), "contact", targets, before)
     added = tuple(k for k in contact.targets if k not in entry.list_keys)
     return Write(contact, entry, body, added)
 

@@ -119,6 +119,9 @@ class Outcome:
         reason: why, when not a success (`opted-out`, `removed`, an API message, …).
         lists_added: keys of the lists the engine added (or asked bulk to add).
         path: "contact", "bulk" or "" (rejected before planning).
+        targets: keys of the lists the contact had to end up on.
+        lists_before: keys of the lists the engine read before writing (per-contact path;
+            None when it did not read them, as on the bulk path). The audit proves I1 with it.
     """
 
     email: str
@@ -127,3 +130,5 @@ class Outcome:
     reason: str = ""
     lists_added: tuple[str, ...] = ()
     path: str = ""
+    targets: tuple[str, ...] = ()
+    lists_before: tuple[str, ...] | None = None

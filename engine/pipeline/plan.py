@@ -48,10 +48,18 @@ class Planner:
         config: the migration's configuration.
         lists_by_name: every target list name (from `config.lists` and the lists column)
             resolved to its list.
+        stop: once set, batches are dropped instead of flushed (the run is stopping).
     """
 
-    def __init__(self, config: MigrationConfig, lists_by_name: Mapping[str, ContactList]) -> None:
+    def __init__(
+        self,
+        config: MigrationConfig,
+        lists_by_name: Mapping[str, ContactList],
+        *,
+        stop: anyio.Event | None = None,
+    ) -> None:
         self.config = config
+        self._stop = stop
         self.lists_by_name = dict(lists_by_name)
         self._common = {lists_by_name[n].key: lists_by_name[n].id for n in config.lists}
         self._pending: dict[frozenset[str], _Pending] = {}
@@ -201,6 +209,8 @@ class Planner:
         self._held -= len(contacts)
         for email in pending.contacts:
             del self._where[email]
+        if self._stop is not None and self._stop.is_set():
+            return  # stopping: not sent, so a resumed run plans them again
         self._in_flight.update(pending.contacts)
         send_contacts, send_batches = self._out
         threshold = self.config.bulk_threshold

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from engine.api.client import Account
+from engine.crashpoints import crash_point
 from engine.errors import ConflictError
 from engine.pipeline.merge import Write, decide
 from engine.pipeline.models import Outcome
@@ -24,19 +26,23 @@ async def send_write(write: Write, account: Account, *, skip_removed: bool) -> O
     """
     contact = write.contact
     rows = tuple(contact.rows)
+    targets = tuple(contact.targets)
     try:
         for _ in range(MAX_CONFLICTS):
             if write.entry is not None and write.body is not None:
                 await account.put_contact(write.entry, write.body)
+                crash_point("put")
+                before = tuple(sorted(write.entry.list_keys))
                 return Outcome(
-                    contact.email, "updated", rows, lists_added=write.added, path="contact"
+                    contact.email, "updated", rows, "", write.added, "contact", targets, before
                 )
             try:
                 await account.create_contact(
                     contact.email, list(contact.targets.values()), contact.fields
                 )
+                crash_point("put")
                 return Outcome(
-                    contact.email, "created", rows, lists_added=write.added, path="contact"
+                    contact.email, "created", rows, "", write.added, "contact", targets, ()
                 )
             except ConflictError:
                 found = await account.search_contacts([contact.email])
@@ -62,10 +68,13 @@ async def put_contacts(
     account: Account,
     skip_removed: bool,
     stats: StageStats,
+    stop: anyio.Event | None = None,
 ) -> None:
-    """One put worker: one write at a time."""
+    """One put worker: one write at a time; once `stop` is set, writes are not sent."""
     async with receive_writes, send_outcomes:
         async for write in receive_writes:
+            if stop is not None and stop.is_set():
+                continue
             stats.busy += 1
             try:
                 outcome = await send_write(write, account, skip_removed=skip_removed)

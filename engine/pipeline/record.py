@@ -11,6 +11,7 @@ import anyio
 import anyio.to_thread
 from anyio.streams.memory import MemoryObjectReceiveStream
 
+from engine.journal import Journal
 from engine.pipeline.models import Outcome
 from engine.pipeline.stats import RunStats
 
@@ -51,6 +52,10 @@ class ReportWriter:
         if outcome.kind not in SUCCESSES or outcome.reason:
             record["reason"] = outcome.reason
         record["lists_added"] = [self._names.get(k, k) for k in outcome.lists_added]
+        if outcome.targets:
+            record["targets"] = [self._names.get(k, k) for k in outcome.targets]
+        if outcome.lists_before is not None:
+            record["lists_before"] = [self._names.get(k, k) for k in outcome.lists_before]
         record["rows"] = list(outcome.rows)
         if outcome.path:
             record["path"] = outcome.path
@@ -93,14 +98,17 @@ async def record_outcomes(
     stats: RunStats,
     on_done: Callable[[str], None],
     on_outcome: Callable[[Outcome], None] | None = None,
+    journal: Journal | None = None,
 ) -> None:
-    """The stage: count every outcome, write it, tell the planner the email is done."""
+    """The stage: count every outcome, journal and write it, tell the planner it is done."""
     stage = stats.stages["record"]
     async with receive_outcomes:
         async for outcome in receive_outcomes:
             stats.outcomes[outcome.kind] += len(outcome.rows)
             stats.emails += 1
             stage.done += 1
+            if journal is not None:
+                await journal.record(outcome)
             await writer.write(outcome)
             # Only a planned contact's outcome (it has a path) ends a write; a rejected row
             # that names an email being written must not release that email (I5).

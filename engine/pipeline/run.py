@@ -1,13 +1,15 @@
 """`migrate`: wires the stages together and runs them in one task group.
 
 ```
-source ─▶ read ─▶ plan ─┬─▶ fetch ─▶ merge ─▶ put ─┬─▶ record ─▶ report
-                        └─▶ bulk ─────(fallback)──▶ fetch                 │
-                             └────────────────────────────┘
+source ─▶ read ─▶ plan ─┬─▶ fetch ─▶ merge ─▶ put ──────┬─▶ record ─▶ journal ─▶ report
+                        └─▶ bulk ─(fallback)─▶ fetch     │
+        journal ─▶ resume activities ─────────────────────┘
 ```
 
 Every arrow is a bounded anyio memory stream; closing the send half is end-of-input. A
-fatal error in any stage cancels every other stage; the report is flushed either way.
+fatal error in any stage cancels every other stage; the journal and the report are written
+either way. With a journal, rows finished by an earlier run are skipped, activities it
+submitted are polled instead of resubmitted, and the report covers every run.
 """
 
 from __future__ import annotations
@@ -17,15 +19,16 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from functools import partial
 from pathlib import Path
 
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from engine.api.client import Account
-from engine.api.records import ContactList
+from engine.api.records import Activity, ContactList
+from engine.crashpoints import crash_point
 from engine.errors import ConfigError, EngineError, PipelineError
+from engine.journal import Journal, journal_key
 from engine.pipeline.bulk import BulkPath
 from engine.pipeline.config import MigrationConfig
 from engine.pipeline.fetch import Fetched, fetch_contacts
@@ -37,28 +40,35 @@ from engine.pipeline.read import Source, SourceReader
 from engine.pipeline.record import ReportWriter, record_outcomes
 from engine.pipeline.stats import Progress, RunStats, fan_out
 
-__all__ = ["MigrationReport", "migrate", "prepare_lists"]
+__all__ = ["MigrationReport", "migrate", "prepare_lists", "snapshot_members"]
 
 log = logging.getLogger("engine")
+
+#: Rows looked up in the journal at once when resuming.
+RESUME_CHUNK = 512
 
 
 @dataclass(frozen=True, slots=True)
 class MigrationReport:
-    """The summary of a run.
+    """The summary of a run (of every run, with a journal).
 
     Attributes:
         rows: rows read from the source.
         emails: report records (one per email; one per rejected row).
-        outcomes: outcome kind -> rows; adds up to `rows` (invariant I3).
+        outcomes: outcome kind -> rows; with `pending`, adds up to `rows` (invariant I3).
+        pending: rows without an outcome yet (the run was stopped); a resumed run does them.
+        resumed: rows whose outcome an earlier run recorded (not sent again).
         merged_rows: rows coalesced into another row of the same email.
-        requests: requests sent to the API.
+        requests: requests sent to the API by this run.
         retries: requests retried.
         throttles: throttle answers received.
         activities: bulk activities submitted.
         polls: activity status polls.
         elapsed: seconds the run took.
         report_path: the JSON Lines report, if one was written.
+        journal_path: the journal, if one was kept.
         bulk_enabled: False when the membership check switched the bulk path off.
+        stopped: True when the run was stopped before every row was done.
         warnings: things the user must know (e.g. why bulk was switched off).
     """
 
@@ -73,22 +83,34 @@ class MigrationReport:
     polls: int
     elapsed: float
     report_path: Path | None
+    pending: int = 0
+    resumed: int = 0
+    journal_path: Path | None = None
     bulk_enabled: bool = True
+    stopped: bool = False
     warnings: tuple[str, ...] = field(default=())
 
     @property
     def ok(self) -> bool:
-        """True when no row was rejected and none failed."""
-        return not (self.outcomes.get("rejected") or self.outcomes.get("failed"))
+        """True when every row is done and none was rejected or failed."""
+        return not (self.outcomes.get("rejected") or self.outcomes.get("failed") or self.pending)
 
     def summary(self) -> str:
         """One paragraph for people."""
         counts = ", ".join(f"{self.outcomes.get(k, 0)} {k}" for k in OUTCOMES)
-        return (
+        text = (
             f"{self.rows} rows ({self.merged_rows} merged as duplicates) -> {counts}. "
             f"{self.requests} requests ({self.retries} retried, {self.throttles} throttled), "
             f"{self.activities} activities, {self.polls} polls, in {self.elapsed:.1f}s."
         )
+        if self.resumed:
+            text += f" {self.resumed} rows were done by an earlier run."
+        if self.pending:
+            text += (
+                f" {self.pending} rows are not done yet: run the same command again to "
+                "resume" + (f" (journal {self.journal_path})." if self.journal_path else ".")
+            )
+        return text
 
 
 async def prepare_lists(
@@ -112,6 +134,19 @@ async def prepare_lists(
     return lists
 
 
+async def snapshot_members(account: Account) -> list[tuple[str, str]]:
+    """(email, list name) for every member of every user list: the state before a run.
+
+    Costs one request per 50 members of each list; the audit uses it to prove I1 for
+    contacts the bulk path touched.
+    """
+    members: list[tuple[str, str]] = []
+    for item in await account.lists():
+        if not item.is_system:
+            members += [(m.email.lower(), item.name) async for m in account.list_members(item.key)]
+    return members
+
+
 async def migrate(
     account: Account,
     source: Source,
@@ -119,6 +154,11 @@ async def migrate(
     lists: Sequence[str] = (),
     config: MigrationConfig | None = None,
     report: str | Path | None = None,
+    journal: str | Path | None = None,
+    restart: bool = False,
+    snapshot: bool = False,
+    stop: anyio.Event | None = None,
+    grace: float = 30.0,
     on_progress: Callable[[Progress], None] | None = None,
     on_outcome: Callable[[Outcome], None] | None = None,
 ) -> MigrationReport:
@@ -130,20 +170,32 @@ async def migrate(
         lists: list names every contact must be on (added to `config.lists`).
         config: the rest of the settings; defaults suit the real API.
         report: where to write the JSON Lines report (one line per email).
+        journal: the SQLite journal that makes the run resumable; running again with the
+            same source, lists and journal resumes. A journal of another migration is
+            refused unless `restart`.
+        restart: delete the journal and start over.
+        snapshot: before the first run, record every list's members in the journal (for
+            `audit` to prove I1 on the bulk path); needs `journal`.
+        stop: set it to stop: no new work is taken, requests in flight finish (for at most
+            `grace` seconds), the journal and report are written.
+        grace: seconds in-flight work may take after `stop` is set.
         on_progress: called with a `Progress` every `config.progress_interval` seconds.
         on_outcome: called with every `Outcome` as it is recorded.
 
     Returns:
-        the run's summary; the outcomes add up to the rows read.
+        the summary; outcomes plus pending add up to the rows read.
 
     Raises:
-        ConfigError: before any write, for unknown lists or bad settings.
+        ConfigError: before any write, for unknown lists, bad settings, a foreign journal.
         SourceError: the source cannot be read at all.
-        FatalApiError: authentication, access, or quota; the report holds what was done.
+        FatalApiError: authentication, access, or quota; the journal and report hold what
+            was done.
     """
     config = config or MigrationConfig()
     if lists:
         config = dataclasses.replace(config, lists=tuple(dict.fromkeys((*config.lists, *lists))))
+    if snapshot and journal is None:
+        raise ConfigError("a snapshot is kept in the journal: give a journal path")
     reader = SourceReader(source, config.read)
     if reader.path is None and not config.lists and not config.read.lists_column:
         raise ConfigError("no target lists: pass lists=[...] or a lists column")
@@ -152,171 +204,304 @@ async def migrate(
     stats.rows_total = scan.rows if reader.path is not None else None
     if reader.path is not None and not config.lists and not scan.list_names:
         raise ConfigError("no target lists: pass --list NAME or a lists column with names")
-    await account.verify()
-    by_name = await prepare_lists(
-        account, [*config.lists, *sorted(scan.list_names)], create=config.create_lists
-    )
-    # `linger` is for streaming sources: a file's batches fill up to the caps or the end of
-    # the input, or its 20,000 rows would go out in as many activities as linger periods.
-    planner = Planner(
-        config if reader.path is None else dataclasses.replace(config, linger=0), by_name
-    )
-    writer = ReportWriter(Path(report) if report else None, {c.key: n for n, c in by_name.items()})
-    await writer.open()
-    requests_before, retries_before = account.requests_sent, account.retries
-    throttles_before = account.governor.stats().throttles
+    names = [*config.lists, *sorted(scan.list_names)]
+    opened: Journal | None = None
+    if journal is not None:
+        key = journal_key(scan.digest or "iterable", names, _identity(config))
+        opened = await Journal.open(journal, key=key, restart=restart)
+    try:
+        await account.verify()
+        by_name = await prepare_lists(account, names, create=config.create_lists)
+        if opened is not None and snapshot and not await opened.has_snapshot():
+            await opened.record_snapshot(await snapshot_members(account))
+        run = _Run(account, config, reader, stats, by_name, opened, stop or anyio.Event())
+        return await run.execute(report, grace, on_progress, on_outcome)
+    finally:
+        if opened is not None:
+            await opened.aclose()
 
-    send_rows, receive_rows = anyio.create_memory_object_stream[SourceRow | Rejected](
-        config.queue_size
-    )
-    send_contacts, receive_contacts = anyio.create_memory_object_stream[Contact](config.queue_size)
-    send_batches, receive_batches = anyio.create_memory_object_stream[Batch](config.limits.bulk)
-    send_fetched, receive_fetched = anyio.create_memory_object_stream[Fetched](config.queue_size)
-    send_writes, receive_writes = anyio.create_memory_object_stream[Write](config.queue_size)
-    send_outcomes, receive_outcomes = anyio.create_memory_object_stream[Outcome](config.queue_size)
-    bulk = BulkPath(account, config, stats, send_contacts.clone())
-    queues = {
-        "read": receive_rows,
-        "fetch": receive_contacts,
-        "bulk": receive_batches,
-        "merge": receive_fetched,
-        "put": receive_writes,
-        "record": receive_outcomes,
+
+def _identity(config: MigrationConfig) -> dict[str, object]:
+    """The settings that decide what a row means: part of the journal's key."""
+    read = config.read
+    return {
+        "columns": sorted(read.columns.items()),
+        "lists_column": read.lists_column,
+        "separator": read.list_separator,
+        "encoding": read.encoding,
     }
 
-    def progress(final: bool = False) -> Progress:
+
+class _Run:
+    """One execution of the pipeline: its streams, stages and counters."""
+
+    def __init__(
+        self,
+        account: Account,
+        config: MigrationConfig,
+        reader: SourceReader,
+        stats: RunStats,
+        by_name: dict[str, ContactList],
+        journal: Journal | None,
+        stop: anyio.Event,
+    ) -> None:
+        self.account = account
+        self.config = config
+        self.reader = reader
+        self.stats = stats
+        self.journal = journal
+        self.stop = stop
+        self.resumed_rows = 0
+        self.held: set[str] = set()  # emails carried by activities of an earlier run
+        # `linger` is for streaming sources: a file's batches fill up to the caps or the
+        # end of the input, or 20,000 rows would go out in as many activities as lingers.
+        planner_config = config if reader.path is None else dataclasses.replace(config, linger=0)
+        self.planner = Planner(planner_config, by_name, stop=stop)
+        self.names = {c.key: n for n, c in by_name.items()}
+        self.started = (account.requests_sent, account.retries, account.governor.stats().throttles)
+
+    def progress(
+        self, queues: dict[str, MemoryObjectReceiveStream[object]], final: bool
+    ) -> Progress:
+        stats = self.stats
         for name, stream in queues.items():
             stats.stages[name].queued = stream.statistics().current_buffer_used  # type: ignore[index]
-        gov = account.governor.stats()
+        gov = self.account.governor.stats()
+        requests, retries, throttles = self.started
         return Progress(
             elapsed=time.monotonic() - stats.started,
             rows_read=stats.rows_read,
             rows_total=stats.rows_total,
-            rows_done=sum(stats.outcomes.values()),
+            rows_done=sum(stats.outcomes.values()) + self.resumed_rows,
             outcomes=dict(stats.outcomes),
             stages={k: (s.busy, s.queued) for k, s in stats.stages.items()},
-            requests=account.requests_sent - requests_before,
-            retries=account.retries - retries_before,
-            throttles=gov.throttles - throttles_before,
+            requests=self.account.requests_sent - requests,
+            retries=self.account.retries - retries,
+            throttles=gov.throttles - throttles,
             rate=gov.rate,
             activities=stats.activities,
             final=final,
         )
 
-    async def report_progress() -> None:
-        if on_progress is None:
-            return
-        while True:
-            await anyio.sleep(config.progress_interval)
-            on_progress(progress())
-
-    async def read(send: MemoryObjectSendStream[SourceRow | Rejected]) -> None:
+    async def read(self, send: MemoryObjectSendStream[SourceRow | Rejected]) -> None:
+        """The read stage; with a journal, rows done by an earlier run are left out."""
         async with send:
-            async for item in reader.rows():
-                stats.rows_read += len(item.lines) if isinstance(item, SourceRow) else 1
-                await send.send(item)
+            chunk: list[SourceRow | Rejected] = []
+            async for item in self.reader.rows():
+                self.stats.rows_read += len(item.lines) if isinstance(item, SourceRow) else 1
+                chunk.append(item)
+                if len(chunk) >= RESUME_CHUNK:
+                    await self._pass_on(chunk, send)
+                    chunk = []
+                    crash_point("read")
+                if self.stop.is_set():
+                    return
+            await self._pass_on(chunk, send)
 
-    outcome_sends = [send_outcomes.clone() for _ in range(5)]
-    send_outcomes.close()
-    try:
-        async with anyio.create_task_group() as outer:
-            outer.start_soon(report_progress)
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(read, send_rows)
-                tg.start_soon(
-                    planner.run, receive_rows, send_contacts, send_batches, outcome_sends[0]
-                )
-                tg.start_soon(
-                    _fetch_stage,
-                    receive_contacts,
-                    send_fetched,
-                    account,
-                    outcome_sends[1],
-                    stats,
-                    config.limits.fetch,
-                )
-                tg.start_soon(
-                    partial(
-                        merge_lists,
-                        send_outcomes=outcome_sends[2],
-                        skip_removed=config.skip_removed,
-                        stats=stats.stages["merge"],
-                    ),
-                    receive_fetched,
-                    send_writes,
-                )
-                put_worker = partial(
-                    put_contacts,
-                    account=account,
-                    skip_removed=config.skip_removed,
-                    stats=stats.stages["put"],
-                )
-                tg.start_soon(
-                    partial(fan_out, limit=config.limits.put),
-                    put_worker,
-                    receive_writes,
-                    outcome_sends[3],
-                )
-                tg.start_soon(bulk.run, receive_batches, outcome_sends[4])
-                tg.start_soon(
-                    partial(
-                        record_outcomes,
-                        writer=writer,
-                        stats=stats,
-                        on_done=planner.done,
-                        on_outcome=on_outcome,
-                    ),
-                    receive_outcomes,
-                )
-            outer.cancel_scope.cancel()
-    except BaseExceptionGroup as group:
-        raise _first_error(group) from None
-    finally:
-        await writer.aclose()
-        for stream in outcome_sends:
-            stream.close()
-        send_contacts.close()
-    if on_progress is not None:
-        on_progress(progress(final=True))
-    rows = stats.rows_read
-    return MigrationReport(
-        rows=rows,
-        emails=stats.emails,
-        outcomes={k: stats.outcomes.get(k, 0) for k in OUTCOMES},
-        merged_rows=rows - stats.emails,
-        requests=account.requests_sent - requests_before,
-        retries=account.retries - retries_before,
-        throttles=account.governor.stats().throttles - throttles_before,
-        activities=stats.activities,
-        polls=stats.polls,
-        elapsed=time.monotonic() - stats.started,
-        report_path=writer.path,
-        bulk_enabled=bulk.enabled,
-        warnings=tuple(bulk.warnings),
-    )
+    async def _pass_on(
+        self, chunk: list[SourceRow | Rejected], send: MemoryObjectSendStream[SourceRow | Rejected]
+    ) -> None:
+        done: set[str] = set()
+        if self.journal is not None and self.journal.resumed:
+            done = await self.journal.finished([i.email for i in chunk if isinstance(i, SourceRow)])
+        for item in chunk:
+            if isinstance(item, SourceRow) and (item.email in done or item.email in self.held):
+                if item.email in done:
+                    self.resumed_rows += len(item.lines)
+                continue
+            await send.send(item)
 
+    async def on_submitted(self, activity: Activity, batch: Batch) -> None:
+        """Journal an activity as soon as its id is known, before it is relied on."""
+        if self.journal is not None:
+            await self.journal.activity_submitted(activity.key, batch.targets, batch.contacts)
 
-async def _fetch_stage(
-    receive: MemoryObjectReceiveStream[Contact],
-    send: MemoryObjectSendStream[Fetched],
-    account: Account,
-    send_outcomes: MemoryObjectSendStream[Outcome],
-    stats: RunStats,
-    limit: int,
-) -> None:
-    async def worker(
-        receive: MemoryObjectReceiveStream[Contact], send: MemoryObjectSendStream[Fetched]
+    async def execute(
+        self,
+        report: str | Path | None,
+        grace: float,
+        on_progress: Callable[[Progress], None] | None,
+        on_outcome: Callable[[Outcome], None] | None,
+    ) -> MigrationReport:
+        config, stats, account = self.config, self.stats, self.account
+        pending = await self.journal.pending_activities() if self.journal else []
+        self.held = {c.email for item in pending for c in item.contacts}
+        report_path = Path(report) if report else None
+        # Without a journal the report is written as outcomes arrive; with one, the journal
+        # takes them and the report is written from it at the end, covering every run.
+        writer = ReportWriter(report_path if self.journal is None else None, self.names)
+        await writer.open()
+
+        size = config.queue_size
+        send_rows, receive_rows = anyio.create_memory_object_stream[SourceRow | Rejected](size)
+        send_contacts, receive_contacts = anyio.create_memory_object_stream[Contact](size)
+        send_batches, receive_batches = anyio.create_memory_object_stream[Batch](config.limits.bulk)
+        send_fetched, receive_fetched = anyio.create_memory_object_stream[Fetched](size)
+        send_writes, receive_writes = anyio.create_memory_object_stream[Write](size)
+        send_outcomes, receive_outcomes = anyio.create_memory_object_stream[Outcome](size)
+        bulk = BulkPath(
+            account,
+            config,
+            stats,
+            send_contacts.clone(),
+            on_submitted=self.on_submitted,
+            stop=self.stop,
+        )
+        queues: dict[str, MemoryObjectReceiveStream[object]] = {
+            "read": receive_rows,
+            "fetch": receive_contacts,
+            "bulk": receive_batches,
+            "merge": receive_fetched,
+            "put": receive_writes,
+            "record": receive_outcomes,
+        }
+
+        async def report_progress() -> None:
+            if on_progress is None:
+                return
+            while True:
+                await anyio.sleep(config.progress_interval)
+                on_progress(self.progress(queues, final=False))
+
+        async def enforce_grace(scope: anyio.CancelScope) -> None:
+            await self.stop.wait()
+            log.warning("stopping: no new work; in-flight requests get %.0fs", grace)
+            await anyio.sleep(grace)
+            scope.cancel()
+
+        resume_send = send_outcomes.clone()
+        outcome_sends = [send_outcomes.clone() for _ in range(5)]
+        send_outcomes.close()
+        crashed: BaseException | None = None
+        try:
+            async with anyio.create_task_group() as outer:
+                outer.start_soon(report_progress)
+                outer.start_soon(enforce_grace, outer.cancel_scope)
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(self.read, send_rows)
+                    tg.start_soon(
+                        self.planner.run,
+                        receive_rows,
+                        send_contacts,
+                        send_batches,
+                        outcome_sends[0],
+                    )
+                    tg.start_soon(self._fetch, receive_contacts, send_fetched, outcome_sends[1])
+                    tg.start_soon(self._merge, receive_fetched, send_writes, outcome_sends[2])
+                    tg.start_soon(self._put, receive_writes, outcome_sends[3])
+                    tg.start_soon(bulk.run, receive_batches, outcome_sends[4])
+                    tg.start_soon(bulk.resume, pending, resume_send)
+                    tg.start_soon(self._record, receive_outcomes, writer, on_outcome)
+                outer.cancel_scope.cancel()
+        except BaseExceptionGroup as group:
+            crashed = _first_error(group)
+        finally:
+            await writer.aclose()
+            for stream in (*outcome_sends, resume_send):
+                stream.close()
+            send_contacts.close()
+        if self.journal is not None:
+            await self.journal.flush()
+            crash_point("journal")
+            if report_path is not None:
+                await self.journal.write_report(report_path, writer.line)
+        if crashed is not None:
+            raise crashed
+        result = await self._summary(report_path, bulk)
+        if on_progress is not None:
+            on_progress(self.progress(queues, final=True))
+        return result
+
+    async def _fetch(
+        self,
+        receive: MemoryObjectReceiveStream[Contact],
+        send: MemoryObjectSendStream[Fetched],
+        send_outcomes: MemoryObjectSendStream[Outcome],
     ) -> None:
         await fetch_contacts(
             receive,
             send,
-            account=account,
-            send_outcomes=send_outcomes.clone(),
-            stats=stats.stages["fetch"],
+            account=self.account,
+            send_outcomes=send_outcomes,
+            stats=self.stats.stages["fetch"],
+            limit=self.config.limits.fetch,
+            stop=self.stop,
         )
 
-    async with send_outcomes:
-        await fan_out(worker, receive, send, limit=limit)
+    async def _merge(
+        self,
+        receive: MemoryObjectReceiveStream[Fetched],
+        send: MemoryObjectSendStream[Write],
+        send_outcomes: MemoryObjectSendStream[Outcome],
+    ) -> None:
+        await merge_lists(
+            receive,
+            send,
+            send_outcomes=send_outcomes,
+            skip_removed=self.config.skip_removed,
+            stats=self.stats.stages["merge"],
+        )
+
+    async def _put(
+        self, receive: MemoryObjectReceiveStream[Write], send: MemoryObjectSendStream[Outcome]
+    ) -> None:
+        async def worker(
+            receive: MemoryObjectReceiveStream[Write], send: MemoryObjectSendStream[Outcome]
+        ) -> None:
+            await put_contacts(
+                receive,
+                send,
+                account=self.account,
+                skip_removed=self.config.skip_removed,
+                stats=self.stats.stages["put"],
+                stop=self.stop,
+            )
+
+        await fan_out(worker, receive, send, limit=self.config.limits.put)
+
+    async def _record(
+        self,
+        receive: MemoryObjectReceiveStream[Outcome],
+        writer: ReportWriter,
+        on_outcome: Callable[[Outcome], None] | None,
+    ) -> None:
+        await record_outcomes(
+            receive,
+            writer=writer,
+            stats=self.stats,
+            on_done=self.planner.done,
+            on_outcome=on_outcome,
+            journal=self.journal,
+        )
+
+    async def _summary(self, report_path: Path | None, bulk: BulkPath) -> MigrationReport:
+        stats, account = self.stats, self.account
+        outcomes: dict[str, int] = {k: stats.outcomes.get(k, 0) for k in OUTCOMES}
+        emails = stats.emails
+        if self.journal is not None:
+            counts, emails = await self.journal.counts()
+            outcomes = {k: counts.get(k, 0) for k in OUTCOMES}
+        rows = stats.rows_read
+        requests, retries, throttles = self.started
+        return MigrationReport(
+            rows=rows,
+            emails=emails,
+            outcomes=outcomes,
+            merged_rows=max(0, sum(outcomes.values()) - emails),
+            requests=account.requests_sent - requests,
+            retries=account.retries - retries,
+            throttles=account.governor.stats().throttles - throttles,
+            activities=stats.activities,
+            polls=stats.polls,
+            elapsed=time.monotonic() - stats.started,
+            report_path=report_path,
+            pending=max(0, rows - sum(outcomes.values())),
+            resumed=self.resumed_rows,
+            journal_path=self.journal.path if self.journal else None,
+            bulk_enabled=bulk.enabled,
+            stopped=self.stop.is_set(),
+            warnings=tuple(bulk.warnings),
+        )
 
 
 def _first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:

@@ -38,9 +38,7 @@ _EMAIL_ELEMENT = re.compile(rb"<(?:\w+:)?EmailAddress>\s*([^<\s]+)\s*<")
 @pytest.fixture
 def fast_config() -> MigrationConfig:
     """A `MigrationConfig` with tiny poll, linger and progress intervals."""
-    return MigrationConfig(
-        poll_initial=0.02, poll_max=0.1, linger=0.05, progress_interval=0.05, sample_size=5
-    )
+    return MigrationConfig(poll_initial=0.02, poll_max=0.1, linger=0.05, progress_interval=0.05)
 
 
 def new_account(sim: RunningSimulator, *, password: str | None = None) -> Account:

@@ -174,7 +174,7 @@ async def test_both_paths_reach_every_target_and_keep_every_list(
         assert store.contact_by_email(email).status == "Active"  # type: ignore[union-attr]
     routes = stats["by_route"]
     if threshold:
-        assert routes["POST activities"] == 1
+        assert routes["POST activities"] == 2  # the probe activity, then the rest
         assert "PUT contacts/{id}" not in routes
         assert "POST contacts" not in routes
         assert {line["path"] for line in found.values()} == {"bulk"}
@@ -471,7 +471,8 @@ async def test_bulk_sample_check_catches_replace_semantics(
     fast_config: MigrationConfig,
     tmp_path: Path,
 ) -> None:
-    """A bulk add that replaces lists is caught: bulk off, sample repaired, rest per contact."""
+    """A bulk add that replaces lists is caught by the probe activity: every probed contact
+    is repaired, bulk is switched off, the rest goes per contact, and I1 holds for all."""
     async with start_simulator(bulk_semantics="replace") as (sim, _):
         store = sim.store
         spy.watch(store)
@@ -486,9 +487,9 @@ async def test_bulk_sample_check_catches_replace_semantics(
 
         assert len(spy.activities) == 1
         first = spy.activity_emails(0)
-        assert len(first) == 100
-        # Contacts of the first activity lost List A to the server, all but the sampled
-        # ones, which the engine repaired; the engine's warning tells the user to audit them.
+        assert len(first) == config.probe_size
+        # The probe's contacts lost List A to the server; the engine read each of them
+        # before, so it repaired them all: no contact is exempt from I1.
         lines = assert_invariants(
             store,
             before,
@@ -497,7 +498,6 @@ async def test_bulk_sample_check_catches_replace_semantics(
             targets=["B"],
             spy=spy,
             stats=await sim_stats(sim),
-            exempt=first,
         )
     assert not report.bulk_enabled
     assert any("did NOT keep existing memberships" in w for w in report.warnings)
@@ -505,8 +505,8 @@ async def test_bulk_sample_check_catches_replace_semantics(
     (b,) = list_ids(store, "B")
     assert store.member_count(b) == 500
     repaired = {e for e in first if a in store.contact_by_email(e).lists}
-    assert len(repaired) == config.sample_size
-    assert store.member_count(a) == 400 + config.sample_size
+    assert repaired == set(first)
+    assert store.member_count(a) == 500
     paths = Counter(line["path"] for line in lines)
     assert paths == {"contact": 500}
 
@@ -730,7 +730,8 @@ async def test_requests_per_contact_on_the_per_contact_path(
 async def test_requests_per_contact_on_the_bulk_path(
     simulator: RunningSimulator, account: Account, fast_config: MigrationConfig, tmp_path: Path
 ) -> None:
-    """20,000 contacts take one activity: ≤ 0.001 requests each besides polls and sample."""
+    """20,000 contacts: a 25-contact probe activity, then one activity for the rest; ≤ 0.001
+    requests each besides polls and the probe's reads."""
     store = simulator.store
     a = store.create_list("A")
     store.create_list("B")
@@ -746,9 +747,10 @@ async def test_requests_per_contact_on_the_bulk_path(
     stats = await sim_stats(simulator)
     routes = stats["by_route"]
     polls = routes["GET activities/{id}"]
-    sample_check = 1 + 2 * fast_config.sample_size  # one search, GETs before and after
-    assert routes["POST activities"] == 1
-    assert (stats["total"] - polls - sample_check) / n <= 0.001, stats
+    probe = 1 + 2 * fast_config.probe_size  # one search, GETs before and after
+    assert routes["POST activities"] == 2
+    assert routes["GET contacts/{id}"] == 2 * fast_config.probe_size
+    assert (stats["total"] - polls - probe) / n <= 0.001, stats
     assert report.outcomes["bulk_added"] == n
     (b,) = list_ids(store, "B")
     assert store.member_count(b) == n

@@ -57,14 +57,18 @@ def test_do_not_mail_is_skipped(store: AccountStore, skip_removed: bool) -> None
     """A Do Not Mail contact is `skipped` as `opted-out` with its rows, and nothing is sent."""
     store.add_contact("jane@example.com", status="Do Not Mail")
     result = decide(contact(1), entry_of(store, "jane@example.com"), skip_removed=skip_removed)
-    assert result == Outcome("jane@example.com", "skipped", (7, 9), "opted-out", path="contact")
+    assert result == Outcome(
+        "jane@example.com", "skipped", (7, 9), "opted-out", (), "contact", ("1",), ()
+    )
 
 
 def test_removed_is_skipped_with_skip_removed(store: AccountStore) -> None:
     """With `skip_removed`, a Removed contact is `skipped` as `removed`."""
     store.add_contact("jane@example.com", status="Removed")
     result = decide(contact(1), entry_of(store, "jane@example.com"), skip_removed=True)
-    assert result == Outcome("jane@example.com", "skipped", (7, 9), "removed", path="contact")
+    assert result == Outcome(
+        "jane@example.com", "skipped", (7, 9), "removed", (), "contact", ("1",), ()
+    )
 
 
 def test_removed_is_re_added_by_default(store: AccountStore) -> None:
@@ -89,7 +93,10 @@ def test_nothing_new_is_unchanged_without_a_body(
     """When the contact is on every target already, it is `unchanged` and no write is built."""
     store.add_contact("jane@example.com", lists=has)
     result = decide(contact(*targets), entry_of(store, "jane@example.com"), skip_removed=False)
-    assert result == Outcome("jane@example.com", "unchanged", (7, 9), path="contact")
+    before = tuple(sorted(str(i) for i in has))
+    assert result == Outcome(
+        "jane@example.com", "unchanged", (7, 9), "", (), "contact", tuple(map(str, targets)), before
+    )
 
 
 def test_targets_in_https_form_match_http_ids(store: AccountStore) -> None:
@@ -97,7 +104,7 @@ def test_targets_in_https_form_match_http_ids(store: AccountStore) -> None:
     store.add_contact("jane@example.com", lists=[1])
     target = Contact("jane@example.com", {"1": ID_BASE.replace("http:", "https:") + "1"}, {}, [2])
     assert decide(target, entry_of(store, "jane@example.com"), skip_removed=False) == Outcome(
-        "jane@example.com", "unchanged", (2,), path="contact"
+        "jane@example.com", "unchanged", (2,), "", (), "contact", ("1",), ("1",)
     )
 
 

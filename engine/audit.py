@@ -1,0 +1,152 @@
+"""`audit`: re-read every contact a migration touched and prove invariant I1 for it.
+
+For every email the report (or the journal) says was created, updated, unchanged or
+bulk-added, the audit reads the contact's full entry again and checks:
+
+- every target list is present;
+- no list the engine saw before its write is missing: the per-contact path records the
+  lists it read before writing (`lists_before` in the report); for the bulk path, a
+  snapshot of the lists' members taken before the run (`migrate --snapshot`) gives them.
+
+It reports each violation and returns a non-zero status if there is any. It only sends
+GETs: 50 emails a search, then one GET per contact found.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import anyio.to_thread
+
+from engine.api.client import SEARCH_BATCH, Account
+from engine.errors import SourceError
+
+__all__ = ["AuditFinding", "AuditReport", "audit"]
+
+TOUCHED = frozenset({"created", "updated", "unchanged", "bulk_added"})
+
+
+@dataclass(frozen=True, slots=True)
+class AuditFinding:
+    """One contact that breaks I1.
+
+    Attributes:
+        email: the contact.
+        missing_targets: target list names it is not on.
+        lost_lists: list names it was on before the run and is not on now.
+        status: its status now ("" when it no longer exists).
+    """
+
+    email: str
+    missing_targets: tuple[str, ...]
+    lost_lists: tuple[str, ...]
+    status: str
+
+
+@dataclass(slots=True)
+class AuditReport:
+    """What the audit found.
+
+    Attributes:
+        checked: contacts re-read.
+        with_before: of those, contacts whose lists before the run were known.
+        findings: the violations.
+        requests: requests sent.
+    """
+
+    checked: int = 0
+    with_before: int = 0
+    findings: list[AuditFinding] = field(default_factory=list)
+    requests: int = 0
+
+    @property
+    def ok(self) -> bool:
+        """True when no contact breaks I1."""
+        return not self.findings
+
+
+@dataclass(frozen=True, slots=True)
+class _Claim:
+    email: str
+    targets: tuple[str, ...]
+    before: tuple[str, ...] | None
+
+
+def _read_claims(report: Path) -> list[_Claim]:
+    claims = []
+    try:
+        lines = report.read_text(encoding="utf-8").splitlines()
+    except OSError as exc:
+        raise SourceError(f"cannot read the report {report}: {exc.strerror}") from exc
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise SourceError(f"{report} line {number} is not JSON: {exc.msg}") from exc
+        if record.get("outcome") not in TOUCHED:
+            continue
+        before = record.get("lists_before")
+        claims.append(
+            _Claim(
+                email=str(record["email"]),
+                targets=tuple(record.get("targets") or record.get("lists_added") or ()),
+                before=tuple(before) if before is not None else None,
+            )
+        )
+    return claims
+
+
+async def _chunks(claims: list[_Claim]) -> AsyncIterator[list[_Claim]]:
+    for start in range(0, len(claims), SEARCH_BATCH):
+        yield claims[start : start + SEARCH_BATCH]
+
+
+async def audit(
+    account: Account,
+    report: str | Path,
+    *,
+    snapshot: Mapping[str, Iterable[str]] | None = None,
+) -> AuditReport:
+    """Audit the contacts of a migration report.
+
+    Args:
+        account: an opened `Account`.
+        report: the migration's JSON Lines report.
+        snapshot: email -> list names before the run (from `migrate --snapshot`), used
+            where the report has no `lists_before` (the bulk path).
+
+    Returns:
+        the findings; `ok` is False when any contact lost a list or misses a target.
+    """
+    claims = await anyio.to_thread.run_sync(_read_claims, Path(report))
+    names = {item.key: item.name for item in await account.lists()}
+    result = AuditReport()
+    sent = account.requests_sent
+    async for chunk in _chunks(claims):
+        found = await account.search_contacts([c.email for c in chunk])
+        for claim in chunk:
+            summary = found.get(claim.email)
+            before = claim.before
+            if before is None and snapshot is not None:
+                before = tuple(snapshot.get(claim.email, ()))
+            if summary is None:
+                result.findings.append(
+                    AuditFinding(claim.email, claim.targets, tuple(before or ()), "")
+                )
+                result.checked += 1
+                continue
+            entry = await account.get_contact(summary.key)
+            now = {names.get(key, key) for key in entry.list_keys}
+            result.checked += 1
+            result.with_before += before is not None
+            missing = tuple(t for t in claim.targets if t not in now)
+            lost = tuple(b for b in (before or ()) if b not in now)
+            if missing or lost:
+                result.findings.append(AuditFinding(claim.email, missing, lost, entry.status))
+    result.requests = account.requests_sent - sent
+    return result

@@ -1,0 +1,410 @@
+"""The journal: a durable record of a migration, so a stopped or crashed run resumes.
+
+One SQLite file (WAL mode) per migration, by default next to the report. It is keyed by a
+hash of the source's bytes and the target lists: a journal of another migration is refused
+rather than mixed in. It holds:
+
+- `outcomes`: one row per email (or per rejected row) that reached an outcome; a resumed
+  run does not send these again, and the final report is written from this table, so it
+  covers every row of the source across all runs;
+- `activities`: every bulk activity id with the contacts it carries, written (and
+  committed) right after the API answered the submission and before the engine relies on
+  it; a resumed run polls these instead of submitting them again;
+- `runs` and `meta`: when each run started and ended, and the key.
+
+Outcomes are written in batches (every `batch` outcomes or `interval` seconds), so the
+journal costs little throughput. A crash loses at most the outcomes of the last, unwritten
+batch and of requests in flight; redoing those is safe: the union of lists is idempotent, and
+a repeated POST gets 409 and goes through the merge. WAL with `synchronous=NORMAL` survives
+a killed process (only a power cut can lose the last transactions).
+
+All SQLite work runs in one worker thread at a time (a capacity limiter of 1), never on the
+event loop.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+import time
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import anyio
+import anyio.to_thread
+
+from engine.errors import ConfigError, SourceError
+from engine.pipeline.models import Contact, Outcome
+
+__all__ = ["Journal", "PendingActivity", "journal_key"]
+
+SCHEMA_VERSION = "1"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS outcomes (
+    key TEXT PRIMARY KEY,       -- the email, or 'row:N' for a rejected row
+    email TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    lists_added TEXT NOT NULL,  -- JSON list of list keys
+    rows TEXT NOT NULL,         -- JSON list of source line numbers
+    path TEXT NOT NULL,
+    first_row INTEGER NOT NULL,
+    run INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS outcomes_by_row ON outcomes (first_row);
+CREATE TABLE IF NOT EXISTS activities (
+    id TEXT PRIMARY KEY,        -- the API's activity id
+    targets TEXT NOT NULL,      -- JSON {list key: list URI}
+    contacts TEXT NOT NULL,     -- JSON [[email, [rows], {fields}], ...], in data order
+    submitted REAL NOT NULL,
+    finished INTEGER NOT NULL DEFAULT 0,
+    run INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS snapshot (
+    email TEXT NOT NULL,        -- a member, before the first run
+    list TEXT NOT NULL,         -- the list's name
+    PRIMARY KEY (email, list)
+);
+CREATE TABLE IF NOT EXISTS runs (
+    run INTEGER PRIMARY KEY AUTOINCREMENT,
+    started REAL NOT NULL,
+    ended REAL,
+    status TEXT NOT NULL DEFAULT 'running'
+);
+"""
+
+
+def journal_key(source_digest: str, lists: Iterable[str], settings: Mapping[str, Any]) -> str:
+    """The identity of a migration: its source's bytes, its target lists, how it reads."""
+    payload = json.dumps(
+        {"source": source_digest, "lists": sorted(set(lists)), "settings": dict(settings)},
+        sort_keys=True,
+    )
+    return hashlib.sha256(payload.encode()).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class PendingActivity:
+    """An activity submitted by an earlier run that did not reach its outcome.
+
+    Attributes:
+        id: the activity id.
+        targets: list key -> list URI.
+        contacts: the contacts it carries, in the order of its data lines.
+    """
+
+    id: str
+    targets: dict[str, str]
+    contacts: tuple[Contact, ...]
+
+
+def _outcome_key(outcome: Outcome) -> str:
+    if outcome.kind == "rejected" or not outcome.email:
+        return f"row:{outcome.rows[0] if outcome.rows else 0}"
+    return outcome.email
+
+
+class Journal:
+    """A migration's journal. Open it with `Journal.open`; close it with `aclose`.
+
+    Args:
+        path: the SQLite file.
+        batch: outcomes per write.
+        interval: seconds between writes of a partial batch.
+    """
+
+    def __init__(self, path: Path, *, batch: int = 500, interval: float = 0.25) -> None:
+        self.path = path
+        self._batch = batch
+        self._interval = interval
+        self._buffer: list[tuple[Any, ...]] = []
+        self._last_write = time.monotonic()
+        self._limiter = anyio.CapacityLimiter(1)
+        self._db: sqlite3.Connection | None = None
+        self.run = 0
+        self.resumed = False
+
+    def __repr__(self) -> str:
+        return f"<Journal {self.path} run {self.run}, {len(self._buffer)} outcomes buffered>"
+
+    # --- lifecycle --------------------------------------------------------------------
+
+    @classmethod
+    async def open(cls, path: str | Path, *, key: str, restart: bool = False) -> Journal:
+        """Open (or create) the journal of the migration `key`.
+
+        Raises:
+            ConfigError: the file is the journal of another migration (another source or
+                other lists) and `restart` is off, or it is not a journal at all.
+        """
+        journal = cls(Path(path))
+        await journal._call(journal._open_sync, key, restart)
+        return journal
+
+    @classmethod
+    async def open_for_reading(cls, path: str | Path) -> Journal:
+        """Open an existing journal to read it (the audit); starts no run.
+
+        Raises:
+            SourceError: there is no such file, or it is not a journal.
+        """
+        journal = cls(Path(path))
+        await journal._call(journal._open_reading_sync)
+        return journal
+
+    def _open_reading_sync(self) -> None:
+        if not self.path.is_file():
+            raise SourceError(f"there is no journal at {self.path}")
+        db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        try:
+            db.execute("SELECT name FROM meta").fetchall()
+        except sqlite3.DatabaseError as exc:
+            db.close()
+            raise SourceError(f"{self.path} is not a journal of this engine ({exc})") from exc
+        self._db = db
+
+    def _open_sync(self, key: str, restart: bool) -> None:
+        if restart and self.path.exists():
+            for suffix in ("", "-wal", "-shm"):
+                Path(f"{self.path}{suffix}").unlink(missing_ok=True)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
+            db.executescript(_SCHEMA)
+            found = dict(db.execute("SELECT name, value FROM meta").fetchall())
+        except sqlite3.DatabaseError as exc:
+            db.close()
+            raise ConfigError(
+                f"{self.path} is not a journal of this engine ({exc}); pass another --journal "
+                "path or delete the file"
+            ) from exc
+        if found and found.get("key") != key:
+            db.close()
+            raise ConfigError(
+                f"the journal {self.path} belongs to another migration (its source file or "
+                "target lists differ). Run the original command to resume it, pass --restart "
+                "to start over (the journal is then deleted), or pass another --journal path."
+            )
+        if not found:
+            db.executemany(
+                "INSERT INTO meta (name, value) VALUES (?, ?)",
+                [("key", key), ("version", SCHEMA_VERSION), ("created", str(time.time()))],
+            )
+        self.resumed = bool(found)
+        cursor = db.execute("INSERT INTO runs (started) VALUES (?)", (time.time(),))
+        self.run = int(cursor.lastrowid or 0)
+        self._db = db
+
+    async def aclose(self, status: str = "ended") -> None:
+        """Write what is buffered, mark the run, close. Shielded from cancellation."""
+        with anyio.CancelScope(shield=True):
+            await self.flush()
+            if self._db is not None:
+                await self._call(self._close_sync, status)
+
+    def _close_sync(self, status: str) -> None:
+        db = self._conn()
+        if self.run:
+            db.execute(
+                "UPDATE runs SET ended = ?, status = ? WHERE run = ?",
+                (time.time(), status, self.run),
+            )
+        db.close()
+        self._db = None
+
+    def _conn(self) -> sqlite3.Connection:
+        if self._db is None:
+            raise RuntimeError("the journal is not open")
+        return self._db
+
+    async def _call(self, fn: Any, *args: Any) -> Any:
+        return await anyio.to_thread.run_sync(fn, *args, limiter=self._limiter)
+
+    # --- outcomes ---------------------------------------------------------------------
+
+    async def record(self, outcome: Outcome) -> None:
+        """Buffer an outcome; written with the next batch."""
+        self._buffer.append(
+            (
+                _outcome_key(outcome),
+                outcome.email,
+                outcome.kind,
+                outcome.reason,
+                json.dumps(list(outcome.lists_added)),
+                json.dumps(list(outcome.rows)),
+                outcome.path,
+                min(outcome.rows) if outcome.rows else 0,
+                self.run,
+            )
+        )
+        if (
+            len(self._buffer) >= self._batch
+            or time.monotonic() - self._last_write >= self._interval
+        ):
+            await self.flush()
+
+    async def flush(self) -> None:
+        """Write the buffered outcomes in one transaction."""
+        if not self._buffer or self._db is None:
+            return
+        rows, self._buffer = self._buffer, []
+        self._last_write = time.monotonic()
+        await self._call(self._write_outcomes, rows)
+
+    def _write_outcomes(self, rows: list[tuple[Any, ...]]) -> None:
+        db = self._conn()
+        with db:
+            db.execute("BEGIN")
+            db.executemany("INSERT OR REPLACE INTO outcomes VALUES (?,?,?,?,?,?,?,?,?)", rows)
+
+    async def finished(self, emails: Sequence[str]) -> set[str]:
+        """Which of `emails` already have an outcome."""
+        if not emails:
+            return set()
+        result: set[str] = await self._call(self._finished_sync, list(emails))
+        return result
+
+    def _finished_sync(self, emails: list[str]) -> set[str]:
+        db = self._conn()
+        found: set[str] = set()
+        for start in range(0, len(emails), 900):  # SQLite's bound-parameter limit
+            chunk = emails[start : start + 900]
+            marks = ",".join("?" * len(chunk))
+            found.update(
+                row[0]
+                for row in db.execute(f"SELECT key FROM outcomes WHERE key IN ({marks})", chunk)
+            )
+        return found
+
+    async def counts(self) -> tuple[dict[str, int], int]:
+        """(outcome kind -> rows, records) over every run."""
+        result: tuple[dict[str, int], int] = await self._call(self._counts_sync)
+        return result
+
+    def _counts_sync(self) -> tuple[dict[str, int], int]:
+        kinds: dict[str, int] = {}
+        records = 0
+        for kind, rows in self._conn().execute("SELECT kind, rows FROM outcomes"):
+            kinds[kind] = kinds.get(kind, 0) + len(json.loads(rows))
+            records += 1
+        return kinds, records
+
+    def iter_outcomes(self) -> Iterator[Outcome]:
+        """Every outcome, in source order (call from a worker thread)."""
+        query = (
+            "SELECT email, kind, reason, lists_added, rows, path FROM outcomes ORDER BY first_row"
+        )
+        for email, kind, reason, lists_added, rows, path in self._conn().execute(query):
+            yield Outcome(
+                email, kind, tuple(json.loads(rows)), reason, tuple(json.loads(lists_added)), path
+            )
+
+    async def write_report(self, path: Path, line: Any) -> int:
+        """Write the report of every run to `path` (atomically); returns the lines written."""
+        written: int = await self._call(self._write_report_sync, path, line)
+        return written
+
+    def _write_report_sync(self, path: Path, line: Any) -> int:
+        tmp = path.with_name(path.name + ".tmp")
+        count = 0
+        with tmp.open("w", encoding="utf-8") as file:
+            for outcome in self.iter_outcomes():
+                file.write(line(outcome))
+                count += 1
+        tmp.replace(path)
+        return count
+
+    # --- the pre-run snapshot ---------------------------------------------------------
+
+    async def has_snapshot(self) -> bool:
+        """True once a snapshot was taken (by this run or the first one)."""
+        value = await self._call(self._meta_sync, "snapshot")
+        return value is not None
+
+    def _meta_sync(self, name: str) -> str | None:
+        row = self._conn().execute("SELECT value FROM meta WHERE name = ?", (name,)).fetchone()
+        return None if row is None else str(row[0])
+
+    async def record_snapshot(self, members: Iterable[tuple[str, str]]) -> None:
+        """Store (email, list name) pairs taken before the first run, and mark it done."""
+        await self._call(self._snapshot_sync, list(members))
+
+    def _snapshot_sync(self, members: list[tuple[str, str]]) -> None:
+        db = self._conn()
+        with db:
+            db.execute("BEGIN")
+            db.execute("DELETE FROM snapshot")
+            db.executemany("INSERT OR IGNORE INTO snapshot VALUES (?, ?)", members)
+            db.execute(
+                "INSERT OR REPLACE INTO meta (name, value) VALUES ('snapshot', ?)",
+                (str(time.time()),),
+            )
+
+    async def snapshot(self) -> dict[str, list[str]]:
+        """email -> list names it was on before the first run (empty without a snapshot)."""
+        result: dict[str, list[str]] = await self._call(self._read_snapshot_sync)
+        return result
+
+    def _read_snapshot_sync(self) -> dict[str, list[str]]:
+        result: dict[str, list[str]] = {}
+        for email, name in self._conn().execute("SELECT email, list FROM snapshot"):
+            result.setdefault(email, []).append(name)
+        return result
+
+    # --- activities -------------------------------------------------------------------
+
+    async def activity_submitted(
+        self, activity_id: str, targets: Mapping[str, str], contacts: Sequence[Contact]
+    ) -> None:
+        """Record a submitted activity and its contacts; committed before this returns."""
+        payload = json.dumps([[c.email, c.rows, c.fields] for c in contacts])
+        await self._call(
+            self._exec,
+            "INSERT OR REPLACE INTO activities (id, targets, contacts, submitted, run) "
+            "VALUES (?, ?, ?, ?, ?)",
+            (activity_id, json.dumps(dict(targets)), payload, time.time(), self.run),
+        )
+
+    async def activity_finished(self, activity_id: str) -> None:
+        """Mark an activity as settled (its contacts' outcomes are being recorded)."""
+        await self._call(
+            self._exec, "UPDATE activities SET finished = 1 WHERE id = ?", (activity_id,)
+        )
+
+    def _exec(self, sql: str, args: tuple[Any, ...]) -> None:
+        self._conn().execute(sql, args)
+
+    async def pending_activities(self) -> list[PendingActivity]:
+        """Activities submitted earlier whose contacts have no outcome yet."""
+        result: list[PendingActivity] = await self._call(self._pending_sync)
+        return result
+
+    def _pending_sync(self) -> list[PendingActivity]:
+        db = self._conn()
+        pending = []
+        query = "SELECT id, targets, contacts FROM activities WHERE finished = 0 ORDER BY submitted"
+        for activity_id, targets, contacts in db.execute(query).fetchall():
+            target_map = json.loads(targets)
+            carried = json.loads(contacts)
+            done = self._finished_sync([email for email, _, _ in carried])
+            if len(done) == len(carried):  # settled before the stop: nothing to poll
+                db.execute("UPDATE activities SET finished = 1 WHERE id = ?", (activity_id,))
+                continue
+            pending.append(
+                PendingActivity(
+                    activity_id,
+                    target_map,
+                    tuple(
+                        Contact(email, dict(target_map), dict(fields), list(rows))
+                        for email, rows, fields in carried
+                    ),
+                )
+            )
+        return pending
