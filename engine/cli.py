@@ -13,12 +13,17 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import signal
 import sys
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import anyio
+
 from engine.api import Account, Credentials, RateGovernor, RetryPolicy
+from engine.audit import audit
 from engine.errors import (
     AccessDeniedError,
     AuthenticationError,
@@ -27,6 +32,7 @@ from engine.errors import (
     SourceError,
     UnsupportedMediaError,
 )
+from engine.journal import Journal
 from engine.pipeline.config import MigrationConfig, StageLimits
 from engine.pipeline.dryrun import plan_migration
 from engine.pipeline.read import ReadOptions
@@ -153,6 +159,21 @@ def _parser() -> argparse.ArgumentParser:
         help="JSON Lines report, one line per email (default: SOURCE.report.jsonl)",
     )
     run.add_argument(
+        "--journal",
+        type=Path,
+        help="the resume journal (default: next to the report, REPORT.journal.sqlite)",
+    )
+    run.add_argument("--no-journal", action="store_true", help="keep no journal (no resume)")
+    run.add_argument(
+        "--restart", action="store_true", help="delete the journal and start from the beginning"
+    )
+    run.add_argument(
+        "--snapshot",
+        action="store_true",
+        help="before the first run, record every list's members (one request per 50 members) "
+        "so `audit` can prove no membership was lost on the bulk path too",
+    )
+    run.add_argument(
         "--bulk-threshold",
         type=_positive_int,
         default=25,
@@ -187,6 +208,18 @@ def _parser() -> argparse.ArgumentParser:
 
     show = commands.add_parser("lists", help="show the account's lists: id, name, members")
     _add_account_arguments(show)
+
+    check = commands.add_parser(
+        "audit", help="re-read every contact a migration touched and check no list was lost"
+    )
+    check.add_argument("--report", type=Path, required=True, help="the migration's report")
+    check.add_argument(
+        "--journal",
+        type=Path,
+        help="the migration's journal, for its --snapshot (default: REPORT.journal.sqlite if "
+        "it exists)",
+    )
+    _add_account_arguments(check)
 
     from engine.simulator.cli import add_arguments as add_simulator_arguments
 
@@ -230,19 +263,91 @@ async def _migrate(args: argparse.Namespace) -> int:
             print(plan.describe())
             return EXIT_OK
         report_path = args.report or args.source.with_name(args.source.name + ".report.jsonl")
-        with ProgressDisplay(every=5.0) as display:
+        journal = None if args.no_journal else args.journal or journal_path(report_path)
+        stop = anyio.Event()
+        with ProgressDisplay(every=5.0) as display, _stop_on_signals(stop):
             report = await migrate(
                 account,
                 args.source,
                 config=config,
                 report=report_path,
+                journal=journal,
+                restart=args.restart,
+                snapshot=args.snapshot,
+                stop=stop,
                 on_progress=None if args.quiet else display,
             )
     print(report.summary())
     for warning in report.warnings:
         print(f"WARNING: {warning}")
     print(f"report: {report.report_path}")
+    if report.journal_path is not None:
+        print(f"journal: {report.journal_path}")
     return EXIT_OK if report.ok else EXIT_ROWS
+
+
+def journal_path(report: Path) -> Path:
+    """The default journal of a report: beside it."""
+    return report.with_name(report.name.removesuffix(".jsonl") + ".journal.sqlite")
+
+
+@contextmanager
+def _stop_on_signals(stop: anyio.Event) -> Iterator[None]:
+    """First SIGINT/SIGTERM: stop taking work, finish what is in flight, write the journal.
+    A second one: stop at once (the journal still has everything written so far)."""
+    loop = asyncio.get_running_loop()
+
+    def on_signal() -> None:
+        if stop.is_set():
+            raise KeyboardInterrupt
+        print(
+            "\nstopping: finishing requests in flight and writing the journal "
+            "(press Ctrl-C again to stop at once)",
+            file=sys.stderr,
+        )
+        stop.set()
+
+    installed = []
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            loop.add_signal_handler(sig, on_signal)
+            installed.append(sig)
+        except (NotImplementedError, RuntimeError):  # not the main thread, or no such API
+            pass
+    try:
+        yield
+    finally:
+        for sig in installed:
+            loop.remove_signal_handler(sig)
+
+
+async def _audit(args: argparse.Namespace) -> int:
+    journal_file = args.journal or journal_path(args.report)
+    snapshot: dict[str, list[str]] | None = None
+    if args.journal is not None or journal_file.is_file():
+        journal = await Journal.open_for_reading(journal_file)
+        try:
+            snapshot = await journal.snapshot() or None
+        finally:
+            await journal.aclose()
+    async with _account(args) as account:
+        result = await audit(account, args.report, snapshot=snapshot)
+    for finding in result.findings:
+        parts = []
+        if finding.missing_targets:
+            parts.append(f"missing targets {', '.join(finding.missing_targets)}")
+        if finding.lost_lists:
+            parts.append(f"LOST lists {', '.join(finding.lost_lists)}")
+        status = f" (status {finding.status})" if finding.status else " (no such contact)"
+        print(f"{finding.email}: {'; '.join(parts) or 'not found'}{status}")
+    verdict = "no violation" if result.ok else f"{len(result.findings)} violation(s)"
+    print(
+        f"audit: {result.checked} contacts re-read ({result.with_before} with their lists before "
+        f"the run known), {verdict}; {result.requests} requests."
+    )
+    if snapshot is None:
+        print("note: without a --snapshot, contacts of the bulk path are checked for targets only")
+    return EXIT_OK if result.ok else EXIT_ROWS
 
 
 async def _lists(args: argparse.Namespace) -> int:
@@ -287,6 +392,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _run(lambda: run_demo(contacts=args.contacts, keep=args.keep))
         if args.command == "lists":
             return _run(lambda: _lists(args))
+        if args.command == "audit":
+            return _run(lambda: _audit(args))
         return _run(lambda: _migrate(args))
     except (ConfigError, SourceError) as exc:
         # Both are raised before the first write: say so, it is what a user worries about.
