@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 from engine.api.activities import MAX_ACTIVITY_BYTES, MAX_ACTIVITY_ROWS
 from engine.errors import ConfigError
@@ -58,6 +59,14 @@ class MigrationConfig:
             lists: they go first, in an activity of their own, read before and after, to
             prove that bulk add keeps memberships (0: no probe; not recommended).
         progress_interval: seconds between progress events.
+        verify_writes: how the per-contact path guards against another writer (the API has
+            no ETags, so a PUT built from an older GET drops whatever changed since):
+            "stale" re-reads an entry before the PUT when it is older than `stale_after`
+            seconds (no extra request when the pipeline keeps up); "all" re-reads every entry
+            right before its PUT and reads it back after, re-applying the union if a
+            concurrent write removed a list (two more requests per updated contact);
+            "off" never re-reads.
+        stale_after: seconds after which a fetched entry counts as stale.
     """
 
     lists: tuple[str, ...] = ()
@@ -76,6 +85,8 @@ class MigrationConfig:
     poll_timeout: float = 3 * 3600.0
     probe_size: int = 25
     progress_interval: float = 1.0
+    verify_writes: Literal["stale", "all", "off"] = "stale"
+    stale_after: float = 2.0
 
     def __post_init__(self) -> None:
         if self.bulk_threshold is not None and self.bulk_threshold < 1:
@@ -89,6 +100,8 @@ class MigrationConfig:
         for name in ("linger", "poll_initial", "poll_max", "poll_timeout", "progress_interval"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} cannot be negative")
+        if self.verify_writes not in ("stale", "all", "off"):
+            raise ConfigError("verify_writes must be 'stale', 'all' or 'off'")
         if self.probe_size < 0:
             raise ConfigError("probe_size cannot be negative")
         if any(not name.strip() for name in self.lists):

@@ -23,10 +23,12 @@ class Fetched:
     Attributes:
         contact: what to do.
         entry: the full entry as fetched; None when no contact has this email.
+        at: when the entry was read (`anyio.current_time()`), to know how stale it is.
     """
 
     contact: Contact
     entry: ContactEntry | None
+    at: float = 0.0
 
 
 async def receive_batch(
@@ -110,7 +112,7 @@ async def _fetch_batch(
         except Exception as exc:
             await send_outcomes.send(outcome_for_error(contact, exc, "contact"))
             return
-        await send_fetched.send(Fetched(contact, entry))
+        await send_fetched.send(Fetched(contact, entry, anyio.current_time()))
 
     async with anyio.create_task_group() as tg:
         for contact in batch:

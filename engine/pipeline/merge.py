@@ -27,15 +27,19 @@ class Write:
         entry: the entry fetched; None means POST a new contact.
         body: the PUT body (the fetched entry with the union of lists); None for a POST.
         added: keys of the lists this write adds.
+        fetched_at: when `entry` was read (`anyio.current_time()`).
     """
 
     contact: Contact
     entry: ContactEntry | None
     body: bytes | None
     added: tuple[str, ...]
+    fetched_at: float = 0.0
 
 
-def decide(contact: Contact, entry: ContactEntry | None, *, skip_removed: bool) -> Write | Outcome:
+def decide(
+    contact: Contact, entry: ContactEntry | None, *, skip_removed: bool, fetched_at: float = 0.0
+) -> Write | Outcome:
     """The write a fetched contact needs, or its outcome when it needs none.
 
     - no entry: POST it (`created`);
@@ -57,7 +61,7 @@ def decide(contact: Contact, entry: ContactEntry | None, *, skip_removed: bool) 
     if body is None:
         return Outcome(contact.email, "unchanged", rows, "", (), "contact", targets, before)
     added = tuple(k for k in contact.targets if k not in entry.list_keys)
-    return Write(contact, entry, body, added)
+    return Write(contact, entry, body, added, fetched_at)
 
 
 async def merge_lists(
@@ -72,7 +76,9 @@ async def merge_lists(
     async with receive_fetched, send_writes, send_outcomes:
         async for fetched in receive_fetched:
             try:
-                result = decide(fetched.contact, fetched.entry, skip_removed=skip_removed)
+                result = decide(
+                    fetched.contact, fetched.entry, skip_removed=skip_removed, fetched_at=fetched.at
+                )
             except UnsafeMergeError as exc:
                 result = outcome_for_error(fetched.contact, exc, "contact")
             stats.done += 1

@@ -455,6 +455,8 @@ class _Run:
                 skip_removed=self.config.skip_removed,
                 stats=self.stats.stages["put"],
                 stop=self.stop,
+                verify=self.config.verify_writes,
+                stale_after=self.config.stale_after,
             )
 
         await fan_out(worker, receive, send, limit=self.config.limits.put)
