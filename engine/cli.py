@@ -182,6 +182,17 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--no-bulk", action="store_true", help="never use bulk activities; contact by contact"
     )
+    run.add_argument(
+        "--verify-writes",
+        choices=("stale", "all", "off"),
+        default="stale",
+        help="guard against other writers: re-read entries older than --stale-after seconds "
+        "before the PUT (stale, the default), re-read every entry before and after its PUT "
+        "(all: two more requests per updated contact), or never (off)",
+    )
+    run.add_argument(
+        "--stale-after", type=_positive_float, default=2.0, help="seconds (default: 2)"
+    )
     run.add_argument("--create-lists", action="store_true", help="create missing target lists")
     run.add_argument(
         "--skip-removed",
@@ -249,6 +260,8 @@ async def _migrate(args: argparse.Namespace) -> int:
         limits=StageLimits(fetch=args.fetch_limit, put=args.put_limit, bulk=args.bulk_limit),
         poll_initial=args.poll_initial,
         poll_max=max(args.poll_max, args.poll_initial),
+        verify_writes=args.verify_writes,
+        stale_after=args.stale_after,
     )
     account = _account(args)
     async with account:

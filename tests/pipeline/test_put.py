@@ -1,0 +1,108 @@
+"""The put stage against a concurrent writer: stale entries are re-read, and with
+`verify="all"` lost lists are put back, always as a union with what the other writer did."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import anyio
+import pytest
+
+from engine.api import Account
+from engine.api.records import ContactEntry
+from engine.pipeline.merge import Write, decide
+from engine.pipeline.models import Contact
+from engine.pipeline.put import send_write
+from engine.simulator import RunningSimulator
+
+ID_BASE = "http://api.constantcontact.com/ws/customers/demo/lists/"
+
+
+def _write(contact: Contact, entry: ContactEntry, fetched_at: float) -> Write:
+    result = decide(contact, entry, skip_removed=False, fetched_at=fetched_at)
+    assert isinstance(result, Write)
+    return result
+
+
+def _lists(sim: RunningSimulator, email: str) -> set[int]:
+    stored = sim.store.contact_by_email(email)
+    assert stored is not None
+    return set(stored.lists)
+
+
+async def _fetch(account: Account, sim: RunningSimulator, email: str) -> ContactEntry:
+    stored = sim.store.contact_by_email(email)
+    assert stored is not None
+    return await account.get_contact(str(stored.id))
+
+
+def _other_writer_adds(sim: RunningSimulator, email: str, list_id: int) -> None:
+    """Another client adds `list_id` to the contact (a PUT with the union, as it should)."""
+    store = sim.store
+    stored = store.contact_by_email(email)
+    assert stored is not None
+    store._set_memberships(  # noqa: SLF001 - the test plays the other writer
+        stored, {**stored.memberships, list_id: next(iter(stored.memberships.values()))}
+    )
+
+
+@pytest.mark.parametrize(
+    ("verify", "age", "kept"),
+    [
+        pytest.param("stale", 10.0, True, id="stale-entry-re-read"),
+        pytest.param("all", 0.0, True, id="all-re-reads-fresh-entry"),
+        pytest.param("off", 10.0, False, id="off-drops-the-other-write"),
+    ],
+)
+async def test_a_stale_entry_is_re_read_before_the_put(
+    simulator: RunningSimulator, account: Account, verify: str, age: float, kept: bool
+) -> None:
+    """A list another writer added after our GET survives our PUT when the entry is re-read."""
+    store = simulator.store
+    a, b, c = store.create_list("A"), store.create_list("B"), store.create_list("C")
+    store.add_contact("jane@example.com", lists=[a])
+    entry = await _fetch(account, simulator, "jane@example.com")
+    write = _write(
+        Contact("jane@example.com", {str(b): f"{ID_BASE}{b}"}, {}, [2]),
+        entry,
+        anyio.current_time() - age,
+    )
+    _other_writer_adds(simulator, "jane@example.com", c)
+
+    outcome = await send_write(write, account, skip_removed=False, verify=verify)
+
+    assert outcome.kind == "updated"
+    assert _lists(simulator, "jane@example.com") == ({a, b, c} if kept else {a, b})
+
+
+async def test_verify_all_re_applies_the_union_after_a_concurrent_stale_put(
+    simulator: RunningSimulator, account: Account, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A concurrent writer's stale PUT right after ours removes our target: it is put back,
+    and the other writer's own list stays."""
+    store = simulator.store
+    a, b, c = store.create_list("A"), store.create_list("B"), store.create_list("C")
+    store.add_contact("jane@example.com", lists=[a])
+    entry = await _fetch(account, simulator, "jane@example.com")
+    write = _write(Contact("jane@example.com", {str(b): f"{ID_BASE}{b}"}, {}, [2]), entry, 0.0)
+    original: Callable[..., object] = Account.put_contact
+    calls = 0
+
+    async def put_then_clobber(self: Account, e: ContactEntry, body: bytes) -> None:
+        nonlocal calls
+        calls += 1
+        await original(self, e, body)  # type: ignore[misc]
+        if calls == 1:  # the other writer PUTs from its own old read: A and C, not B
+            stored = store.contact_by_email("jane@example.com")
+            assert stored is not None
+            membership = next(iter(stored.memberships.values()))
+            store._set_memberships(stored, {a: membership, c: membership})  # noqa: SLF001
+
+    monkeypatch.setattr(Account, "put_contact", put_then_clobber)
+
+    outcome = await send_write(write, account, skip_removed=False, verify="all")
+
+    assert outcome.kind == "updated"
+    assert "concurrent write" in outcome.reason
+    assert _lists(simulator, "jane@example.com") == {a, b, c}
+    assert calls == 2
