@@ -41,7 +41,7 @@ def _other_writer_adds(sim: RunningSimulator, email: str, list_id: int) -> None:
     store = sim.store
     stored = store.contact_by_email(email)
     assert stored is not None
-    store._set_memberships(  # noqa: SLF001 - the test plays the other writer
+    store._set_memberships(  # the test plays the other writer
         stored, {**stored.memberships, list_id: next(iter(stored.memberships.values()))}
     )
 
@@ -96,7 +96,7 @@ async def test_verify_all_re_applies_the_union_after_a_concurrent_stale_put(
             stored = store.contact_by_email("jane@example.com")
             assert stored is not None
             membership = next(iter(stored.memberships.values()))
-            store._set_memberships(stored, {a: membership, c: membership})  # noqa: SLF001
+            store._set_memberships(stored, {a: membership, c: membership})
 
     monkeypatch.setattr(Account, "put_contact", put_then_clobber)
 
