@@ -5,7 +5,7 @@ hash of the source's bytes and the target lists: a journal of another migration 
 rather than mixed in. It holds:
 
 - `outcomes`: one row per email (or per rejected row) that reached an outcome; a resumed
-  run does not send these again, and the final report is written from this table, so it
+  run does not send these again, and writes its report from this table, so the report
   covers every row of the source across all runs;
 - `activities`: every bulk activity id with the contacts it carries, written (and
   committed) right after the API answered the submission and before the engine relies on
@@ -118,7 +118,7 @@ class Journal:
         interval: seconds between writes of a partial batch.
     """
 
-    def __init__(self, path: Path, *, batch: int = 500, interval: float = 0.25) -> None:
+    def __init__(self, path: Path, *, batch: int = 2000, interval: float = 0.25) -> None:
         self.path = path
         self._batch = batch
         self._interval = interval

@@ -327,9 +327,10 @@ class _Run:
         pending = await self.journal.pending_activities() if self.journal else []
         self.held = {c.email for item in pending for c in item.contacts}
         report_path = Path(report) if report else None
-        # Without a journal the report is written as outcomes arrive; with one, the journal
-        # takes them and the report is written from it at the end, covering every run.
-        writer = ReportWriter(report_path if self.journal is None else None, self.names)
+        # The report is written as outcomes arrive; a resumed run instead writes it from the
+        # journal at the end, so that it covers every run.
+        resumed = self.journal is not None and self.journal.resumed
+        writer = ReportWriter(None if resumed else report_path, self.names)
         await writer.open()
 
         size = config.queue_size
@@ -403,7 +404,7 @@ class _Run:
         if self.journal is not None:
             await self.journal.flush()
             crash_point("journal")
-            if report_path is not None:
+            if report_path is not None and resumed:
                 await self.journal.write_report(report_path, writer.line)
         if crashed is not None:
             raise crashed
