@@ -256,7 +256,21 @@ class Journal:
             return
         rows, self._buffer = self._buffer, []
         self._last_write = time.monotonic()
-        await self._call(self._write_outcomes, rows)
+        # Shielded: the rows are out of the buffer, so a cancellation while waiting for the
+        # worker thread would lose them, and the report (written from the journal) with them.
+        with anyio.CancelScope(shield=True):
+            await self._call(self._write_outcomes, rows)
+
+    async def flush_periodically(self) -> None:
+        """Flush every `interval` seconds until cancelled.
+
+        `record` only flushes when an outcome arrives; while none does (a long activity is
+        polled, the rate limit holds every request back) buffered outcomes would otherwise
+        wait in memory, and a crash would lose outcomes of requests that finished long ago.
+        """
+        while True:
+            await anyio.sleep(self._interval)
+            await self.flush()
 
     def _write_outcomes(self, rows: list[tuple[Any, ...]]) -> None:
         db = self._conn()

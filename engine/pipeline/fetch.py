@@ -1,4 +1,9 @@
-"""The fetch stage: find each contact (50 emails a search), then GET its full entry."""
+"""The fetch stage: find each contact, 50 emails a search.
+
+Only the search happens here; the full entry is read by the merge stage right before the
+union is built, so the GET→PUT window (in which another writer's change would be lost,
+the API having no ETags) stays as short as the put stage allows.
+"""
 
 from __future__ import annotations
 
@@ -8,27 +13,25 @@ import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from engine.api.client import SEARCH_BATCH, Account
-from engine.api.records import ContactEntry
+from engine.api.records import ContactSummary
 from engine.crashpoints import crash_point
 from engine.pipeline.models import Contact, Outcome
 from engine.pipeline.stats import StageStats, outcome_for_error
 
-__all__ = ["Fetched", "fetch_contacts", "receive_batch"]
+__all__ = ["Found", "fetch_contacts", "receive_batch"]
 
 
 @dataclass(frozen=True, slots=True)
-class Fetched:
-    """A contact with what the API has for it.
+class Found:
+    """A contact with what the search said of it.
 
     Attributes:
         contact: what to do.
-        entry: the full entry as fetched; None when no contact has this email.
-        at: when the entry was read (`anyio.current_time()`), to know how stale it is.
+        summary: the search entry (id and status); None when no contact has this email.
     """
 
     contact: Contact
-    entry: ContactEntry | None
-    at: float = 0.0
+    summary: ContactSummary | None
 
 
 async def receive_batch(
@@ -37,7 +40,7 @@ async def receive_batch(
     """Wait for one item, then up to `linger` seconds for more, up to `size`; [] at the end.
 
     A search costs one request for 1 email or for 50, so a short wait for a full batch
-    saves requests whenever the queue fills more slowly than the workers drain it.
+    saves requests whenever the queue fills more slowly than the searches drain it.
     """
     try:
         batch = [await receive.receive()]
@@ -60,7 +63,7 @@ async def receive_batch(
 
 async def fetch_contacts(
     receive_contacts: MemoryObjectReceiveStream[Contact],
-    send_fetched: MemoryObjectSendStream[Fetched],
+    send_found: MemoryObjectSendStream[Found],
     *,
     account: Account,
     send_outcomes: MemoryObjectSendStream[Outcome],
@@ -68,34 +71,35 @@ async def fetch_contacts(
     limit: int,
     stop: anyio.Event | None = None,
 ) -> None:
-    """The stage: one task forms batches of up to 50 emails, `limit` batches in flight.
-
-    Once `stop` is set, batches are drained without a request: a resumed run redoes them.
+    """The stage: one task forms batches of up to 50 emails, `limit` searches in flight.
 
     Batching in a single task keeps the searches full: idle workers each taking what is
-    queued would search a few emails at a time whenever the queue fills slowly.
+    queued would search a few emails at a time whenever the queue fills slowly. Once `stop`
+    is set, batches are drained without a request: a resumed run redoes them.
     """
     slots = anyio.Semaphore(limit)
 
     async def work(batch: list[Contact]) -> None:
         stats.busy += len(batch)
         try:
-            await _fetch_batch(batch, account, send_fetched, send_outcomes)
+            await _search(batch, account, send_found, send_outcomes)
         finally:
             stats.busy -= len(batch)
             stats.done += len(batch)
             slots.release()
 
-    async with receive_contacts, send_fetched, send_outcomes, anyio.create_task_group() as tg:
+    async with receive_contacts, send_found, send_outcomes, anyio.create_task_group() as tg:
         while batch := await receive_batch(receive_contacts, SEARCH_BATCH):
+            if stop is not None and stop.is_set():
+                continue
             await slots.acquire()
             tg.start_soon(work, batch)
 
 
-async def _fetch_batch(
+async def _search(
     batch: list[Contact],
     account: Account,
-    send_fetched: MemoryObjectSendStream[Fetched],
+    send_found: MemoryObjectSendStream[Found],
     send_outcomes: MemoryObjectSendStream[Outcome],
 ) -> None:
     try:
@@ -105,19 +109,5 @@ async def _fetch_batch(
         for contact in batch:
             await send_outcomes.send(outcome_for_error(contact, exc, "contact"))
         return
-
-    async def get(contact: Contact, key: str) -> None:
-        try:
-            entry = await account.get_contact(key)
-        except Exception as exc:
-            await send_outcomes.send(outcome_for_error(contact, exc, "contact"))
-            return
-        await send_fetched.send(Fetched(contact, entry, anyio.current_time()))
-
-    async with anyio.create_task_group() as tg:
-        for contact in batch:
-            summary = found.get(contact.email)
-            if summary is None:
-                await send_fetched.send(Fetched(contact, None))
-            else:
-                tg.start_soon(get, contact, summary.key)
+    for contact in batch:
+        await send_found.send(Found(contact, found.get(contact.email)))

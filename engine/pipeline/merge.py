@@ -1,16 +1,19 @@
-"""The merge stage: decide each contact's write; the union of lists, nothing else."""
+"""The merge stage: read each found contact's full entry and build its write: the union of
+its lists and the targets, every other element untouched (`decide`, pure, no I/O)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from engine.api.codec import UnsafeMergeError, merge_contact_lists
+from engine.api.client import Account
+from engine.api.codec import merge_contact_lists
 from engine.api.records import ContactEntry
-from engine.pipeline.fetch import Fetched
+from engine.pipeline.fetch import Found
 from engine.pipeline.models import Contact, Outcome
-from engine.pipeline.stats import StageStats, outcome_for_error
+from engine.pipeline.stats import StageStats, fan_out, outcome_for_error
 
 __all__ = ["Write", "decide", "merge_lists"]
 
@@ -65,24 +68,58 @@ def decide(
 
 
 async def merge_lists(
-    receive_fetched: MemoryObjectReceiveStream[Fetched],
+    receive_found: MemoryObjectReceiveStream[Found],
     send_writes: MemoryObjectSendStream[Write],
     *,
+    account: Account,
     send_outcomes: MemoryObjectSendStream[Outcome],
     skip_removed: bool,
     stats: StageStats,
+    limit: int,
+    stop: anyio.Event | None = None,
 ) -> None:
-    """The stage: one decision per fetched contact; no I/O."""
-    async with receive_fetched, send_writes, send_outcomes:
-        async for fetched in receive_fetched:
-            try:
-                result = decide(
-                    fetched.contact, fetched.entry, skip_removed=skip_removed, fetched_at=fetched.at
-                )
-            except UnsafeMergeError as exc:
-                result = outcome_for_error(fetched.contact, exc, "contact")
-            stats.done += 1
-            if isinstance(result, Write):
-                await send_writes.send(result)
-            else:
-                await send_outcomes.send(result)
+    """The stage: read each found contact's full entry and decide its write.
+
+    `limit` workers, each holding at most one decided write until a put worker takes it
+    (the queue to the put stage has no buffer), so an entry is read just before it is used.
+    A Do Not Mail contact (and a Removed one with `skip_removed`) is settled from its search
+    entry, without reading it.
+    """
+
+    async def worker(
+        receive: MemoryObjectReceiveStream[Found], send: MemoryObjectSendStream[Write]
+    ) -> None:
+        async with receive, send, send_outcomes.clone() as outcomes:
+            async for found in receive:
+                if stop is not None and stop.is_set():
+                    continue
+                stats.busy += 1
+                try:
+                    result = await _decide_found(found, account, skip_removed)
+                finally:
+                    stats.busy -= 1
+                stats.done += 1
+                if isinstance(result, Write):
+                    await send.send(result)
+                else:
+                    await outcomes.send(result)
+
+    async with send_outcomes:
+        await fan_out(worker, receive_found, send_writes, limit=limit)
+
+
+async def _decide_found(found: Found, account: Account, skip_removed: bool) -> Write | Outcome:
+    contact, summary = found.contact, found.summary
+    if summary is None:
+        return decide(contact, None, skip_removed=skip_removed)
+    status = summary.status.strip().lower()
+    rows, targets = tuple(contact.rows), tuple(contact.targets)
+    if status == DO_NOT_MAIL:
+        return Outcome(contact.email, "skipped", rows, "opted-out", (), "contact", targets)
+    if status == REMOVED and skip_removed:
+        return Outcome(contact.email, "skipped", rows, "removed", (), "contact", targets)
+    try:
+        entry = await account.get_contact(summary.key)
+        return decide(contact, entry, skip_removed=skip_removed, fetched_at=anyio.current_time())
+    except Exception as exc:
+        return outcome_for_error(contact, exc, "contact")

@@ -31,7 +31,7 @@ from engine.errors import ConfigError, EngineError, PipelineError
 from engine.journal import Journal, journal_key
 from engine.pipeline.bulk import BulkPath
 from engine.pipeline.config import MigrationConfig
-from engine.pipeline.fetch import Fetched, fetch_contacts
+from engine.pipeline.fetch import Found, fetch_contacts
 from engine.pipeline.merge import Write, merge_lists
 from engine.pipeline.models import OUTCOMES, Batch, Contact, Outcome, Rejected, SourceRow
 from engine.pipeline.plan import Planner
@@ -337,8 +337,10 @@ class _Run:
         send_rows, receive_rows = anyio.create_memory_object_stream[SourceRow | Rejected](size)
         send_contacts, receive_contacts = anyio.create_memory_object_stream[Contact](size)
         send_batches, receive_batches = anyio.create_memory_object_stream[Batch](config.limits.bulk)
-        send_fetched, receive_fetched = anyio.create_memory_object_stream[Fetched](size)
-        send_writes, receive_writes = anyio.create_memory_object_stream[Write](size)
+        send_found, receive_found = anyio.create_memory_object_stream[Found](size)
+        # No buffer before the put stage: a merge worker hands its write straight to a put
+        # worker, so no entry waits in a queue growing stale (the API has no ETags).
+        send_writes, receive_writes = anyio.create_memory_object_stream[Write](0)
         send_outcomes, receive_outcomes = anyio.create_memory_object_stream[Outcome](size)
         bulk = BulkPath(
             account,
@@ -352,7 +354,7 @@ class _Run:
             "read": receive_rows,
             "fetch": receive_contacts,
             "bulk": receive_batches,
-            "merge": receive_fetched,
+            "merge": receive_found,
             "put": receive_writes,
             "record": receive_outcomes,
         }
@@ -378,6 +380,8 @@ class _Run:
             async with anyio.create_task_group() as outer:
                 outer.start_soon(report_progress)
                 outer.start_soon(enforce_grace, outer.cancel_scope)
+                if self.journal is not None:
+                    outer.start_soon(self.journal.flush_periodically)
                 async with anyio.create_task_group() as tg:
                     tg.start_soon(self.read, send_rows)
                     tg.start_soon(
@@ -387,8 +391,8 @@ class _Run:
                         send_batches,
                         outcome_sends[0],
                     )
-                    tg.start_soon(self._fetch, receive_contacts, send_fetched, outcome_sends[1])
-                    tg.start_soon(self._merge, receive_fetched, send_writes, outcome_sends[2])
+                    tg.start_soon(self._fetch, receive_contacts, send_found, outcome_sends[1])
+                    tg.start_soon(self._merge, receive_found, send_writes, outcome_sends[2])
                     tg.start_soon(self._put, receive_writes, outcome_sends[3])
                     tg.start_soon(bulk.run, receive_batches, outcome_sends[4])
                     tg.start_soon(bulk.resume, pending, resume_send)
@@ -416,7 +420,7 @@ class _Run:
     async def _fetch(
         self,
         receive: MemoryObjectReceiveStream[Contact],
-        send: MemoryObjectSendStream[Fetched],
+        send: MemoryObjectSendStream[Found],
         send_outcomes: MemoryObjectSendStream[Outcome],
     ) -> None:
         await fetch_contacts(
@@ -431,16 +435,19 @@ class _Run:
 
     async def _merge(
         self,
-        receive: MemoryObjectReceiveStream[Fetched],
+        receive: MemoryObjectReceiveStream[Found],
         send: MemoryObjectSendStream[Write],
         send_outcomes: MemoryObjectSendStream[Outcome],
     ) -> None:
         await merge_lists(
             receive,
             send,
+            account=self.account,
             send_outcomes=send_outcomes,
             skip_removed=self.config.skip_removed,
             stats=self.stats.stages["merge"],
+            limit=self.config.limits.put,
+            stop=self.stop,
         )
 
     async def _put(
