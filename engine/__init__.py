@@ -11,6 +11,7 @@ from engine.api import (
     RateGovernor,
     RetryPolicy,
 )
+from engine.audit import AuditFinding, AuditReport, audit
 from engine.errors import (
     ApiError,
     ConfigError,
@@ -31,6 +32,8 @@ from engine.pipeline.stats import Progress
 __all__ = [
     "Account",
     "ApiError",
+    "AuditFinding",
+    "AuditReport",
     "ConfigError",
     "Credentials",
     "DryRunPlan",
@@ -48,6 +51,7 @@ __all__ = [
     "SkippableApiError",
     "SourceError",
     "StageLimits",
+    "audit",
     "migrate",
     "plan_migration",
 ]
