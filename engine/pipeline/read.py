@@ -21,7 +21,7 @@ import re
 from array import array
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from itertools import islice
+from itertools import chain, islice
 from pathlib import Path
 from typing import Any
 
@@ -320,7 +320,7 @@ class SourceReader:
         errors: dict[int, str] = {}
 
         def texts() -> Iterator[str]:
-            for number, text, error in (*head, *lines):
+            for number, text, error in chain(head, lines):
                 if error:
                     errors[number] = error
                 yield text
