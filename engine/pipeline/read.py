@@ -416,7 +416,9 @@ class SourceReader:
         return self.scan_result
 
     def _coalesced(self, scan: Scan) -> Iterator[SourceRow | Rejected]:
-        held: dict[int, dict[str, SourceRow]] = {}
+        # hash -> email -> the rows seen so far, accumulated in place (a file may repeat one
+        # email 100,000 times: rebuilding a tuple per repeat would be quadratic).
+        held: dict[int, dict[str, _Group]] = {}
         seen: dict[int, int] = {}
         for item in self._file_rows():
             if isinstance(item, Rejected):
@@ -428,14 +430,16 @@ class SourceReader:
                 yield item
                 continue
             group = held.setdefault(h, {})
-            before = group.get(item.email)
-            group[item.email] = item if before is None else _merge_rows(before, item)
+            if item.email in group:
+                group[item.email].add(item)
+            else:
+                group[item.email] = _Group(item)
             seen[h] = seen.get(h, 0) + 1
             if seen[h] >= total:
-                yield from held.pop(h).values()
+                yield from (g.row() for g in held.pop(h).values())
                 del seen[h]
-        for group in held.values():  # only if the file changed between the passes
-            yield from group.values()
+        for groups in held.values():  # only if the file changed between the passes
+            yield from (g.row() for g in groups.values())
 
     async def rows(self) -> AsyncIterator[SourceRow | Rejected]:
         """Yield every row, duplicates of a file coalesced; call `scan()` first for files."""
@@ -470,10 +474,22 @@ class SourceReader:
         return self._mapping_row(number, value, cache)
 
 
-def _merge_rows(first: SourceRow, later: SourceRow) -> SourceRow:
-    return SourceRow(
-        lines=first.lines + later.lines,
-        email=first.email,
-        fields={**first.fields, **later.fields},
-        lists=tuple(dict.fromkeys(first.lists + later.lists)),
-    )
+class _Group:
+    """The rows of one email being coalesced: lines in order, later non-empty fields win,
+    lists unioned in order of appearance."""
+
+    __slots__ = ("email", "fields", "lines", "lists")
+
+    def __init__(self, first: SourceRow) -> None:
+        self.email = first.email
+        self.lines = list(first.lines)
+        self.fields = dict(first.fields)
+        self.lists = dict.fromkeys(first.lists)
+
+    def add(self, later: SourceRow) -> None:
+        self.lines.extend(later.lines)
+        self.fields.update(later.fields)
+        self.lists.update(dict.fromkeys(later.lists))
+
+    def row(self) -> SourceRow:
+        return SourceRow(tuple(self.lines), self.email, self.fields, tuple(self.lists))
