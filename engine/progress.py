@@ -46,12 +46,17 @@ class ProgressDisplay:
     Args:
         stream: where to draw (standard error by default, so stdout stays for results).
         every: seconds between plain lines when the stream is not a terminal.
+        terminal: force the live panel (True) or plain lines (False); None detects it.
     """
 
-    def __init__(self, stream: TextIO | None = None, *, every: float = 5.0) -> None:
+    def __init__(
+        self, stream: TextIO | None = None, *, every: float = 5.0, terminal: bool | None = None
+    ) -> None:
         self.stream = stream or sys.stderr
         self.every = every
-        self._console = Console(file=self.stream, stderr=self.stream is sys.stderr)
+        self._console = Console(
+            file=self.stream, stderr=self.stream is sys.stderr, force_terminal=terminal
+        )
         self._live: Live | None = None
         self._last = 0.0
 

@@ -1,0 +1,60 @@
+"""The progress display: plain lines when not on a terminal, a live panel on one."""
+
+from __future__ import annotations
+
+import io
+
+from engine.pipeline.stats import Progress
+from engine.progress import ProgressDisplay, describe
+
+
+def progress(done: int, *, final: bool = False) -> Progress:
+    """A progress event half-way through 1,000 rows."""
+    return Progress(
+        elapsed=10.0,
+        rows_read=1000,
+        rows_total=1000,
+        rows_done=done,
+        outcomes={"updated": done},
+        stages={"fetch": (50, 3), "put": (8, 0), "bulk": (0, 0)},
+        requests=2 * done,
+        retries=4,
+        throttles=1,
+        rate=3.5,
+        activities=0,
+        final=final,
+    )
+
+
+def test_describe_names_pace_eta_requests_retries_throttles_and_stages() -> None:
+    """One line carries rows, pace, ETA, requests, the rate limit, retries, throttles, stages."""
+    line = describe(progress(500))
+    assert "500/1000 rows" in line
+    assert "50/s" in line
+    assert "ETA 0m10s" in line
+    assert "1000 requests (limit 3.5/s)" in line
+    assert "4 retries, 1 throttled" in line
+    assert "fetch 50+3q" in line
+
+
+def test_plain_lines_are_spaced_and_the_final_one_always_shown() -> None:
+    """Off a terminal, a line is printed at most every `every` seconds, and the last always."""
+    out = io.StringIO()
+    with ProgressDisplay(out, every=3600, terminal=False) as display:
+        display(progress(100))
+        display(progress(200))
+        display(progress(1000, final=True))
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 2
+    assert lines[0].startswith("progress: 100/1000 rows")
+    assert lines[1].startswith("progress: 1000/1000 rows")
+
+
+def test_a_terminal_gets_the_live_panel() -> None:
+    """On a terminal the display draws rich's live panel with each stage's queue."""
+    out = io.StringIO()
+    with ProgressDisplay(out, terminal=True) as display:
+        display(progress(500))
+    text = out.getvalue()
+    assert "fetch" in text
+    assert "500 / 1000" in text
