@@ -73,7 +73,8 @@ class Contact:
 
     Attributes:
         email: the normalised email.
-        targets: list key -> list id URI of the lists it must end up on.
+        targets: list key -> list id URI of the lists it must end up on (shared between
+            contacts with the same target set: never mutated in place).
         fields: v1 element name -> value; later non-empty values win.
         rows: the source lines that named this email.
     """
@@ -85,7 +86,9 @@ class Contact:
 
     def absorb(self, other: Contact) -> None:
         """Coalesce a duplicate: union of targets, later non-empty fields win."""
-        self.targets.update(other.targets)
+        # A new dict: contacts with the same target set share one (the planner interns
+        # them, which keeps a million pending contacts small), so it must not be mutated.
+        self.targets = {**self.targets, **other.targets}
         self.fields.update(other.fields)
         self.rows.extend(other.rows)
 

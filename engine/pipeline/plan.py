@@ -62,6 +62,7 @@ class Planner:
         self._stop = stop
         self.lists_by_name = dict(lists_by_name)
         self._common = {lists_by_name[n].key: lists_by_name[n].id for n in config.lists}
+        self._targets: dict[tuple[str, ...], dict[str, str]] = {}
         self._pending: dict[frozenset[str], _Pending] = {}
         self._where: dict[str, frozenset[str]] = {}  # email -> key of its pending batch
         self._held = 0
@@ -92,15 +93,19 @@ class Planner:
 
     def contact(self, row: SourceRow) -> Contact | Rejected:
         """The contact of a row with its targets resolved, or a rejection."""
-        targets = dict(self._common)
-        for name in row.lists:
-            found = self.lists_by_name.get(name)
-            if found is None:
-                return Rejected(row.lines[0], row.email, f"unknown list {name!r}")
-            targets[found.key] = found.id
+        targets = self._targets.get(row.lists)
+        if targets is None:
+            targets = dict(self._common)
+            for name in row.lists:
+                found = self.lists_by_name.get(name)
+                if found is None:
+                    return Rejected(row.lines[0], row.email, f"unknown list {name!r}")
+                targets[found.key] = found.id
+            if len(self._targets) < 10_000:  # one shared dict per list set (memory)
+                self._targets[row.lists] = targets
         if not targets:
             return Rejected(row.lines[0], row.email, "no target list for this row")
-        return Contact(row.email, targets, dict(row.fields), list(row.lines))
+        return Contact(row.email, targets, row.fields, list(row.lines))
 
     async def run(
         self,
