@@ -27,7 +27,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 from engine.api.client import Account
 from engine.api.records import Activity, ContactList
 from engine.crashpoints import crash_point
-from engine.errors import ConfigError, EngineError, PipelineError
+from engine.errors import ConfigError, EngineError, PipelineError, SourceError
 from engine.journal import Journal, journal_key
 from engine.pipeline.bulk import BulkPath
 from engine.pipeline.config import MigrationConfig
@@ -202,6 +202,9 @@ async def migrate(
     stats = RunStats()
     scan = await reader.scan()
     stats.rows_total = scan.rows if reader.path is not None else None
+    if reader.path is not None and scan.rows == 0:
+        # Most likely the wrong file (an export's header alone): say so, not "0 rows, ok".
+        raise SourceError(f"the source {reader.path} has a header but no data rows")
     if reader.path is not None and not config.lists and not scan.list_names:
         raise ConfigError("no target lists: pass --list NAME or a lists column with names")
     names = [*config.lists, *sorted(scan.list_names)]
@@ -225,6 +228,9 @@ def _identity(config: MigrationConfig) -> dict[str, object]:
     """The settings that decide what a row means: part of the journal's key."""
     read = config.read
     return {
+        # Apart from the lists column's names: `--list X` on a source whose column also
+        # names X is another migration (every row gains X), and must not share a journal.
+        "lists_for_every_row": sorted(config.lists),
         "columns": sorted(read.columns.items()),
         "lists_column": read.lists_column,
         "separator": read.list_separator,
@@ -336,7 +342,9 @@ class _Run:
         size = config.queue_size
         send_rows, receive_rows = anyio.create_memory_object_stream[SourceRow | Rejected](size)
         send_contacts, receive_contacts = anyio.create_memory_object_stream[Contact](size)
-        send_batches, receive_batches = anyio.create_memory_object_stream[Batch](config.limits.bulk)
+        # No buffer: a batch of up to 20,000 contacts waits in the planner until a bulk
+        # worker is free, rather than in a queue (memory, invariant I6).
+        send_batches, receive_batches = anyio.create_memory_object_stream[Batch](0)
         send_found, receive_found = anyio.create_memory_object_stream[Found](size)
         # No buffer before the put stage: a merge worker hands its write straight to a put
         # worker, so no entry waits in a queue growing stale (the API has no ETags).
