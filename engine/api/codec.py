@@ -6,10 +6,11 @@ them, so one is an attack or a broken proxy; this also rules out entity expansio
 bytes after the root element dropped (two of the captured real responses end in a stray
 `"`). Error bodies are never given to this module: they are HTML or text.
 
-Feeds are parsed with xmltodict. A full contact entry, the per-contact path's hot spot, is
-parsed with the standard library's ElementTree instead: measured on the captured 3 KB entry,
-xmltodict takes about 250 µs and ElementTree about 42 µs, and the rest of the per-contact
-path costs less than the former. Both sit on expat, with the same guard in front.
+Feeds are parsed with xmltodict. The two documents of the per-contact path's hot loop,
+a full contact entry and a page of search results, are parsed with the standard library's
+ElementTree instead: measured on the captured 3 KB entry, xmltodict takes about 250 µs and
+ElementTree about 42 µs; a 50-entry search page, about 3 ms against 0.75 ms.
+Both sit on expat, with the same guard in front.
 
 The merge never re-serialises a contact: `merge_contact_lists` splices the new
 `ContactLists` element into the bytes the server sent, so every other element goes back
@@ -178,24 +179,50 @@ def parse_list_entry(body: bytes) -> ContactList:
     return _contact_list(_root(_parse_tree(body), "entry"))
 
 
-def _contact_summary(entry: dict[str, Any]) -> ContactSummary:
-    payload = _payload(entry, "Contact")
+def parse_contacts_page(body: bytes) -> Page[ContactSummary]:
+    """Parse a page of `GET contacts` or of an `?email=` search (summaries, no lists).
+
+    With ElementTree, like a full contact entry: one search answers for 50 contacts, and
+    xmltodict spends about 3 ms on such a page (60 µs a contact) where ElementTree spends
+    0.75 ms (measured on 50 copies of a captured entry).
+    """
+    root = _element_tree(body, "a contacts feed")
+    if _local(root.tag) != "feed":
+        raise MalformedResponseError(f"expected a <feed> document, got <{_local(root.tag)}>")
+    summaries = []
+    next_href = None
+    for child in root:
+        name = _local(child.tag)
+        if name == "link" and child.get("rel") == "next" and child.get("href"):
+            next_href = child.get("href")
+        elif name == "entry":
+            summaries.append(_contact_summary(child))
+    return Page(tuple(summaries), next_href)
+
+
+def _contact_summary(entry: ElementTree.Element) -> ContactSummary:
+    contact = None
+    entry_id = ""
+    for child in entry:
+        name = _local(child.tag)
+        if name == "id":
+            entry_id = (child.text or "").strip()
+        elif name == "content":
+            contact = next((c for c in child if _local(c.tag) == "Contact"), None)
+    if contact is None:
+        raise MalformedResponseError("an entry has no <Contact> content")
     # Contact/@id, not the edit link: a captured feed has an edit link of another contact.
-    uri = str(payload.get("@id") or "") or _text(entry.get("id"))
+    uri = contact.get("id") or entry_id
     if not uri:
         raise MalformedResponseError("a contact entry has no id")
-    return ContactSummary(
-        id=uri,
-        key=uri_key(uri),
-        email=_text(payload.get("EmailAddress")),
-        status=_text(payload.get("Status")),
-    )
-
-
-def parse_contacts_page(body: bytes) -> Page[ContactSummary]:
-    """Parse a page of `GET contacts` or of an `?email=` search (summaries, no lists)."""
-    entries, next_href = _entries(body)
-    return Page(tuple(_contact_summary(e) for e in entries), next_href)
+    email = status = ""
+    for field in contact:
+        name = _local(field.tag)
+        if name == "EmailAddress":
+            email = (field.text or "").strip()
+        elif name == "Status":
+            status = (field.text or "").strip()
+    return ContactSummary(id=uri, key=uri_key(uri), email=email, status=status)
 
 
 def parse_members_page(body: bytes) -> Page[ListMember]:
@@ -252,6 +279,14 @@ def parse_activity(body: bytes) -> Activity:
     )
 
 
+def _element_tree(body: bytes, what: str, *, checked: bool = False) -> ElementTree.Element:
+    """Parse with ElementTree after the same guard as every document (`check_document`)."""
+    try:
+        return ElementTree.fromstring(body if checked else check_document(body))
+    except ElementTree.ParseError as exc:
+        raise MalformedResponseError(f"{what} is not well-formed XML: {exc}") from exc
+
+
 def _local(tag: str) -> str:
     return tag[tag.rfind("}") + 1 :]
 
@@ -259,10 +294,7 @@ def _local(tag: str) -> str:
 def parse_contact_entry(body: bytes) -> ContactEntry:
     """Parse a full contact entry (`GET contacts/{id}`), keeping its bytes for the PUT."""
     raw = check_document(body)
-    try:
-        root = ElementTree.fromstring(raw)
-    except ElementTree.ParseError as exc:
-        raise MalformedResponseError(f"the contact entry is not well-formed XML: {exc}") from exc
+    root = _element_tree(raw, "the contact entry", checked=True)
     if _local(root.tag) != "entry":
         raise MalformedResponseError(f"expected a contact <entry>, got <{_local(root.tag)}>")
     contact = None
