@@ -35,7 +35,7 @@ class Found:
 
 
 async def receive_batch(
-    receive: MemoryObjectReceiveStream[Contact], size: int, *, linger: float = 0.02
+    receive: MemoryObjectReceiveStream[Contact], size: int, *, linger: float = 0.2
 ) -> list[Contact]:
     """Wait for one item, then up to `linger` seconds for more, up to `size`; [] at the end.
 

@@ -49,6 +49,8 @@ class Planner:
         lists_by_name: every target list name (from `config.lists` and the lists column)
             resolved to its list.
         stop: once set, batches are dropped instead of flushed (the run is stopping).
+        coalesced: the rows come with their duplicates already merged (a file source): with
+            bulk off, a contact then goes on at once instead of waiting in a batch.
     """
 
     def __init__(
@@ -57,9 +59,11 @@ class Planner:
         lists_by_name: Mapping[str, ContactList],
         *,
         stop: anyio.Event | None = None,
+        coalesced: bool = False,
     ) -> None:
         self.config = config
         self._stop = stop
+        self._coalesced = coalesced
         self.lists_by_name = dict(lists_by_name)
         self._common = {lists_by_name[n].key: lists_by_name[n].id for n in config.lists}
         self._targets: dict[tuple[str, ...], dict[str, str]] = {}
@@ -170,6 +174,12 @@ class Planner:
                 self._deferred[contact.email] = contact
             else:
                 held.absorb(contact)
+            return
+        if self.config.bulk_threshold is None and self._coalesced:  # nothing to wait for
+            async with self._flush_lock:
+                if self._stop is None or not self._stop.is_set():
+                    self._in_flight.add(contact.email)
+                    await self._out[0].send(contact)
             return
         key = contact.target_set
         other_key = self._where.get(contact.email)

@@ -262,7 +262,9 @@ class _Run:
         # `linger` is for streaming sources: a file's batches fill up to the caps or the
         # end of the input, or 20,000 rows would go out in as many activities as lingers.
         planner_config = config if reader.path is None else dataclasses.replace(config, linger=0)
-        self.planner = Planner(planner_config, by_name, stop=stop)
+        self.planner = Planner(
+            planner_config, by_name, stop=stop, coalesced=reader.path is not None
+        )
         self.names = {c.key: n for n, c in by_name.items()}
         self.started = (account.requests_sent, account.retries, account.governor.stats().throttles)
 
