@@ -41,7 +41,7 @@ from engine.pipeline.models import Contact, Outcome
 
 __all__ = ["Journal", "PendingActivity", "journal_key"]
 
-SCHEMA_VERSION = "1"
+SCHEMA_VERSION = "2"
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -54,7 +54,9 @@ CREATE TABLE IF NOT EXISTS outcomes (
     rows TEXT NOT NULL,         -- JSON list of source line numbers
     path TEXT NOT NULL,
     first_row INTEGER NOT NULL,
-    run INTEGER NOT NULL
+    run INTEGER NOT NULL,
+    targets TEXT NOT NULL,      -- JSON list of the list keys the contact had to end up on
+    lists_before TEXT           -- JSON list of the list keys read before the write; NULL: unread
 );
 CREATE INDEX IF NOT EXISTS outcomes_by_row ON outcomes (first_row);
 CREATE TABLE IF NOT EXISTS activities (
@@ -185,6 +187,13 @@ class Journal:
                 f"{self.path} is not a journal of this engine ({exc}); pass another --journal "
                 "path or delete the file"
             ) from exc
+        if found and found.get("version") != SCHEMA_VERSION:
+            db.close()
+            raise ConfigError(
+                f"the journal {self.path} was written by another version of the engine "
+                f"(journal format {found.get('version')}, this one reads {SCHEMA_VERSION}): "
+                "pass --restart to start over, or another --journal path."
+            )
         if found and found.get("key") != key:
             db.close()
             raise ConfigError(
@@ -242,6 +251,10 @@ class Journal:
                 outcome.path,
                 min(outcome.rows) if outcome.rows else 0,
                 self.run,
+                # Kept so that a resumed run's report (written from here) still lets the
+                # audit check targets and lists before for rows done by an earlier run.
+                json.dumps(list(outcome.targets)),
+                None if outcome.lists_before is None else json.dumps(list(outcome.lists_before)),
             )
         )
         if (
@@ -276,7 +289,7 @@ class Journal:
         db = self._conn()
         with db:
             db.execute("BEGIN")
-            db.executemany("INSERT OR REPLACE INTO outcomes VALUES (?,?,?,?,?,?,?,?,?)", rows)
+            db.executemany("INSERT OR REPLACE INTO outcomes VALUES (?,?,?,?,?,?,?,?,?,?,?)", rows)
 
     async def finished(self, emails: Sequence[str]) -> set[str]:
         """Which of `emails` already have an outcome."""
@@ -313,11 +326,19 @@ class Journal:
     def iter_outcomes(self) -> Iterator[Outcome]:
         """Every outcome, in source order (call from a worker thread)."""
         query = (
-            "SELECT email, kind, reason, lists_added, rows, path FROM outcomes ORDER BY first_row"
+            "SELECT email, kind, reason, lists_added, rows, path, targets, lists_before "
+            "FROM outcomes ORDER BY first_row"
         )
-        for email, kind, reason, lists_added, rows, path in self._conn().execute(query):
+        for email, kind, reason, added, rows, path, targets, before in self._conn().execute(query):
             yield Outcome(
-                email, kind, tuple(json.loads(rows)), reason, tuple(json.loads(lists_added)), path
+                email,
+                kind,
+                tuple(json.loads(rows)),
+                reason,
+                tuple(json.loads(added)),
+                path,
+                tuple(json.loads(targets)),
+                None if before is None else tuple(json.loads(before)),
             )
 
     async def write_report(self, path: Path, line: Any) -> int:

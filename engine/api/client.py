@@ -168,6 +168,20 @@ def _retry_after(value: str | None) -> float | None:
     return max(0.0, seconds) if math.isfinite(seconds) else None
 
 
+def _quota_reset(retry_after: float | None) -> str:
+    """When a spent daily quota comes back: the server's Retry-After, else midnight UTC
+    (a daily quota counts UTC days, like the engine's own daily budget)."""
+    if retry_after is not None:
+        return f"the server asks to wait {_duration(retry_after)}"
+    now = time.time()
+    return f"it resets at midnight UTC, in about {_duration(86400 - now % 86400)}"
+
+
+def _duration(seconds: float) -> str:
+    minutes = math.ceil(seconds / 60)
+    return f"{minutes // 60}h {minutes % 60:02d}m" if minutes >= 60 else f"{minutes} min"
+
+
 class _Context(TypedDict):
     status: int
     method: str
@@ -206,8 +220,8 @@ def classify(
     scheme = urlsplit(url).scheme
     if status in (403, 429) and _QUOTA.search(text):
         return QuotaExhaustedError(
-            "the API's daily request quota is spent; run the same command again after it "
-            "resets (the journal resumes where this run stopped)",
+            f"the API's daily request quota is spent; {_quota_reset(retry_after)}. Run the "
+            "same command again then (the journal resumes where this run stopped)",
             **ctx,
         )
     if status == 429 or (status == 403 and _THROTTLE.search(text)):
@@ -577,15 +591,25 @@ class Account:
         unique = list(dict.fromkeys(e.strip().lower() for e in emails))
         for start in range(0, len(unique), SEARCH_BATCH):
             batch = unique[start : start + SEARCH_BATCH]
-            query = "&".join("email=" + quote(e, safe="") for e in batch)
+            url = self.url("contacts?" + "&".join("email=" + quote(e, safe="") for e in batch))
             try:
-                page = await self._send(
-                    "GET",
-                    self.url(f"contacts?{query}"),
-                    kind="contacts",
-                    parse=codec.parse_contacts_page,
-                    retry=self._search_retry,
-                )
+                try:
+                    page = await self._send(
+                        "GET",
+                        url,
+                        kind="contacts",
+                        parse=codec.parse_contacts_page,
+                        retry=self._search_retry,
+                    )
+                except ServerError:
+                    raise
+                except RetryableApiError:
+                    # Only a 5xx is a documented answer for a miss: a timeout, a reset or a
+                    # throttle gets the whole retry budget, or two lost packets would stop
+                    # the run (a lost connection is fatal once the budget is spent).
+                    page = await self._send(
+                        "GET", url, kind="contacts", parse=codec.parse_contacts_page
+                    )
             except ServerError:
                 log.info("search of %d emails answered 5xx twice: read as not found", len(batch))
                 continue

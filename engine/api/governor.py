@@ -8,8 +8,9 @@ share an application's budget). It holds three limits:
 - a concurrency: at most `concurrency` requests in flight (an anyio `CapacityLimiter`);
 - a daily budget: at most `daily_budget` requests per UTC day, then `QuotaExhaustedError`.
 
-A throttle answer halves the rate and the concurrency (multiplicative decrease) and pauses
-every request for `Retry-After` when the server sent one; each success raises them again a
+A throttle answer halves the rate and the concurrency (multiplicative decrease; once for
+all the requests that were already in flight when it happened) and pauses every request
+for `Retry-After` when the server sent one; each success raises them again a
 little (additive increase), so recovery is gradual. With `rate=None`, the first throttle
 sets the rate to half the rate observed over the last second, which is how the governor
 discovers an unannounced limit.
@@ -23,6 +24,7 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 
 import anyio
@@ -30,6 +32,9 @@ import anyio
 from engine.errors import ConfigError, QuotaExhaustedError
 
 __all__ = ["GovernorStats", "RateGovernor"]
+
+#: When the current task's last request was let through (see `RateGovernor.on_throttle`).
+_SENT_AT: ContextVar[float | None] = ContextVar("sent_at", default=None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +99,7 @@ class RateGovernor:
         self._clock = clock
         self._tat = 0.0  # theoretical arrival time of the next request (GCRA)
         self._paused_until = 0.0
+        self._last_decrease = -math.inf
         self._recent: deque[float] = deque()
         self._requests = 0
         self._throttles = 0
@@ -134,6 +140,8 @@ class RateGovernor:
         async with self._limiter:
             self._spend_budget()
             await self._wait_turn()
+            # The task that sends the request is the one that reports its throttle.
+            _SENT_AT.set(self._clock())
             yield
 
     def _spend_budget(self) -> None:
@@ -177,14 +185,24 @@ class RateGovernor:
             self._limiter.total_tokens = total + 1
 
     def on_throttle(self, retry_after: float | None) -> None:
-        """Report a throttle answer: halve rate and concurrency; pause for `retry_after`."""
+        """Report a throttle answer: halve rate and concurrency; pause for `retry_after`.
+
+        A request let through (by `slot`, in this task) before the last decrease left at the
+        old pace, and its refusal is already accounted for: it pauses, but does not halve
+        again. Otherwise the N requests in flight when the server starts refusing would
+        divide the rate by 2**N at once, and recovery would take minutes (one decrease per
+        round trip, as in TCP's congestion control).
+        """
         self._throttles += 1
         self._successes = 0
-        if self._rate is None:
-            observed = len(self._recent) or 1
-            self._rate = max(0.5, observed / 2)
-        else:
-            self._rate = max(0.1, self._rate / 2)
-        self._limiter.total_tokens = max(1, int(self._limiter.total_tokens) // 2)
+        sent_at = _SENT_AT.get()
+        if sent_at is None or sent_at >= self._last_decrease:
+            self._last_decrease = self._clock()
+            if self._rate is None:
+                observed = len(self._recent) or 1
+                self._rate = max(0.5, observed / 2)
+            else:
+                self._rate = max(0.1, self._rate / 2)
+            self._limiter.total_tokens = max(1, int(self._limiter.total_tokens) // 2)
         if retry_after is not None and retry_after > 0:
             self._paused_until = max(self._paused_until, self._clock() + retry_after)
