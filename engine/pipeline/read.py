@@ -325,6 +325,10 @@ class SourceReader:
                     errors[number] = error
                 yield text
 
+        # csv's field limit (128 KiB) is process-wide; a longer cell would stop the whole
+        # run with csv.Error instead of rejecting its row, so it is raised to 64 MiB (the
+        # row is then rejected by FIELD_LIMITS, with the field's name and length).
+        csv.field_size_limit(max(csv.field_size_limit(), 1 << 26))
         reader = csv.reader(texts(), dialect)
         try:
             header = next(reader)
