@@ -8,12 +8,13 @@ share an application's budget). It holds three limits:
 - a concurrency: at most `concurrency` requests in flight (an anyio `CapacityLimiter`);
 - a daily budget: at most `daily_budget` requests per UTC day, then `QuotaExhaustedError`.
 
-A throttle answer halves the rate and the concurrency (multiplicative decrease; once for
-all the requests that were already in flight when it happened) and pauses every request
-for `Retry-After` when the server sent one; each success raises them again a
-little (additive increase), so recovery is gradual. With `rate=None`, the first throttle
-sets the rate to half the rate observed over the last second, which is how the governor
-discovers an unannounced limit.
+A throttle answer sets the rate to 97% of the rate the server accepted over the last three
+seconds (under throttling, that is its limit, measured) and cuts the concurrency by a
+quarter, once for all the requests already in flight when it happened; it also pauses every
+request for `Retry-After` when the server sent one. Successes raise the rate again: doubling
+every second until a limit has been measured (a slow start), then 0.3% a second, so the
+governor settles just under a limit it was never told, with a few percent of throttled
+answers. With `rate=None` there is no limit until the first throttle.
 """
 
 from __future__ import annotations
@@ -32,6 +33,9 @@ import anyio
 from engine.errors import ConfigError, QuotaExhaustedError
 
 __all__ = ["GovernorStats", "RateGovernor"]
+
+#: Seconds over which the accepted rate is measured when the server throttles.
+_WINDOW = 3.0
 
 #: When the current task's last request was let through (see `RateGovernor.on_throttle`).
 _SENT_AT: ContextVar[float | None] = ContextVar("sent_at", default=None)
@@ -100,6 +104,10 @@ class RateGovernor:
         self._tat = 0.0  # theoretical arrival time of the next request (GCRA)
         self._paused_until = 0.0
         self._last_decrease = -math.inf
+        self._last_increase = clock()
+        self._started: float | None = None  # when the first request was let through
+        self._measured: float | None = None  # the accepted rate at the last throttle
+        self._accepted: deque[float] = deque()  # successes of the last _WINDOW seconds
         self._recent: deque[float] = deque()
         self._requests = 0
         self._throttles = 0
@@ -168,41 +176,63 @@ class RateGovernor:
             await anyio.sleep(start - now)
         self._requests += 1
         stamp = self._clock()
+        if self._started is None:
+            self._started = stamp
         self._recent.append(stamp)
         while self._recent and self._recent[0] < stamp - 1.0:
             self._recent.popleft()
 
     def on_success(self) -> None:
-        """Report a success: raise the rate and concurrency a little, up to their caps."""
+        """Report a success: raise the rate and concurrency gradually, up to their caps."""
+        now = self._clock()
         self._successes += 1
+        self._accepted.append(now)
+        while self._accepted and self._accepted[0] < now - _WINDOW:
+            self._accepted.popleft()
         if self._rate is not None:
-            step = 0.02 * (self._max_rate or self._rate)
+            elapsed = min(1.0, max(0.0, now - self._last_increase))
+            # Before a limit was measured, double every second (a slow start); after, creep
+            # up 0.3% a second: a few percent of throttled answers at a 4 requests/s limit.
+            growth = 2.0**elapsed if self._measured is None else 1.0 + 0.003 * elapsed
             ceiling = self._max_rate if self._max_rate is not None else math.inf
-            self._rate = min(ceiling, self._rate + step)
+            self._rate = min(ceiling, self._rate * growth)
+        self._last_increase = now
         total = int(self._limiter.total_tokens)
         if total < self._max_concurrency and self._successes >= total:
             self._successes = 0
             self._limiter.total_tokens = total + 1
 
-    def on_throttle(self, retry_after: float | None) -> None:
-        """Report a throttle answer: halve rate and concurrency; pause for `retry_after`.
+    def _accepted_rate(self, now: float) -> float | None:
+        """Successes per second over the last `_WINDOW` seconds, once that much has passed."""
+        span = min(_WINDOW, now - self._started) if self._started is not None else 0.0
+        if span < 1.0:
+            return None
+        return sum(1 for t in self._accepted if t >= now - span) / span
 
-        A request let through (by `slot`, in this task) before the last decrease left at the
-        old pace, and its refusal is already accounted for: it pauses, but does not halve
-        again. Otherwise the N requests in flight when the server starts refusing would
-        divide the rate by 2**N at once, and recovery would take minutes (one decrease per
-        round trip, as in TCP's congestion control).
+    def on_throttle(self, retry_after: float | None) -> None:
+        """Report a throttle answer: lower rate and concurrency; pause for `retry_after`.
+
+        The new rate is 97% of the rate the server accepted over the last few seconds (when
+        throttled, that is the server's limit, measured), or 0.75 of the current one when
+        too little has been seen yet. A request let through (by `slot`, in this task) before
+        the last decrease left at the old pace, and its refusal is already accounted for: it
+        pauses, but does not lower the rate again. Otherwise the N requests in flight when
+        the server starts refusing would divide the rate N times at once, and recovery would
+        take minutes (one decrease per round trip, as in TCP's congestion control).
         """
         self._throttles += 1
         self._successes = 0
+        now = self._clock()
         sent_at = _SENT_AT.get()
         if sent_at is None or sent_at >= self._last_decrease:
-            self._last_decrease = self._clock()
-            if self._rate is None:
-                observed = len(self._recent) or 1
-                self._rate = max(0.5, observed / 2)
+            self._last_decrease = now
+            accepted = self._accepted_rate(now)
+            current = self._rate if self._rate is not None else len(self._recent) or 1.0
+            if accepted is not None and accepted > 0:
+                self._measured = accepted
+                self._rate = max(0.1, min(0.97 * accepted, 0.97 * current))
             else:
-                self._rate = max(0.1, self._rate / 2)
-            self._limiter.total_tokens = max(1, int(self._limiter.total_tokens) // 2)
+                self._rate = max(0.1, 0.75 * current)
+            self._limiter.total_tokens = max(1, int(self._limiter.total_tokens) * 3 // 4)
         if retry_after is not None and retry_after > 0:
-            self._paused_until = max(self._paused_until, self._clock() + retry_after)
+            self._paused_until = max(self._paused_until, now + retry_after)

@@ -8,7 +8,7 @@ import time
 import anyio
 import pytest
 
-from engine.api.governor import RateGovernor
+from engine.api.governor import _SENT_AT, RateGovernor
 from engine.errors import ConfigError, QuotaExhaustedError
 
 
@@ -86,17 +86,45 @@ async def test_tiny_real_rate_spaces_requests() -> None:
     assert time.monotonic() - began >= 2 / 50 - 0.005
 
 
-def test_throttle_halves_rate_and_concurrency() -> None:
-    """Each throttle halves rate and concurrency, never below 0.1/s and 1."""
+def test_throttle_without_a_measure_cuts_a_quarter() -> None:
+    """With under a second of history, a throttle cuts rate and concurrency by a quarter,
+    never below 0.1/s and 1."""
     governor = RateGovernor(rate=4.0, concurrency=8)
     governor.on_throttle(None)
-    assert (governor.stats().rate, governor.stats().concurrency) == (2.0, 4)
+    assert (governor.stats().rate, governor.stats().concurrency) == (3.0, 6)
     governor.on_throttle(None)
-    assert (governor.stats().rate, governor.stats().concurrency) == (1.0, 2)
-    for _ in range(20):
+    assert (governor.stats().rate, governor.stats().concurrency) == (2.25, 4)
+    for _ in range(40):
         governor.on_throttle(None)
     stats = governor.stats()
-    assert (stats.rate, stats.concurrency, stats.throttles) == (0.1, 1, 22)
+    assert (stats.rate, stats.concurrency, stats.throttles) == (0.1, 1, 42)
+
+
+async def test_throttle_sets_the_rate_just_under_the_accepted_rate(clock: FakeClock) -> None:
+    """After seconds of history, a throttle sets the rate to 97% of what the server accepted
+    over the last three seconds: its limit, measured."""
+    governor = RateGovernor(rate=None, clock=clock)
+    for _ in range(40):  # 4 s at 10 requests/s, every one accepted
+        await _starts(governor, clock, 1)
+        governor.on_success()
+        clock.now += 0.1
+    governor.on_throttle(None)
+    assert governor.stats().rate == pytest.approx(0.97 * 10, rel=0.04)
+
+
+def test_requests_in_flight_before_a_decrease_do_not_lower_it_again() -> None:
+    """The refusals of requests sent before the last decrease count as throttles but lower
+    the rate only once (one decrease per round trip)."""
+    governor = RateGovernor(rate=4.0, concurrency=8)
+    sent = _SENT_AT.set(0.0)  # this task's request left before the decrease below
+    try:
+        governor._last_decrease = 1.0  # a decrease happened after it was sent
+        governor.on_throttle(None)
+        governor.on_throttle(None)
+    finally:
+        _SENT_AT.reset(sent)
+    stats = governor.stats()
+    assert (stats.rate, stats.concurrency, stats.throttles) == (4.0, 8, 2)
 
 
 async def test_throttle_honours_retry_after(clock: FakeClock) -> None:
@@ -118,18 +146,21 @@ async def test_throttle_without_retry_after_does_not_pause(clock: FakeClock) -> 
     assert clock.sleeps == []
 
 
-def test_success_recovers_gradually_up_to_the_cap() -> None:
-    """Successes raise rate and concurrency in small steps, back to the caps and never above."""
-    governor = RateGovernor(rate=4.0, concurrency=8)
-    governor.on_throttle(None)  # 2.0/s, 4 in flight
+def test_success_recovers_gradually_up_to_the_cap(clock: FakeClock) -> None:
+    """After a throttle, successes raise rate and concurrency gradually, back to the caps and
+    never above: the rate doubles a second before a limit was measured."""
+    governor = RateGovernor(rate=4.0, concurrency=8, clock=clock)
+    governor.on_throttle(None)  # 3.0/s, 6 in flight, no measure yet
+    clock.now += 0.5
     governor.on_success()
-    assert governor.stats().rate == pytest.approx(2.08)
-    assert governor.stats().concurrency == 4
-    for _ in range(3):
+    assert governor.stats().rate == pytest.approx(min(4.0, 3.0 * 2**0.5))
+    assert governor.stats().concurrency == 6
+    for _ in range(5):
         governor.on_success()
-    assert governor.stats().concurrency == 5  # one more slot after `concurrency` successes
+    assert governor.stats().concurrency == 7  # one more slot after `concurrency` successes
     rates: list[float] = []
-    for _ in range(500):
+    for _ in range(100):
+        clock.now += 0.1
         governor.on_success()
         rate = governor.stats().rate
         assert rate is not None
@@ -137,6 +168,21 @@ def test_success_recovers_gradually_up_to_the_cap() -> None:
     assert rates == sorted(rates)
     assert max(rates) == 4.0
     assert governor.stats().concurrency == 8
+
+
+async def test_after_a_measured_limit_the_rate_creeps_up_slowly(clock: FakeClock) -> None:
+    """Once a limit was measured, a second of successes raises the rate by 0.3% only."""
+    governor = RateGovernor(rate=None, clock=clock)
+    for _ in range(40):
+        await _starts(governor, clock, 1)
+        governor.on_success()
+        clock.now += 0.1
+    governor.on_throttle(None)
+    measured = governor.stats().rate
+    assert measured is not None
+    clock.now += 1.0
+    governor.on_success()
+    assert governor.stats().rate == pytest.approx(measured * 1.003)
 
 
 def test_success_at_the_cap_changes_nothing() -> None:
@@ -148,23 +194,21 @@ def test_success_at_the_cap_changes_nothing() -> None:
 
 
 async def test_unlimited_rate_learns_on_first_throttle(clock: FakeClock) -> None:
-    """With rate=None, the first throttle sets the rate to half the last second's requests."""
+    """With rate=None and too little history to measure, the first throttle sets the rate
+    to three quarters of the last second's requests."""
     governor = RateGovernor(rate=None, clock=clock)
-    for _ in range(4):  # old requests, more than a second before the burst below
-        await _starts(governor, clock, 1)
-        clock.now += 0.6
-    for _ in range(10):
+    for _ in range(8):
         await _starts(governor, clock, 1)
         clock.now += 0.05
     governor.on_throttle(None)
-    assert governor.stats().rate == pytest.approx(5.0)
+    assert governor.stats().rate == pytest.approx(0.75 * 8)
 
 
 def test_unlimited_rate_learns_a_floor_without_history() -> None:
-    """A throttle before any request gives rate=None a floor of 0.5/s."""
+    """A throttle before any request gives rate=None a rate of 0.75/s (a quarter off 1/s)."""
     governor = RateGovernor(rate=None)
     governor.on_throttle(None)
-    assert governor.stats().rate == 0.5
+    assert governor.stats().rate == 0.75
 
 
 async def test_daily_budget(clock: FakeClock) -> None:
@@ -236,6 +280,6 @@ async def test_repr_shows_state(clock: FakeClock) -> None:
     governor.on_throttle(None)
     async with governor.slot():
         assert repr(governor) == (
-            "<RateGovernor [rate 2.00/s | 1/4 in flight, 0 waiting | 3 requests, 1 throttled]>"
+            "<RateGovernor [rate 3.00/s | 1/6 in flight, 0 waiting | 3 requests, 1 throttled]>"
         )
     assert "rate unlimited" in repr(RateGovernor(rate=None))
