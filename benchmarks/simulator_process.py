@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -15,9 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from engine.simulator import AccountStore
-
-__all__ = ["SimulatorProcess", "seeded_state", "simulator_process"]
+__all__ = ["SimulatorProcess", "simulator_process"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,22 +39,19 @@ class SimulatorProcess:
         origin = self.base_url.split("/ws/", 1)[0]
         return f"{origin}/_sim/stats"
 
-    def stats(self) -> dict[str, Any]:
-        """The request counters (GET /_sim/stats)."""
-        import ssl
+    def _context(self) -> ssl.SSLContext | None:
+        return ssl.create_default_context(cafile=str(self.ca_path)) if self.ca_path else None
 
-        context = ssl.create_default_context(cafile=str(self.ca_path)) if self.ca_path else None
-        with urllib.request.urlopen(self.stats_url, context=context, timeout=30) as answer:
+    def stats(self) -> dict[str, Any]:
+        """The request counters (GET /_sim/stats): `total`, `by_route`, `by_status`."""
+        with urllib.request.urlopen(self.stats_url, context=self._context(), timeout=30) as answer:
             result: dict[str, Any] = json.load(answer)
             return result
 
     def reset_stats(self) -> None:
         """Zero the request counters (DELETE /_sim/stats)."""
-        import ssl
-
-        context = ssl.create_default_context(cafile=str(self.ca_path)) if self.ca_path else None
         request = urllib.request.Request(self.stats_url, method="DELETE")
-        urllib.request.urlopen(request, context=context, timeout=30).close()
+        urllib.request.urlopen(request, context=self._context(), timeout=30).close()
 
     def cpu_seconds(self) -> float:
         """User + system CPU seconds the simulator process has used so far."""
@@ -64,43 +60,67 @@ class SimulatorProcess:
         ticks = os.sysconf("SC_CLK_TCK")
         return (int(fields[11]) + int(fields[12])) / ticks
 
-
-def seeded_state(folder: Path, store: AccountStore) -> Path:
-    """Write `store` as a state file the simulator loads at start."""
-    path = folder / "state.json"
-    store.save(path)
-    return path
+    def peak_rss_mb(self) -> float:
+        """The simulator's peak resident memory so far (VmHWM), in MiB."""
+        with open(f"/proc/{self.pid}/status") as file:
+            for line in file:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+        return 0.0
 
 
 @contextmanager
 def simulator_process(
-    args: Sequence[str] = (), *, state: Path | None = None
+    args: Sequence[str] = (),
+    *,
+    state: Path | None = None,
+    keep_state: bool = False,
+    cwd: Path | None = None,
 ) -> Iterator[SimulatorProcess]:
-    """Start the simulator on 127.0.0.1, port 0; stop it (SIGTERM) on exit.
+    """Start the simulator on 127.0.0.1, port 0; stop it on exit.
 
-    The state file is copied first: the simulator saves its state over it on exit.
+    Args:
+        args: more `simulate` options (`--latency-ms`, `--rate-limit`, …).
+        state: a state file to load.
+        keep_state: stop with SIGTERM, which saves the state over a copy of `state`
+            (seconds for a million contacts). By default the process is killed instead,
+            so nothing is saved: a benchmark never needs the state afterwards, and the CA
+            file lives in a folder removed here.
+        cwd: the folder to run in; `python -m engine` imports the engine found there.
     """
     with tempfile.TemporaryDirectory(prefix="bench-sim-") as tmp:
-        command = [sys.executable, "-m", "engine", "simulate", "--port", "0", *args]
+        folder = Path(tmp)
+        command = [sys.executable, "-m", "engine", "simulate", "--port", "0", "--host"]
+        command += ["127.0.0.1", "--ca-dir", str(folder), *args]
         if state is not None:
-            copy = Path(tmp) / "state.json"
-            copy.write_bytes(state.read_bytes())
-            command += ["--state", str(copy)]
-        process = subprocess.Popen(
-            command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
-        )
+            if keep_state:
+                copy = folder / "state.json"
+                copy.write_bytes(state.read_bytes())
+                state = copy
+            command += ["--state", str(state)]
+        log_path = folder / "stderr.log"
+        with log_path.open("w") as log:
+            process = subprocess.Popen(
+                command, stdout=subprocess.PIPE, stderr=log, text=True, cwd=cwd
+            )
         try:
             assert process.stdout is not None
             line = process.stdout.readline().strip()
             if not line.startswith("serving "):
-                raise RuntimeError(f"the simulator did not start: {line!r}")
+                process.wait(timeout=30)
+                raise RuntimeError(
+                    f"the simulator did not start: {line!r}\n{log_path.read_text()[-2000:]}"
+                )
             parts = line.split()
             ca = next((p[3:] for p in parts if p.startswith("ca=")), None)
             yield SimulatorProcess(parts[1], Path(ca) if ca else None, process.pid)
         finally:
-            process.send_signal(signal.SIGTERM)
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM if keep_state else signal.SIGKILL)
             try:
                 process.wait(timeout=120)
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
+            if process.stdout is not None:
+                process.stdout.close()
