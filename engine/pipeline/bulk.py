@@ -349,26 +349,36 @@ class BulkPath:
         found = await self.account.search_contacts([c.email for c in head[:50]])
         existing = [c for c in head if c.email in found][:size]
         fresh = [c for c in head if c.email not in found][: size - len(existing)]
-        before: dict[str, ContactEntry] = {}
-        for contact in existing:
-            summary = found[contact.email]
-            if summary.status.strip().lower() == "do not mail":
-                continue
-            entry = await self.account.get_contact(summary.key)
-            if entry.list_keys - set(batch.targets):
-                before[entry.key] = entry
+        keys = [
+            found[c.email].key
+            for c in existing
+            if found[c.email].status.strip().lower() != "do not mail"
+        ]
+        entries = await self._read_all(keys)
+        before = {e.key: e for e in entries if e.list_keys - set(batch.targets)}
         return (*existing, *fresh), before
+
+    async def _read_all(self, keys: list[str]) -> list[ContactEntry]:
+        """The full entries of `keys`, read concurrently (the governor bounds them)."""
+        entries: dict[str, ContactEntry] = {}
+
+        async def read(key: str) -> None:
+            entries[key] = await self.account.get_contact(key)
+
+        async with anyio.create_task_group() as tg:
+            for key in keys:
+                tg.start_soon(read, key)
+        return [entries[key] for key in keys]
 
     async def _check(
         self, before: dict[str, ContactEntry], targets: dict[str, str]
     ) -> dict[str, frozenset[str]]:
         """Probed contact key -> lists it lost (before ∪ targets minus after)."""
         lost: dict[str, frozenset[str]] = {}
-        for key, entry in before.items():
-            after = await self.account.get_contact(key)
-            missing = (entry.list_keys | set(targets)) - after.list_keys
+        for after in await self._read_all(list(before)):
+            missing = (before[after.key].list_keys | set(targets)) - after.list_keys
             if missing:
-                lost[key] = missing
+                lost[after.key] = missing
         return lost
 
     async def _switch_off(
