@@ -41,7 +41,7 @@ from .conftest import (
 #: contact whose outcome was lost is read again and found `unchanged`.
 EXTRA_WRITES_PER_KILL = 4 + 1
 #: Simulator settings of the timed kills and graceful stops: slow enough to be mid-run.
-SIM_SLOW = (*SIM_FAST, "--latency-ms", "20")
+SIM_SLOW = (*SIM_FAST, "--latency-ms", "80")  # long enough that a timed kill lands mid-run
 _RNG = random.Random(20_240_604)
 #: The account options of `audit`: no client-side rate limit.
 FAST = ("--rate-limit", "10000", "--concurrency", "16")
