@@ -2,12 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
 import csv
 import json
-import ssl
-import threading
-import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -16,7 +12,8 @@ from typing import Any
 import pytest
 
 from engine.cli import main
-from engine.simulator import AccountStore, RunningSimulator, SimulatorConfig, serve
+from engine.simulator import AccountStore, RunningSimulator, SimulatorConfig
+from engine.simulator.testing import read_stats, serve_in_thread
 
 API_KEY = "k3y-4a61d1c"
 PASSWORD = "pw-S3cret-0f9e"  # must never be printed
@@ -28,42 +25,13 @@ CONFIG = SimulatorConfig(
 @contextmanager
 def simulator_in_thread(store: AccountStore) -> Iterator[RunningSimulator]:
     """Serve `store` from a thread with its own loop (`main` runs `asyncio.run` itself)."""
-    ready = threading.Event()
-    box: dict[str, Any] = {}
-
-    async def serve_until_stopped() -> None:
-        stop = asyncio.Event()
-        async with serve(CONFIG, store) as sim:
-            box.update(sim=sim, loop=asyncio.get_running_loop(), stop=stop)
-            ready.set()
-            await stop.wait()
-
-    def target() -> None:
-        try:
-            asyncio.run(serve_until_stopped())
-        except BaseException as exc:  # reported to the test thread below
-            box["error"] = exc
-            ready.set()
-
-    thread = threading.Thread(target=target, name="simulator", daemon=True)
-    thread.start()
-    assert ready.wait(30), "the simulator did not start"
-    if "error" in box:
-        raise box["error"]
-    try:
-        yield box["sim"]
-    finally:
-        box["loop"].call_soon_threadsafe(box["stop"].set)
-        thread.join(30)
-        assert not thread.is_alive()
+    with serve_in_thread(CONFIG, store) as sim:
+        yield sim
 
 
 def stats(sim: RunningSimulator) -> dict[str, Any]:
     """The simulator's request counters."""
-    context = ssl.create_default_context(cafile=str(sim.ca_path))
-    with urllib.request.urlopen(sim.stats_url, context=context, timeout=10) as answer:
-        counters: dict[str, Any] = json.loads(answer.read())
-    return counters
+    return read_stats(sim)
 
 
 def writes(sim: RunningSimulator) -> dict[str, int]:

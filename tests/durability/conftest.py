@@ -10,7 +10,6 @@ can be killed with SIGKILL (or by `CTCT_ENGINE_CRASH_AT`) like a real process.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import shutil
@@ -20,7 +19,6 @@ import ssl
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import urllib.request
 from collections import Counter
@@ -32,8 +30,12 @@ from typing import Any
 
 import aiohttp
 
-from engine.simulator import AccountStore, RunningSimulator, SimulatorConfig, serve
+from engine.simulator import AccountStore, RunningSimulator, SimulatorConfig
 from engine.simulator.store import ContactInput
+from engine.simulator.testing import (  # re-exported for the test modules
+    read_stats as sim_stats_sync,  # noqa: F401
+    serve_in_thread as simulator_in_thread,  # noqa: F401
+)
 
 USERNAME = "durable"
 API_KEY = "dur-key-5e1"
@@ -163,42 +165,6 @@ def simulator_process(
             process.wait(timeout=30)
         if process.stdout is not None:
             process.stdout.close()
-
-
-@contextmanager
-def simulator_in_thread(
-    config: SimulatorConfig, store: AccountStore | None = None
-) -> Iterator[RunningSimulator]:
-    """Serve a simulator from its own thread and event loop, for code that runs
-    `asyncio.run` itself (the CLI's `main`, in-process)."""
-    ready = threading.Event()
-    box: dict[str, Any] = {}
-
-    async def serve_until_stopped() -> None:
-        stop = asyncio.Event()
-        async with serve(config, store) as sim:
-            box.update(sim=sim, loop=asyncio.get_running_loop(), stop=stop)
-            ready.set()
-            await stop.wait()
-
-    def target() -> None:
-        try:
-            asyncio.run(serve_until_stopped())
-        except BaseException as exc:  # reported to the test thread below
-            box["error"] = exc
-            ready.set()
-
-    thread = threading.Thread(target=target, name="simulator", daemon=True)
-    thread.start()
-    assert ready.wait(30), "the simulator did not start"
-    if "error" in box:
-        raise box["error"]
-    try:
-        yield box["sim"]
-    finally:
-        box["loop"].call_soon_threadsafe(box["stop"].set)
-        thread.join(30)
-        assert not thread.is_alive(), "the simulator thread did not stop"
 
 
 # --- the engine as a subprocess ---------------------------------------------------------
@@ -532,14 +498,6 @@ async def sim_stats(sim: RunningSimulator) -> dict[str, Any]:
         session.get(sim.stats_url) as response,
     ):
         stats: dict[str, Any] = await response.json()
-    return stats
-
-
-def sim_stats_sync(sim: RunningSimulator) -> dict[str, Any]:
-    """The request counters of a simulator served from another thread (blocking)."""
-    context = ssl.create_default_context(cafile=str(sim.ca_path))
-    with urllib.request.urlopen(sim.stats_url, context=context, timeout=30) as answer:
-        stats: dict[str, Any] = json.load(answer)
     return stats
 
 

@@ -3,16 +3,12 @@ simulator, source writers, a spy on what reached the simulator, and the invarian
 
 from __future__ import annotations
 
-import asyncio
 import csv
 import json
 import re
 import ssl
-import threading
-import urllib.request
 from collections import Counter
-from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,9 +20,13 @@ import engine.simulator.app as sim_app
 from engine.api import Account, Credentials, RateGovernor, RetryPolicy
 from engine.pipeline.config import MigrationConfig
 from engine.pipeline.run import MigrationReport
-from engine.simulator import AccountStore, RunningSimulator, SimulatorConfig, serve
+from engine.simulator import AccountStore, RunningSimulator
 from engine.simulator._xml import read_contact
 from engine.simulator.store import ContactInput, StoredActivity, StoredContact
+from engine.simulator.testing import (  # re-exported for the test modules
+    read_stats as sim_stats_sync,  # noqa: F401
+    serve_in_thread as simulator_in_thread,  # noqa: F401
+)
 
 #: Outcomes that mean "the contact is on its target lists now".
 SUCCESSES = frozenset({"created", "updated", "unchanged", "bulk_added"})
@@ -60,42 +60,6 @@ async def account(simulator: RunningSimulator) -> AsyncIterator[Account]:
         yield opened
 
 
-@contextmanager
-def simulator_in_thread(
-    config: SimulatorConfig, store: AccountStore | None = None
-) -> Iterator[RunningSimulator]:
-    """Serve a simulator from its own thread and event loop (for code that runs
-    `asyncio.run` itself, and for tests that count the tasks of their own loop)."""
-    ready = threading.Event()
-    box: dict[str, Any] = {}
-
-    async def main() -> None:
-        stop = asyncio.Event()
-        async with serve(config, store) as sim:
-            box.update(sim=sim, loop=asyncio.get_running_loop(), stop=stop)
-            ready.set()
-            await stop.wait()
-
-    def target() -> None:
-        try:
-            asyncio.run(main())
-        except BaseException as exc:  # reported to the test thread below
-            box["error"] = exc
-            ready.set()
-
-    thread = threading.Thread(target=target, name="simulator", daemon=True)
-    thread.start()
-    assert ready.wait(30), "the simulator did not start"
-    if "error" in box:
-        raise box["error"]
-    try:
-        yield box["sim"]
-    finally:
-        box["loop"].call_soon_threadsafe(box["stop"].set)
-        thread.join(30)
-        assert not thread.is_alive(), "the simulator thread did not stop"
-
-
 def _ssl_context(sim: RunningSimulator) -> ssl.SSLContext:
     return ssl.create_default_context(cafile=str(sim.ca_path))
 
@@ -109,13 +73,6 @@ async def sim_stats(sim: RunningSimulator, *, reset: bool = False) -> dict[str, 
         if reset:
             async with session.delete(sim.stats_url) as response:
                 assert response.status == 204
-    return stats
-
-
-def sim_stats_sync(sim: RunningSimulator) -> dict[str, Any]:
-    """`sim_stats` for a simulator served from another thread (blocking)."""
-    with urllib.request.urlopen(sim.stats_url, context=_ssl_context(sim), timeout=10) as answer:
-        stats: dict[str, Any] = json.loads(answer.read())
     return stats
 
 

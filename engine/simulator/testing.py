@@ -1,0 +1,68 @@
+"""Helpers for tests that run the simulator beside code that runs its own event loop.
+
+`serve_in_thread` serves a simulator from a thread with its own loop, for code under test
+that calls `asyncio.run` itself (the CLI's `main`), or for tests that count the tasks of
+their own loop; `read_stats` reads its request counters without an event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import ssl
+import threading
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from .config import SimulatorConfig
+from .server import RunningSimulator, serve
+from .store import AccountStore
+
+__all__ = ["read_stats", "serve_in_thread"]
+
+
+@contextmanager
+def serve_in_thread(
+    config: SimulatorConfig, store: AccountStore | None = None
+) -> Iterator[RunningSimulator]:
+    """Serve a simulator from its own thread and event loop until the block exits."""
+    ready = threading.Event()
+    box: dict[str, Any] = {}
+
+    async def serve_until_stopped() -> None:
+        stop = asyncio.Event()
+        async with serve(config, store) as sim:
+            box.update(sim=sim, loop=asyncio.get_running_loop(), stop=stop)
+            ready.set()
+            await stop.wait()
+
+    def target() -> None:
+        try:
+            asyncio.run(serve_until_stopped())
+        except BaseException as exc:  # reported to the caller's thread below
+            box["error"] = exc
+            ready.set()
+
+    thread = threading.Thread(target=target, name="simulator", daemon=True)
+    thread.start()
+    if not ready.wait(30):
+        raise RuntimeError("the simulator did not start")
+    if "error" in box:
+        raise box["error"]
+    try:
+        yield box["sim"]
+    finally:
+        box["loop"].call_soon_threadsafe(box["stop"].set)
+        thread.join(30)
+        if thread.is_alive():
+            raise RuntimeError("the simulator thread did not stop")
+
+
+def read_stats(sim: RunningSimulator) -> dict[str, Any]:
+    """The simulator's request counters (`GET /_sim/stats`), blocking."""
+    context = ssl.create_default_context(cafile=str(sim.ca_path)) if sim.ca_path else None
+    with urllib.request.urlopen(sim.stats_url, context=context, timeout=30) as answer:
+        stats: dict[str, Any] = json.load(answer)
+    return stats
