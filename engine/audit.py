@@ -15,7 +15,7 @@ GETs: 50 emails a search, then one GET per contact found.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -101,11 +101,6 @@ def _read_claims(report: Path) -> list[_Claim]:
     return claims
 
 
-async def _chunks(claims: list[_Claim]) -> AsyncIterator[list[_Claim]]:
-    for start in range(0, len(claims), SEARCH_BATCH):
-        yield claims[start : start + SEARCH_BATCH]
-
-
 async def audit(
     account: Account,
     report: str | Path,
@@ -127,7 +122,8 @@ async def audit(
     names = {item.key: item.name for item in await account.lists()}
     result = AuditReport()
     sent = account.requests_sent
-    async for chunk in _chunks(claims):
+    for start in range(0, len(claims), SEARCH_BATCH):
+        chunk = claims[start : start + SEARCH_BATCH]
         found = await account.search_contacts([c.email for c in chunk])
         for claim in chunk:
             summary = found.get(claim.email)

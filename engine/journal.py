@@ -407,12 +407,6 @@ class Journal:
             (activity_id, json.dumps(dict(targets)), payload, time.time(), self.run),
         )
 
-    async def activity_finished(self, activity_id: str) -> None:
-        """Mark an activity as settled (its contacts' outcomes are being recorded)."""
-        await self._call(
-            self._exec, "UPDATE activities SET finished = 1 WHERE id = ?", (activity_id,)
-        )
-
     def _exec(self, sql: str, args: tuple[Any, ...]) -> None:
         self._conn().execute(sql, args)
 

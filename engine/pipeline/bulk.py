@@ -83,7 +83,6 @@ class BulkPath:
         self.verified = False
         self._check_lock = anyio.Lock()
         self.warnings: list[str] = []
-        self.fallbacks = 0
 
     async def run(
         self,
@@ -330,7 +329,6 @@ class BulkPath:
         ]
 
     async def _fall_back(self, contacts: tuple[Contact, ...], why: str) -> None:
-        self.fallbacks += 1
         log.warning("%d contacts go contact by contact: %s", len(contacts), why)
         for contact in contacts:
             await self._send_contacts.send(contact)

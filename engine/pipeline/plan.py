@@ -80,8 +80,6 @@ class Planner:
         # loops, so a flush is never cut short: a batch already taken out of `_pending` and
         # half sent would lose its other contacts (invariant I3).
         self._flush_lock = anyio.Lock()
-        self.batches_to_bulk = 0
-        self.batches_to_contact = 0
 
     @property
     def pending(self) -> int:
@@ -230,10 +228,8 @@ class Planner:
         send_contacts, send_batches = self._out
         threshold = self.config.bulk_threshold
         if threshold is not None and len(contacts) >= threshold:
-            self.batches_to_bulk += 1
             await send_batches.send(Batch(contacts, dict(contacts[0].targets)))
         else:
-            self.batches_to_contact += 1
             for contact in contacts:
                 await send_contacts.send(contact)
 
