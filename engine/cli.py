@@ -214,6 +214,21 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--poll-max", type=_positive_float, default=30.0, help="longest poll interval, seconds"
     )
+    run.add_argument(
+        "--activity-stall-timeout",
+        type=_positive_float,
+        default=900.0,
+        metavar="S",
+        help="an activity whose status has not changed for S seconds is stuck: its contacts "
+        "go contact by contact (default: 900)",
+    )
+    run.add_argument(
+        "--poll-timeout",
+        type=_positive_float,
+        default=10800.0,
+        metavar="S",
+        help="give up an activity that has not finished after S seconds (default: 10800)",
+    )
     run.add_argument("--quiet", action="store_true", help="no progress display")
     _add_account_arguments(run)
 
@@ -260,6 +275,8 @@ async def _migrate(args: argparse.Namespace) -> int:
         limits=StageLimits(fetch=args.fetch_limit, put=args.put_limit, bulk=args.bulk_limit),
         poll_initial=args.poll_initial,
         poll_max=max(args.poll_max, args.poll_initial),
+        stall_timeout=args.activity_stall_timeout,
+        poll_timeout=args.poll_timeout,
         verify_writes=args.verify_writes,
         stale_after=args.stale_after,
     )

@@ -41,7 +41,7 @@ from engine.pipeline.models import Contact, Outcome
 
 __all__ = ["Journal", "PendingActivity", "journal_key"]
 
-SCHEMA_VERSION = "2"
+SCHEMA_VERSION = "3"
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -56,7 +56,8 @@ CREATE TABLE IF NOT EXISTS outcomes (
     first_row INTEGER NOT NULL,
     run INTEGER NOT NULL,
     targets TEXT NOT NULL,      -- JSON list of the list keys the contact had to end up on
-    lists_before TEXT           -- JSON list of the list keys read before the write; NULL: unread
+    lists_before TEXT,          -- JSON list of the list keys read before the write; NULL: unread
+    note TEXT NOT NULL          -- e.g. why a bulk contact went contact by contact
 );
 CREATE INDEX IF NOT EXISTS outcomes_by_row ON outcomes (first_row);
 CREATE TABLE IF NOT EXISTS activities (
@@ -255,6 +256,7 @@ class Journal:
                 # audit check targets and lists before for rows done by an earlier run.
                 json.dumps(list(outcome.targets)),
                 None if outcome.lists_before is None else json.dumps(list(outcome.lists_before)),
+                outcome.note,
             )
         )
         if (
@@ -289,7 +291,7 @@ class Journal:
         db = self._conn()
         with db:
             db.execute("BEGIN")
-            db.executemany("INSERT OR REPLACE INTO outcomes VALUES (?,?,?,?,?,?,?,?,?,?,?)", rows)
+            db.executemany("INSERT OR REPLACE INTO outcomes VALUES (?,?,?,?,?,?,?,?,?,?,?,?)", rows)
 
     async def finished(self, emails: Sequence[str]) -> set[str]:
         """Which of `emails` already have an outcome."""
@@ -326,10 +328,11 @@ class Journal:
     def iter_outcomes(self) -> Iterator[Outcome]:
         """Every outcome, in source order (call from a worker thread)."""
         query = (
-            "SELECT email, kind, reason, lists_added, rows, path, targets, lists_before "
+            "SELECT email, kind, reason, lists_added, rows, path, targets, lists_before, note "
             "FROM outcomes ORDER BY first_row"
         )
-        for email, kind, reason, added, rows, path, targets, before in self._conn().execute(query):
+        rows_of = self._conn().execute(query)
+        for email, kind, reason, added, rows, path, targets, before, note in rows_of:
             yield Outcome(
                 email,
                 kind,
@@ -339,6 +342,7 @@ class Journal:
                 path,
                 tuple(json.loads(targets)),
                 None if before is None else tuple(json.loads(before)),
+                note,
             )
 
     async def write_report(self, path: Path, line: Any) -> int:

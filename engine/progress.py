@@ -25,8 +25,27 @@ def _duration(seconds: float | None) -> str:
     return f"{hours}h{rest // 60:02d}m" if hours else f"{rest // 60}m{rest % 60:02d}s"
 
 
+#: Waiting activities named one by one on a progress line; the rest are counted.
+_SHOWN_WAITING = 4
+
+
+def _waiting(p: Progress) -> str:
+    """The activities being waited for: id, status, age and time without a change."""
+    if not p.waiting:
+        return ""
+    shown = [
+        f"{w.key} {w.status or '?'} {_duration(w.age)} (unchanged {_duration(w.unchanged)})"
+        for w in p.waiting[:_SHOWN_WAITING]
+    ]
+    more = len(p.waiting) - _SHOWN_WAITING
+    if more > 0:
+        shown.append(f"+{more} more")
+    return " | waiting for " + ", ".join(shown)
+
+
 def describe(p: Progress) -> str:
-    """One line: rows done, pace, ETA, requests, retries, throttles."""
+    """One line: rows done, pace, ETA, requests, retries, throttles, stages, and each
+    activity being waited for with its status, age and time without a change."""
     total = f"/{p.rows_total}" if p.rows_total is not None else ""
     rate = "unlimited" if p.rate is None else f"{p.rate:.1f}/s"
     busy = " ".join(
@@ -35,7 +54,7 @@ def describe(p: Progress) -> str:
     return (
         f"{p.rows_done}{total} rows, {p.rows_per_second:.0f}/s, ETA {_duration(p.eta)} | "
         f"{p.requests} requests (limit {rate}), {p.retries} retries, {p.throttles} throttled, "
-        f"{p.activities} activities | {busy}"
+        f"{p.activities} activities | {busy}{_waiting(p)}"
     )
 
 
@@ -58,7 +77,7 @@ class ProgressDisplay:
             file=self.stream, stderr=self.stream is sys.stderr, force_terminal=terminal
         )
         self._live: Live | None = None
-        self._last = 0.0
+        self._last: float | None = None  # no line yet (monotonic time may start near 0)
 
     def __enter__(self) -> ProgressDisplay:
         if self._console.is_terminal:
@@ -77,7 +96,7 @@ class ProgressDisplay:
             self._live.update(self._table(progress))
             return
         now = time.monotonic()
-        if progress.final or now - self._last >= self.every:
+        if progress.final or self._last is None or now - self._last >= self.every:
             self._last = now
             print(f"progress: {describe(progress)}", file=self.stream, flush=True)
 
@@ -111,5 +130,14 @@ class ProgressDisplay:
         outer = Table.grid()
         outer.add_row(table)
         outer.add_row(stages)
+        if p.waiting:
+            waiting = Table(title="activities being waited for", show_header=True, expand=False)
+            waiting.add_column("activity")
+            waiting.add_column("status")
+            waiting.add_column("waiting")
+            waiting.add_column("unchanged")
+            for w in p.waiting:
+                waiting.add_row(w.key, w.status or "?", _duration(w.age), _duration(w.unchanged))
+            outer.add_row(waiting)
         outer.add_row(", ".join(f"{v} {k}" for k, v in sorted(p.outcomes.items())) or "-")
         return outer

@@ -11,6 +11,10 @@ from typing import Any
 import aiohttp
 import pytest
 
+# The per-test timeout that also ends a test hung inside uvloop: its hook is registered by
+# being a name of this conftest (see hang_guard's docstring).
+from hang_guard import pytest_timeout_set_timer  # noqa: F401
+
 from engine.simulator import RunningSimulator, SimulatorConfig, serve
 
 SimulatorStarter = Callable[

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 
-from engine.pipeline.stats import Progress
+import pytest
+
+from engine.pipeline.stats import Progress, WaitingActivity
 from engine.progress import ProgressDisplay, describe
 
 
@@ -58,3 +61,50 @@ def test_a_terminal_gets_the_live_panel() -> None:
     text = out.getvalue()
     assert "fetch" in text
     assert "500 / 1000" in text
+
+
+def test_the_first_plain_line_is_shown_on_a_freshly_booted_machine(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The first progress line is printed even when the monotonic clock is still near zero."""
+    monkeypatch.setattr("engine.progress.time.monotonic", lambda: 3.0)
+    out = io.StringIO()
+    with ProgressDisplay(out, every=3600, terminal=False) as display:
+        display(progress(100))
+    assert out.getvalue().startswith("progress: 100/1000 rows")
+
+
+def waiting_for(*items: tuple[str, str, float, float]) -> Progress:
+    """A progress event while activities are polled."""
+    return dataclasses.replace(
+        progress(100), waiting=tuple(WaitingActivity(*item) for item in items)
+    )
+
+
+def test_a_plain_line_names_each_waiting_activity_with_its_status_and_age() -> None:
+    """Each activity being polled shows on the line with its status, age and time unchanged."""
+    line = describe(
+        waiting_for(("a07e1aaa", "RUNNING", 190.0, 65.0), ("a07e1bbb", "PENDING", 20.0, 20.0))
+    )
+    assert "waiting for a07e1aaa RUNNING 3m10s (unchanged 1m05s)" in line
+    assert "a07e1bbb PENDING 0m20s (unchanged 0m20s)" in line
+
+
+def test_a_plain_line_counts_waiting_activities_beyond_four() -> None:
+    """Past four waiting activities, the line counts the others instead of naming them."""
+    line = describe(waiting_for(*((f"a{i}", "PENDING", 5.0, 5.0) for i in range(6))))
+    assert "a3 PENDING" in line
+    assert "a4 PENDING" not in line
+    assert "+2 more" in line
+
+
+def test_the_live_panel_shows_each_waiting_activity() -> None:
+    """On a terminal, the panel has a table of the waiting activities and their ages."""
+    out = io.StringIO()
+    with ProgressDisplay(out, terminal=True) as display:
+        display(waiting_for(("a07e1aaa", "RUNNING", 190.0, 65.0)))
+    text = out.getvalue()
+    assert "a07e1aaa" in text
+    assert "RUNNING" in text
+    assert "3m10s" in text
+    assert "1m05s" in text

@@ -10,9 +10,12 @@ read again. If any lost a list, the bulk path is switched off for the run, the s
 contacts are repaired, and that batch and every later one go contact by contact. Other
 batches wait for that check before they submit.
 
-An activity that ends in `ERROR`, cannot be submitted, or does not finish within
-`poll_timeout` sends its contacts through the per-contact path, which is safe to repeat
-(the union is idempotent).
+An activity that ends in `ERROR`, cannot be submitted, shows no change of status for
+`stall_timeout` (stuck), or does not finish within `poll_timeout` sends its contacts through
+the per-contact path, which is safe to repeat (the union is idempotent); each of those
+contacts' outcomes carries a note saying why. While activities are polled, the run's stats
+show each one's status and how long it has not changed, and a warning is logged when one
+has not moved for a third of `stall_timeout`.
 """
 
 from __future__ import annotations
@@ -42,7 +45,7 @@ from engine.errors import (
 from engine.journal import PendingActivity
 from engine.pipeline.config import MigrationConfig
 from engine.pipeline.models import Batch, Contact, Outcome, OutcomeKind
-from engine.pipeline.stats import RunStats
+from engine.pipeline.stats import ActivityWait, RunStats
 
 __all__ = ["BulkPath"]
 
@@ -51,6 +54,10 @@ log = logging.getLogger("engine.bulk")
 
 class _Stopped(Exception):
     """The run is stopping: leave the activity to the journal and a resumed run."""
+
+
+class ActivityStuckError(TimeoutError):
+    """An activity's status did not change for `stall_timeout` seconds."""
 
 
 class BulkPath:
@@ -83,6 +90,15 @@ class BulkPath:
         self.verified = False
         self._check_lock = anyio.Lock()
         self.warnings: list[str] = []
+        #: email -> why it was sent contact by contact (put on its outcome by the record stage).
+        self.notes: dict[str, str] = {}
+        # The per-contact input is shared by `run` and `resume`: closed when both are done.
+        self._senders = 2
+
+    def _release_send_contacts(self) -> None:
+        self._senders -= 1
+        if self._senders == 0:
+            self._send_contacts.close()
 
     async def run(
         self,
@@ -90,8 +106,18 @@ class BulkPath:
         send_outcomes: MemoryObjectSendStream[Outcome],
     ) -> None:
         """The stage: up to `limits.bulk` batches in flight."""
+        try:
+            await self._run_stage(receive_batches, send_outcomes)
+        finally:
+            self._release_send_contacts()
+
+    async def _run_stage(
+        self,
+        receive_batches: MemoryObjectReceiveStream[Batch],
+        send_outcomes: MemoryObjectSendStream[Outcome],
+    ) -> None:
         stage = self.stats.stages["bulk"]
-        async with receive_batches, send_outcomes, self._send_contacts:
+        async with receive_batches, send_outcomes:
             slots = anyio.Semaphore(self.config.limits.bulk)
 
             async def one(batch: Batch) -> None:
@@ -220,7 +246,19 @@ class BulkPath:
     async def resume(
         self, pending: list[PendingActivity], send_outcomes: MemoryObjectSendStream[Outcome]
     ) -> None:
-        """Settle activities an earlier run submitted: poll them instead of resubmitting."""
+        """Settle activities an earlier run submitted: poll them instead of resubmitting.
+
+        Whatever became of them (finished, `ERROR`, expired, stuck), their contacts end with
+        an outcome: settled from the activity, or sent through the per-contact path.
+        """
+        try:
+            await self._resume(pending, send_outcomes)
+        finally:
+            self._release_send_contacts()
+
+    async def _resume(
+        self, pending: list[PendingActivity], send_outcomes: MemoryObjectSendStream[Outcome]
+    ) -> None:
         async with send_outcomes:
             for item in pending:
                 activity = Activity(item.id, item.id, "", "PENDING", None, ())
@@ -273,13 +311,53 @@ class BulkPath:
         return [(activity, contacts)]
 
     async def _poll(self, activity: Activity) -> Activity:
-        delay = self.config.poll_initial
-        with anyio.fail_after(self.config.poll_timeout):
-            while not activity.finished:
-                await self._sleep_unless_stopped(delay)
-                delay = min(self.config.poll_max, max(delay * 2, 0.01))
-                activity = await self.account.get_activity(activity.key)
-                self.stats.polls += 1
+        """Poll until the activity finishes.
+
+        Raises:
+            ActivityStuckError: its status (and transaction count) did not change for
+                `stall_timeout` seconds.
+            TimeoutError: it did not finish within `poll_timeout` seconds.
+        """
+        config = self.config
+        delay = config.poll_initial
+        now = anyio.current_time()
+        wait = ActivityWait(activity.key, activity.status, since=now, changed=now)
+        self.stats.waiting[activity.key] = wait
+        warned = False
+        try:
+            with anyio.move_on_after(config.poll_timeout) as scope:
+                while not activity.finished:
+                    await self._sleep_unless_stopped(delay)
+                    delay = min(config.poll_max, max(delay * 2, 0.01))
+                    seen = (activity.status, activity.transaction_count)
+                    activity = await self.account.get_activity(activity.key)
+                    self.stats.polls += 1
+                    now = anyio.current_time()
+                    if (activity.status, activity.transaction_count) != seen:
+                        wait.status, wait.changed, warned = activity.status, now, False
+                        continue
+                    unchanged = now - wait.changed
+                    if unchanged >= config.stall_timeout:
+                        raise ActivityStuckError(
+                            f"activity {activity.key} is stuck: {activity.status or 'no status'} "
+                            f"with no change for {unchanged:.0f} s"
+                        )
+                    if not warned and unchanged >= config.stall_timeout / 3:
+                        warned = True
+                        log.warning(
+                            "activity %s has been %s with no change for %.0f s; its contacts "
+                            "go contact by contact if it has not moved after %.0f s",
+                            activity.key,
+                            activity.status,
+                            unchanged,
+                            config.stall_timeout,
+                        )
+            if scope.cancelled_caught:
+                raise TimeoutError(
+                    f"activity {activity.key} did not finish within {config.poll_timeout:.0f} s"
+                )
+        finally:
+            self.stats.waiting.pop(wait.key, None)
         return activity
 
     async def _sleep_unless_stopped(self, seconds: float) -> None:
@@ -330,7 +408,9 @@ class BulkPath:
 
     async def _fall_back(self, contacts: tuple[Contact, ...], why: str) -> None:
         log.warning("%d contacts go contact by contact: %s", len(contacts), why)
+        note = f"sent contact by contact: {why}"
         for contact in contacts:
+            self.notes[contact.email] = note
             await self._send_contacts.send(contact)
 
     # --- the membership check -------------------------------------------------------

@@ -55,6 +55,10 @@ class MigrationConfig:
         poll_max: the longest wait between polls, in seconds.
         poll_timeout: seconds after which an unfinished activity is given up (its contacts
             then go through the per-contact path, which is safe to repeat).
+        stall_timeout: seconds an activity may show the same status (and transaction
+            count) before it counts as stuck: its contacts then go through the per-contact
+            path, and their outcomes say so. A warning is logged at a third of it. The
+            default (15 minutes) leaves a busy real server time to start a queued activity.
         probe_size: contacts of the first bulk activity that holds contacts already on other
             lists: they go first, in an activity of their own, read before and after, to
             prove that bulk add keeps memberships (0: no probe; not recommended).
@@ -83,6 +87,7 @@ class MigrationConfig:
     poll_initial: float = 5.0
     poll_max: float = 30.0
     poll_timeout: float = 3 * 3600.0
+    stall_timeout: float = 15 * 60.0
     probe_size: int = 25
     progress_interval: float = 1.0
     verify_writes: Literal["stale", "all", "off"] = "stale"
@@ -100,6 +105,8 @@ class MigrationConfig:
         for name in ("linger", "poll_initial", "poll_max", "poll_timeout", "progress_interval"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} cannot be negative")
+        if self.stall_timeout <= 0:
+            raise ConfigError("stall_timeout must be more than 0 seconds")
         if self.verify_writes not in ("stale", "all", "off"):
             raise ConfigError("verify_writes must be 'stale', 'all' or 'off'")
         if self.probe_size < 0:

@@ -125,6 +125,8 @@ class Outcome:
         targets: keys of the lists the contact had to end up on.
         lists_before: keys of the lists the engine read before writing (per-contact path;
             None when it did not read them, as on the bulk path). The audit proves I1 with it.
+        note: what the user should know about how it got there (e.g. that its bulk activity
+            was stuck and it was sent contact by contact).
     """
 
     email: str
@@ -135,3 +137,4 @@ class Outcome:
     path: str = ""
     targets: tuple[str, ...] = ()
     lists_before: tuple[str, ...] | None = None
+    note: str = ""

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, MutableMapping
 from pathlib import Path
 from typing import IO
 
@@ -24,8 +25,9 @@ class ReportWriter:
     """Writes outcomes as JSON Lines, buffered, from a worker thread.
 
     Each line: `email`, `outcome`, `reason` (when not a success), `lists_added` (list
-    names), `rows` (source line numbers; several when duplicate rows were coalesced), and
-    `path` (`contact` or `bulk`). Lines are whole: a crash never leaves half a line behind
+    names), `rows` (source line numbers; several when duplicate rows were coalesced),
+    `path` (`contact` or `bulk`), and `note` when there is one (e.g. why a contact of the
+    bulk path was sent contact by contact). Lines are whole: a crash never leaves half a line behind
     more than the last, unflushed buffer.
 
     Args:
@@ -59,6 +61,8 @@ class ReportWriter:
         record["rows"] = list(outcome.rows)
         if outcome.path:
             record["path"] = outcome.path
+        if outcome.note:
+            record["note"] = outcome.note
         return json.dumps(record, ensure_ascii=False) + "\n"
 
     async def write(self, outcome: Outcome) -> None:
@@ -99,11 +103,17 @@ async def record_outcomes(
     on_done: Callable[[str], None],
     on_outcome: Callable[[Outcome], None] | None = None,
     journal: Journal | None = None,
+    notes: MutableMapping[str, str] | None = None,
 ) -> None:
-    """The stage: count every outcome, journal and write it, tell the planner it is done."""
+    """The stage: count every outcome, journal and write it, tell the planner it is done.
+
+    `notes` (email -> note) are taken off as the emails' outcomes arrive and put on them.
+    """
     stage = stats.stages["record"]
     async with receive_outcomes:
         async for outcome in receive_outcomes:
+            if notes and outcome.path and outcome.email in notes:
+                outcome = dataclasses.replace(outcome, note=notes.pop(outcome.email))
             stats.outcomes[outcome.kind] += len(outcome.rows)
             stats.emails += 1
             stage.done += 1

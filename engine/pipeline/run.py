@@ -289,6 +289,7 @@ class _Run:
             rate=gov.rate,
             activities=stats.activities,
             final=final,
+            waiting=stats.waiting_now(anyio.current_time()),
         )
 
     async def read(self, send: MemoryObjectSendStream[SourceRow | Rejected]) -> None:
@@ -406,7 +407,7 @@ class _Run:
                     tg.start_soon(self._put, receive_writes, outcome_sends[3])
                     tg.start_soon(bulk.run, receive_batches, outcome_sends[4])
                     tg.start_soon(bulk.resume, pending, resume_send)
-                    tg.start_soon(self._record, receive_outcomes, writer, on_outcome)
+                    tg.start_soon(self._record, receive_outcomes, writer, on_outcome, bulk.notes)
                 outer.cancel_scope.cancel()
         except BaseExceptionGroup as group:
             crashed = _first_error(group)
@@ -484,6 +485,7 @@ class _Run:
         receive: MemoryObjectReceiveStream[Outcome],
         writer: ReportWriter,
         on_outcome: Callable[[Outcome], None] | None,
+        notes: dict[str, str],
     ) -> None:
         await record_outcomes(
             receive,
@@ -492,6 +494,7 @@ class _Run:
             on_done=self.planner.done,
             on_outcome=on_outcome,
             journal=self.journal,
+            notes=notes,
         )
 
     async def _summary(self, report_path: Path | None, bulk: BulkPath) -> MigrationReport:

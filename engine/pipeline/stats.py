@@ -21,7 +21,15 @@ from engine.errors import (
 )
 from engine.pipeline.models import Contact, Outcome, Stage
 
-__all__ = ["Progress", "RunStats", "StageStats", "fan_out", "outcome_for_error"]
+__all__ = [
+    "ActivityWait",
+    "Progress",
+    "RunStats",
+    "StageStats",
+    "WaitingActivity",
+    "fan_out",
+    "outcome_for_error",
+]
 
 T = TypeVar("T")
 U = TypeVar("U")
@@ -43,6 +51,40 @@ class StageStats:
 
 
 @dataclass(slots=True)
+class ActivityWait:
+    """An activity being polled (the bulk stage updates it; `anyio.current_time` clock).
+
+    Attributes:
+        key: the activity id.
+        status: its last status.
+        since: when polling started.
+        changed: when its status (or transaction count) last changed.
+    """
+
+    key: str
+    status: str
+    since: float
+    changed: float
+
+
+@dataclass(frozen=True, slots=True)
+class WaitingActivity:
+    """An activity being waited for, as a progress event shows it.
+
+    Attributes:
+        key: the activity id.
+        status: its last status (`PENDING`, `RUNNING`, …).
+        age: seconds since the engine started waiting for it.
+        unchanged: seconds since its status last changed.
+    """
+
+    key: str
+    status: str
+    age: float
+    unchanged: float
+
+
+@dataclass(slots=True)
 class RunStats:
     """Every counter of a run.
 
@@ -54,6 +96,7 @@ class RunStats:
         rows_total: rows in the source when known (files), for the ETA.
         activities: bulk activities submitted.
         polls: activity status polls sent.
+        waiting: activity id -> the activity being polled.
         started: monotonic start time.
     """
 
@@ -69,7 +112,15 @@ class RunStats:
     rows_total: int | None = None
     activities: int = 0
     polls: int = 0
+    waiting: dict[str, ActivityWait] = field(default_factory=dict)
     started: float = field(default_factory=time.monotonic)
+
+    def waiting_now(self, now: float) -> tuple[WaitingActivity, ...]:
+        """The activities being polled, oldest first, as of `now` (`anyio.current_time`)."""
+        return tuple(
+            WaitingActivity(w.key, w.status, now - w.since, now - w.changed)
+            for w in sorted(self.waiting.values(), key=lambda w: w.since)
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +140,7 @@ class Progress:
         rate: the governor's current rate limit (None: unlimited).
         activities: bulk activities submitted.
         final: True for the last event of the run.
+        waiting: the activities being polled, oldest first: status, age, time unchanged.
     """
 
     elapsed: float
@@ -103,6 +155,7 @@ class Progress:
     rate: float | None
     activities: int
     final: bool = False
+    waiting: tuple[WaitingActivity, ...] = ()
 
     @property
     def rows_per_second(self) -> float:

@@ -4,7 +4,7 @@ Kept apart from the client's parser (`engine/api/`) on purpose: one bug must not
 
 The writer builds documents from string templates rather than a tree or `xmltodict.unparse`:
 every GET and PUT goes through it, and templates are several times faster. The output copies
-the captured server responses (`shared/reference/ctct-v1-captured/`) down to the indentation,
+the captured server responses (`tests/fixtures/ctct-v1-captured/`) down to the indentation,
 the single-quoted XML declaration, the link order and the trailing `<source>` of single-entry
 documents.
 """

@@ -20,6 +20,7 @@ import binascii
 import contextlib
 import heapq
 import hmac
+import logging
 import math
 import random
 import re
@@ -37,6 +38,8 @@ from aiohttp.web_request import FileField
 from ._xml import FeedLinks, Renderer, XmlBodyError, read_contact, read_list
 from .config import SimulatorConfig
 from .store import SYSTEM_LISTS, AccountStore, BadRequest, Forbidden, StoredList, StoreError
+
+log = logging.getLogger("engine.simulator")
 
 __all__ = ["CONFIG_KEY", "STATE_KEY", "STORE_KEY", "SimulatorState", "create_app"]
 
@@ -155,6 +158,12 @@ class ActivityRunner:
     Each activity gets its own delay, drawn around `activity_delay` with seeded jitter, so
     activities can finish out of order (§6.4). It turns `RUNNING` halfway through its delay;
     its rows are applied at the end, a chunk at a time so other requests keep being served.
+
+    Like the real server, it never abandons an activity: started on a store that holds
+    unfinished ones (left by an app that stopped, or loaded from a state file), it runs them
+    to the end (or marks them `ERROR`, with `unfinished_activities="error"`). An activity
+    that cannot be applied (a target list deleted meanwhile) ends in `ERROR`; the runner
+    goes on with the others.
     """
 
     def __init__(self, store: AccountStore, config: SimulatorConfig, rng: random.Random) -> None:
@@ -166,8 +175,9 @@ class ActivityRunner:
         self._wake = asyncio.Event()
 
     def schedule(self, activity_id: str) -> None:
-        """Queue a freshly submitted activity."""
+        """Queue a freshly submitted (or adopted) activity."""
         config = self._config
+        self._store.claimed_activities.add(activity_id)
         jitter = (
             config.activity_jitter * self._rng.uniform(-1.0, 1.0) if config.activity_jitter else 0.0
         )
@@ -178,8 +188,32 @@ class ActivityRunner:
             heapq.heappush(self._queue, (at, self._counter, finish, activity_id))
         self._wake.set()
 
+    def adopt_unfinished(self) -> None:
+        """Take over the store's unfinished activities that no running app serves."""
+        store = self._store
+        for activity_id in store.unfinished_activities():
+            if activity_id in store.claimed_activities:
+                continue
+            if self._config.unfinished_activities == "error":
+                store.fail_activity(activity_id)
+            else:
+                self.schedule(activity_id)
+
+    def release(self) -> None:
+        """Give the activities still queued back to the store, for the next app to run."""
+        for *_, activity_id in self._queue:
+            self._store.claimed_activities.discard(activity_id)
+        self._queue.clear()
+
     async def run(self) -> None:
-        """Serve the queue until cancelled."""
+        """Serve the queue until cancelled; then release what is left of it."""
+        self.adopt_unfinished()
+        try:
+            await self._serve()
+        finally:
+            self.release()
+
+    async def _serve(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
             self._wake.clear()
@@ -193,14 +227,23 @@ class ActivityRunner:
                     await asyncio.wait_for(self._wake.wait(), wait)
                 continue
             heapq.heappop(self._queue)
-            self._store.start_activity(activity_id)  # no-op when already running
+            try:
+                await self._step(activity_id, finish=finish)
+            except Exception as exc:  # one bad activity must never stop the others
+                log.warning("activity %s cannot go on (%r): it ends in ERROR", activity_id, exc)
+                self._store.fail_activity(activity_id)
             if finish:
-                # Chunked so other requests are served in between (not a polling loop).
-                while not self._store.process_activity(  # noqa: ASYNC110
-                    activity_id, _ACTIVITY_CHUNK
-                ):
-                    await asyncio.sleep(0)
-                self._store.finish_activity(activity_id)
+                self._store.claimed_activities.discard(activity_id)
+
+    async def _step(self, activity_id: str, *, finish: bool) -> None:
+        self._store.start_activity(activity_id)  # no-op when already running
+        if finish:
+            # Chunked so other requests are served in between (not a polling loop).
+            while not self._store.process_activity(  # noqa: ASYNC110
+                activity_id, _ACTIVITY_CHUNK
+            ):
+                await asyncio.sleep(0)
+            self._store.finish_activity(activity_id)
 
 
 @dataclass(slots=True)

@@ -83,6 +83,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     bulk.add_argument("--activity-delay", type=_non_negative, default=defaults.activity_delay)
     bulk.add_argument("--activity-jitter", type=_probability, default=defaults.activity_jitter)
     bulk.add_argument("--activity-error-rate", type=_probability, default=0.0)
+    bulk.add_argument(
+        "--unfinished-activities",
+        choices=("run", "error"),
+        default="run",
+        help="activities left unfinished in --state: run them to the end (default), or mark "
+        "them ERROR (a server that lost its queue)",
+    )
     bulk.add_argument("--bulk-semantics", choices=("append", "replace"), default="append")
     bulk.add_argument("--bulk-max-rows", type=int, default=defaults.bulk_max_rows)
     bulk.add_argument("--bulk-max-bytes", type=int, default=defaults.bulk_max_bytes)
@@ -124,6 +131,7 @@ def config_from_args(args: argparse.Namespace) -> SimulatorConfig:
         activity_delay=args.activity_delay,
         activity_jitter=args.activity_jitter,
         activity_error_rate=args.activity_error_rate,
+        unfinished_activities=args.unfinished_activities,
         bulk_semantics=args.bulk_semantics,
         bulk_max_rows=args.bulk_max_rows,
         bulk_max_bytes=args.bulk_max_bytes,

@@ -22,6 +22,7 @@ _HOST = re.compile(r"[A-Za-z0-9.-]+(:[0-9]+)?")
 
 BulkSemantics = Literal["append", "replace"]
 DnmPutRule = Literal["adding-lists", "any"]
+UnfinishedActivities = Literal["run", "error"]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -70,6 +71,10 @@ class SimulatorConfig:
         activity_jitter: Each activity's delay is drawn uniformly in
             `activity_delay * (1 ± activity_jitter)`, so activities finish out of order (§6.4).
         activity_error_rate: Probability that an activity ends in `ERROR` with nothing applied.
+        unfinished_activities: What an app started on a store does with the activities the
+            store holds unfinished (`PENDING`/`RUNNING`, from an earlier app or a state file):
+            `"run"` them to completion, as the real server does whatever its clients do, or
+            mark them `"error"` with nothing more applied (a server that lost its queue).
         bulk_semantics: How an add activity treats existing memberships: `"append"` (the real
             behaviour, [I, strong] §6.3) or `"replace"` (to test the engine's safety check).
         bulk_max_rows: Most data rows per activity ([C] P27: 20,000).
@@ -92,7 +97,8 @@ class SimulatorConfig:
             `latency_jitter_ms` (the doc's suggestion for benchmarks, §11).
         error_rate: Probability of answering 500 or 503 instead of serving (no effect).
         reset_rate: Probability of aborting the connection without an answer (no effect).
-        seed: Seed of the one random generator behind faults, jitter and activity ids.
+        seed: Seed of the one random generator behind faults and jitter (activity ids are
+            random whatever the seed, so that a restarted server never repeats one).
     """
 
     host: str = "127.0.0.1"
@@ -127,6 +133,7 @@ class SimulatorConfig:
     activity_delay: float = 1.0
     activity_jitter: float = 0.5
     activity_error_rate: float = 0.0
+    unfinished_activities: UnfinishedActivities = "run"
     bulk_semantics: BulkSemantics = "append"
     bulk_max_rows: int = 20_000
     bulk_max_bytes: int = 4 * 1024 * 1024
@@ -186,6 +193,11 @@ class SimulatorConfig:
         _check(self.bulk_semantics in ("append", "replace"), "bulk_semantics", "unknown value")
         _check(_finite(self.activity_delay) and self.activity_delay >= 0, "activity_delay", ">= 0")
         _check(0 <= self.activity_jitter <= 1, "activity_jitter", "must be in [0, 1]")
+        _check(
+            self.unfinished_activities in ("run", "error"),
+            "unfinished_activities",
+            "must be 'run' or 'error'",
+        )
         for name in ("activity_error_rate", "error_rate", "reset_rate"):
             rate: float = getattr(self, name)
             _check(0 <= rate <= 1, name, "must be a probability in [0, 1]")

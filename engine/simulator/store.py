@@ -1,8 +1,9 @@
 """In-memory state of one simulated account, and every v1 API rule that changes it.
 
-Pure: no aiohttp, no clock of its own (the clock is injected), no randomness but a seeded
-generator for activity ids. The web layer (`app.py`) only parses, calls one method here and
-renders; the HTTP status of each refusal is carried by the `StoreError` it raises.
+Pure: no aiohttp, no clock of its own (the clock is injected), no randomness but the
+activity ids (drawn from the system's generator, so that no id ever comes back). The web
+layer (`app.py`) only parses, calls one method here and renders; the HTTP status of each
+refusal is carried by the `StoreError` it raises.
 
 Sections of `ctct-v1-api.md` are cited where a rule comes from; `[U]` points read their variant
 from `self.config` (a `SimulatorConfig`).
@@ -141,6 +142,7 @@ _US_CA_CODES = frozenset(_US_CA_TEXT.split())
 
 _EMAIL_RE = re.compile(r"[^@\s\"<>,;]+@[^@\s\"<>,;]+\.[^@\s\"<>,;.]+")
 _ACTIVITY_ID_ALPHABET = string.ascii_lowercase + string.digits
+_ID_RANDOM = random.SystemRandom()
 _STATE_FORMAT = "ctct-v1-simulator-state"
 
 
@@ -365,7 +367,6 @@ class AccountStore:
         config: The semantic settings to play (field limits, Do Not Mail rule, bulk
             semantics…). `create_app` rebinds it to the app's config.
         clock: Epoch seconds, for every timestamp; inject a fake for deterministic tests.
-        seed: Seed of the activity-id generator; defaults to `config.seed`.
     """
 
     def __init__(
@@ -373,17 +374,18 @@ class AccountStore:
         config: SimulatorConfig | None = None,
         *,
         clock: Callable[[], float] = time.time,
-        seed: int | None = None,
     ) -> None:
         self.config = config or SimulatorConfig()
         self.clock = clock
-        self._rng = random.Random(self.config.seed if seed is None else seed)
         self._lists: dict[int, StoredList] = {}
         self._list_names: dict[str, int] = {}
         self._members: dict[int, set[int]] = {}
         self._contacts: dict[int, StoredContact] = {}
         self._by_email: dict[str, int] = {}
         self._activities: dict[str, StoredActivity] = {}
+        #: Activities a running app has queued (not saved): an app started on this store
+        #: adopts the unfinished activities that are not in it.
+        self.claimed_activities: set[str] = set()
         self._next_list_id = 1
         self._next_contact_id = 1
         self._next_activity_seq = 1
@@ -943,8 +945,11 @@ class AccountStore:
         return activity
 
     def _new_activity_id(self) -> str:
+        # Not from the seeded generator: a server restarted with the same seed (or an
+        # account loaded again from an older state file) must never give an id twice, or a
+        # client would take someone else's activity for the one it submitted.
         while True:
-            suffix = "".join(self._rng.choices(_ACTIVITY_ID_ALPHABET, k=14))
+            suffix = "".join(_ID_RANDOM.choices(_ACTIVITY_ID_ALPHABET, k=14))
             activity_id = "a07e1" + suffix
             if activity_id not in self._activities:
                 return activity_id
@@ -1012,6 +1017,22 @@ class AccountStore:
     def activities_desc(self) -> list[StoredActivity]:
         """All activities, newest first (the feed order, §6.5)."""
         return sorted(self._activities.values(), key=lambda a: a.seq, reverse=True)
+
+    def unfinished_activities(self) -> list[str]:
+        """Ids of the activities not yet `COMPLETE` or `ERROR`, oldest first."""
+        return [a.id for a in sorted(self._activities.values(), key=lambda a: a.seq) if not a.done]
+
+    def fail_activity(self, activity_id: str) -> None:
+        """End an activity in `ERROR` now, applying nothing more (a lost queue, a run that
+        could not go on)."""
+        activity = self.get_activity(activity_id)
+        if activity.done:
+            return
+        now = self.now()
+        activity.status = "ERROR"
+        activity.run_start_time = activity.run_start_time or now
+        activity.run_finish_time = now
+        activity._rows = []
 
     def start_activity(self, activity_id: str) -> None:
         """`PENDING` -> `RUNNING`, stamping `RunStartTime`."""
@@ -1212,6 +1233,17 @@ class AccountStore:
                     "transaction_count": a.transaction_count,
                     "errors": [list(e) for e in a.errors],
                     "file_name": a.file_name,
+                    # What an unfinished activity still has to do, so that a server started
+                    # on this state runs it to the end.
+                    **(
+                        {}
+                        if a.done
+                        else {
+                            "fail": a.fail,
+                            "cursor": a._cursor,
+                            "rows": [[r.line, r.email, r.fields] for r in a._rows],
+                        }
+                    ),
                 }
                 for a in self._activities.values()
             ],
@@ -1227,8 +1259,10 @@ class AccountStore:
     ) -> AccountStore:
         """Rebuild a store from `to_json` output.
 
-        Activities that had not finished when the state was saved end in `ERROR`: their rows
-        are not saved.
+        Activities that had not finished when the state was saved keep their status and
+        their remaining rows, so an app started on the store runs them to the end; with
+        `config.unfinished_activities == "error"` (or from a state file that did not keep
+        their rows) they end in `ERROR` at once, with nothing more applied.
 
         Raises:
             ValueError: Not a simulator state document.
@@ -1287,10 +1321,18 @@ class AccountStore:
                     errors=[LineError(int(e[0]), str(e[1]), str(e[2])) for e in item["errors"]],
                     file_name=str(item["file_name"]),
                 )
-                if not activity.done:
-                    activity.fail = True
-                    store._abort_at_load(activity)
                 store._activities[activity.id] = activity
+                if activity.done:
+                    continue
+                if "rows" in item and store.config.unfinished_activities == "run":
+                    activity.fail = bool(item["fail"])
+                    activity._cursor = int(item["cursor"])
+                    activity._rows = [
+                        _Row(int(line), str(email), {str(k): str(v) for k, v in fields.items()})
+                        for line, email, fields in item["rows"]
+                    ]
+                else:
+                    store.fail_activity(activity.id)
             store._next_list_id = int(data["next_list_id"])
             store._next_contact_id = int(data["next_contact_id"])
             store._next_activity_seq = int(data["next_activity_seq"])
@@ -1300,13 +1342,6 @@ class AccountStore:
         if store._next_contact_id <= max(contacts, default=0):
             raise ValueError("invalid simulator state: next_contact_id too small")
         return store
-
-    def _abort_at_load(self, activity: StoredActivity) -> None:
-        """Mark an activity that was cut short by a restart as `ERROR`."""
-        now = self.now()
-        activity.status = "ERROR"
-        activity.run_start_time = activity.run_start_time or now
-        activity.run_finish_time = now
 
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write the state as JSON, atomically (temporary file in the same folder + rename)."""

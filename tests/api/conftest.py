@@ -15,10 +15,8 @@ from aioresponses import aioresponses
 
 from engine.api import Account, Credentials, RateGovernor, RetryPolicy
 
-#: Responses of the real v1 server (read from the shared reference, never copied here).
-CAPTURED = (
-    Path(__file__).resolve().parents[2] / ".." / "shared" / "reference" / "ctct-v1-captured"
-).resolve()
+#: Responses of the real v1 server (the gem's MIT fixtures; provenance in their README).
+CAPTURED = Path(__file__).resolve().parents[1] / "fixtures" / "ctct-v1-captured"
 
 BASE_URL = "https://api.example.test/ws/customers/acme/"
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from pathlib import Path
@@ -540,6 +541,48 @@ async def test_activity_error_falls_back_to_per_contact(
     assert {line["path"] for line in lines} == {"contact"}
     assert not [w for w in report.warnings if "did NOT keep" in w]
     assert report.bulk_enabled
+
+
+async def test_a_stuck_activity_goes_contact_by_contact_visibly(
+    start_simulator: Callable[..., Any],
+    spy: SimSpy,
+    fast_config: MigrationConfig,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """An activity that never moves is stuck after `stall_timeout`: its contacts go contact
+    by contact with a note saying so, a warning is logged first, and progress shows it."""
+    async with start_simulator(activity_delay=10_000.0) as (sim, _):
+        store = sim.store
+        spy.watch(store)
+        members = seed_list(store, "A", 40)
+        store.create_list("B")
+        source = write_csv(tmp_path / "in.csv", HEADER, [[e, ""] for e in members])
+        before = snapshot(store)
+        events: list[Progress] = []
+        config = dataclasses.replace(fast_config, stall_timeout=0.9, probe_size=0)
+
+        async with new_account(sim) as account:
+            with caplog.at_level(logging.WARNING, logger="engine.bulk"):
+                report = await run(
+                    account, source, config, tmp_path, lists=["B"], on_progress=events.append
+                )
+
+        stats = await sim_stats(sim)
+        lines = assert_invariants(
+            store, before, report, rows=range(2, 42), targets=["B"], spy=spy, stats=stats
+        )
+    assert stats["by_route"]["POST activities"] == 1
+    assert report.outcomes["updated"] == 40
+    assert {line["path"] for line in lines} == {"contact"}
+    assert all("stuck" in line["note"] and "contact by contact" in line["note"] for line in lines)
+    waiting = [w for event in events for w in event.waiting]
+    assert waiting, "no progress event showed the activity being waited for"
+    assert {w.status for w in waiting} == {"PENDING"}
+    assert max(w.unchanged for w in waiting) > 0.2
+    assert not events[-1].waiting  # nothing is waited for at the end
+    warned = [r.getMessage() for r in caplog.records if "with no change for" in r.getMessage()]
+    assert warned, "no warning was logged while the activity did not move"
 
 
 def own_tasks_only() -> None:

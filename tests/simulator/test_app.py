@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import re
 import time
 import xml.etree.ElementTree as ET
@@ -12,7 +13,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from engine.simulator import RunningSimulator, SimulatorConfig, serve
+from engine.simulator import AccountStore, RunningSimulator, SimulatorConfig, serve
 
 # Fixture factories from conftest.py: start_simulator(**overrides) and session_for(sim, ...).
 SimulatorStarter = Callable[..., Any]
@@ -621,6 +622,54 @@ async def test_activities_finish_out_of_order(start_simulator: SimulatorStarter)
         feed = await get_xml(session, "activities")
         listed = [e.findtext(f"{ATOM}id", "").rsplit("/", 1)[1] for e in feed.iter(f"{ATOM}entry")]
         assert listed == ids[::-1]
+
+
+async def test_an_app_started_on_a_store_runs_the_activities_another_app_left(
+    simulator_config: SimulatorConfig, session_for: SessionOpener
+) -> None:
+    """Activities queued by an app that stopped are run to the end by the next app on the store."""
+    store = AccountStore(simulator_config)
+    a = store.create_list("A")
+    slow = dataclasses.replace(simulator_config, activity_delay=1000.0)
+    async with serve(slow, store) as sim, session_for(sim) as session:
+        activity_id = await post_activity(session, "SV_ADD", "Email Address\nn@x.com", [a])
+    assert store.get_activity(activity_id).status == "PENDING"  # the first app stopped
+    quick = dataclasses.replace(simulator_config, activity_delay=0.05)
+    async with serve(quick, store) as sim, session_for(sim) as session:
+        done = await wait_for_activity(session, activity_id)
+    assert done.findtext(f".//{CTCT}Status") == "COMPLETE"
+    assert store.contact_by_email("n@x.com") is not None
+
+
+async def test_an_app_can_mark_the_activities_it_inherits_as_error(
+    simulator_config: SimulatorConfig, session_for: SessionOpener
+) -> None:
+    """With unfinished_activities='error', inherited activities end in ERROR, unapplied."""
+    store = AccountStore(simulator_config)
+    a = store.create_list("A")
+    slow = dataclasses.replace(simulator_config, activity_delay=1000.0)
+    async with serve(slow, store) as sim, session_for(sim) as session:
+        activity_id = await post_activity(session, "SV_ADD", "Email Address\nn@x.com", [a])
+    config = dataclasses.replace(simulator_config, unfinished_activities="error")
+    async with serve(config, store) as sim, session_for(sim) as session:
+        done = await wait_for_activity(session, activity_id)
+    assert done.findtext(f".//{CTCT}Status") == "ERROR"
+    assert store.contact_by_email("n@x.com") is None
+
+
+async def test_an_activity_whose_list_was_deleted_ends_in_error_and_the_runner_goes_on(
+    start_simulator: SimulatorStarter,
+) -> None:
+    """Deleting a list a queued activity targets fails that activity; the next one completes."""
+    async with start_simulator(activity_delay=0.2, activity_jitter=0.0) as (sim, session):
+        a, b = sim.store.create_list("A"), sim.store.create_list("B")
+        doomed = await post_activity(session, "SV_ADD", "Email Address\nd@x.com", [a])
+        async with session.delete(f"lists/{a}") as response:
+            assert response.status == 204, await response.text()
+        later = await post_activity(session, "SV_ADD", "Email Address\nl@x.com", [b])
+        assert (await wait_for_activity(session, doomed)).findtext(f".//{CTCT}Status") == "ERROR"
+        done = await wait_for_activity(session, later)
+        assert done.findtext(f".//{CTCT}Status") == "COMPLETE"
 
 
 # -- throttling, faults, stats ---------------------------------------------------------------

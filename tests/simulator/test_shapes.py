@@ -20,7 +20,8 @@ import pytest
 
 from engine.simulator import RunningSimulator
 
-CAPTURED = Path(__file__).resolve().parents[2] / ".." / "shared" / "reference" / "ctct-v1-captured"
+#: Responses of the real v1 server (the gem's MIT fixtures; provenance in their README).
+CAPTURED = Path(__file__).resolve().parents[1] / "fixtures" / "ctct-v1-captured"
 DECLARATION = "<?xml version='1.0' encoding='UTF-8'?>"
 ISO_TIME = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
 ADDED_BY_SIMULATOR = frozenset(

@@ -401,15 +401,16 @@ def test_bulk_rejects_unknown_state_code(store: AccountStore) -> None:
     assert b.fields["StateCode"] == "MA"
 
 
-def test_activity_ids_are_seeded_and_shaped(clock: FakeClock) -> None:
-    """Activity ids are `a07e1` + 14 lower-case alphanumerics, the same for the same seed."""
+def test_activity_ids_are_shaped_and_never_repeat_for_the_same_seed(clock: FakeClock) -> None:
+    """Activity ids are `a07e1` + 14 lower-case alphanumerics, new even for the same seed
+    (a restarted server must never give an id it gave before)."""
     ids = []
     for _ in range(2):
         account = AccountStore(SimulatorConfig(seed=7), clock=clock)
         account.create_list("A")
         ids.append(account.submit_activity("SV_ADD", "Email Address\na@x.com", uris(1)).id)
-    assert ids[0] == ids[1]
-    assert re.fullmatch(r"a07e1[a-z0-9]{14}", ids[0])
+    assert ids[0] != ids[1]
+    assert all(re.fullmatch(r"a07e1[a-z0-9]{14}", i) for i in ids)
 
 
 def test_json_round_trip_and_atomic_save(store: AccountStore, tmp_path: Path) -> None:
@@ -427,11 +428,27 @@ def test_json_round_trip_and_atomic_save(store: AccountStore, tmp_path: Path) ->
     assert loaded.add_contact("d@x.com") == store.contact_count() + 1
 
 
-def test_unfinished_activities_end_in_error_after_load(store: AccountStore) -> None:
-    """An activity still pending when saved is ERROR after a reload."""
-    activity = store.submit_activity("SV_ADD", "Email Address\nn@x.com", uris(1))
+def test_unfinished_activities_keep_their_rows_through_a_save_and_run_after_load(
+    store: AccountStore,
+) -> None:
+    """An activity still pending when saved is pending after a reload, and runs to the end."""
+    activity = store.submit_activity("SV_ADD", "Email Address\nn@x.com\nm@x.com", uris(1))
     loaded = AccountStore.from_json(json.loads(json.dumps(store.to_json())))
+    assert loaded.get_activity(activity.id).status == "PENDING"
+    assert loaded.unfinished_activities() == [activity.id]
+    assert loaded.run_activity(activity.id).status == "COMPLETE"
+    assert loaded.contact_by_email("m@x.com") is not None
+    assert loaded.unfinished_activities() == []
+
+
+def test_unfinished_activities_end_in_error_after_load_when_asked(store: AccountStore) -> None:
+    """With unfinished_activities='error', an activity pending when saved is ERROR, unapplied."""
+    activity = store.submit_activity("SV_ADD", "Email Address\nn@x.com", uris(1))
+    loaded = AccountStore.from_json(
+        json.loads(json.dumps(store.to_json())), SimulatorConfig(unfinished_activities="error")
+    )
     assert loaded.get_activity(activity.id).status == "ERROR"
+    assert loaded.contact_by_email("n@x.com") is None
 
 
 def test_from_json_rejects_other_documents() -> None:
