@@ -61,7 +61,10 @@ CREATE TABLE IF NOT EXISTS outcomes (
 );
 CREATE INDEX IF NOT EXISTS outcomes_by_row ON outcomes (first_row);
 CREATE TABLE IF NOT EXISTS activities (
-    id TEXT PRIMARY KEY,        -- the API's activity id
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT NOT NULL,           -- the API's activity id (a server that lost its state may
+                                -- give one again: never overwritten, told apart by insert_time)
+    insert_time TEXT NOT NULL,  -- the server's InsertTime of the activity submitted
     targets TEXT NOT NULL,      -- JSON {list key: list URI}
     contacts TEXT NOT NULL,     -- JSON [[email, [rows], {fields}], ...], in data order
     submitted REAL NOT NULL,
@@ -99,11 +102,13 @@ class PendingActivity:
         id: the activity id.
         targets: list key -> list URI.
         contacts: the contacts it carries, in the order of its data lines.
+        insert_time: the server's `InsertTime` when it was submitted ("" when it gave none).
     """
 
     id: str
     targets: dict[str, str]
     contacts: tuple[Contact, ...]
+    insert_time: str = ""
 
 
 def _outcome_key(outcome: Outcome) -> str:
@@ -400,15 +405,22 @@ class Journal:
     # --- activities -------------------------------------------------------------------
 
     async def activity_submitted(
-        self, activity_id: str, targets: Mapping[str, str], contacts: Sequence[Contact]
+        self,
+        activity_id: str,
+        targets: Mapping[str, str],
+        contacts: Sequence[Contact],
+        insert_time: str = "",
     ) -> None:
-        """Record a submitted activity and its contacts; committed before this returns."""
+        """Record a submitted activity and its contacts; committed before this returns.
+
+        Never replaces an earlier record with the same id: each keeps its own contacts.
+        """
         payload = json.dumps([[c.email, c.rows, c.fields] for c in contacts])
         await self._call(
             self._exec,
-            "INSERT OR REPLACE INTO activities (id, targets, contacts, submitted, run) "
-            "VALUES (?, ?, ?, ?, ?)",
-            (activity_id, json.dumps(dict(targets)), payload, time.time(), self.run),
+            "INSERT INTO activities (id, insert_time, targets, contacts, submitted, run) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            (activity_id, insert_time, json.dumps(dict(targets)), payload, time.time(), self.run),
         )
 
     def _exec(self, sql: str, args: tuple[Any, ...]) -> None:
@@ -422,13 +434,16 @@ class Journal:
     def _pending_sync(self) -> list[PendingActivity]:
         db = self._conn()
         pending = []
-        query = "SELECT id, targets, contacts FROM activities WHERE finished = 0 ORDER BY submitted"
-        for activity_id, targets, contacts in db.execute(query).fetchall():
+        query = (
+            "SELECT seq, id, insert_time, targets, contacts FROM activities "
+            "WHERE finished = 0 ORDER BY seq"
+        )
+        for seq, activity_id, insert_time, targets, contacts in db.execute(query).fetchall():
             target_map = json.loads(targets)
             carried = json.loads(contacts)
             done = self._finished_sync([email for email, _, _ in carried])
             if len(done) == len(carried):  # settled before the stop: nothing to poll
-                db.execute("UPDATE activities SET finished = 1 WHERE id = ?", (activity_id,))
+                db.execute("UPDATE activities SET finished = 1 WHERE seq = ?", (seq,))
                 continue
             pending.append(
                 PendingActivity(
@@ -438,6 +453,7 @@ class Journal:
                         Contact(email, dict(target_map), dict(fields), list(rows))
                         for email, rows, fields in carried
                     ),
+                    insert_time,
                 )
             )
         return pending

@@ -579,13 +579,21 @@ class Account:
             content_type=ATOM,
         )
 
-    async def search_contacts(self, emails: Sequence[str]) -> dict[str, ContactSummary]:
+    async def search_contacts(
+        self, emails: Sequence[str], *, strict: bool = False
+    ) -> dict[str, ContactSummary]:
         """Look contacts up by email, up to 50 per request; missing emails are absent.
 
         Emails are lower-cased and URL-encoded (the search is case-sensitive and the server
         stores lower case). A 500 that persists for one retry is read as "none found": the
-        API documents 500 as one answer for a miss, and a wrong guess is safe, because the
-        POST of a contact that exists gets 409 and goes through the merge.
+        API documents 500 as one answer for a miss, and a wrong guess is safe where the
+        answer only chooses between POST and GET (the POST of a contact that exists gets 409
+        and goes through the merge). Where absence would license a write without a read
+        (the bulk path's checks), pass `strict`: a failed search then raises, because it
+        means "unknown", never "absent".
+
+        Raises:
+            ServerError: with `strict`, a search answered 5xx after its retries.
         """
         found: dict[str, ContactSummary] = {}
         unique = list(dict.fromkeys(e.strip().lower() for e in emails))
@@ -611,6 +619,8 @@ class Account:
                         "GET", url, kind="contacts", parse=codec.parse_contacts_page
                     )
             except ServerError:
+                if strict:
+                    raise
                 log.info("search of %d emails answered 5xx twice: read as not found", len(batch))
                 continue
             wanted = set(batch)

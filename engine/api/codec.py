@@ -276,6 +276,7 @@ def parse_activity(body: bytes) -> Activity:
         status=_text(payload.get("Status")),
         transaction_count=_int_or_none(payload.get("TransactionCount")),
         errors=tuple(errors),
+        insert_time=_text(payload.get("InsertTime")),
     )
 
 

@@ -159,6 +159,8 @@ class Activity:
         status: Status; `COMPLETE` and `ERROR` end polling, anything else keeps it going.
         transaction_count: TransactionCount, when present.
         errors: the line errors.
+        insert_time: InsertTime, when present: with the id, what tells this activity from
+            another that a server which lost its state gave the same id.
     """
 
     id: str
@@ -167,6 +169,7 @@ class Activity:
     status: str
     transaction_count: int | None
     errors: tuple[ActivityError, ...]
+    insert_time: str = ""
 
     @property
     def finished(self) -> bool:

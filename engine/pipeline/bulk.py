@@ -4,11 +4,16 @@ Each batch is encoded (≤ 20,000 rows, ≤ 4 MB), submitted under the rate gove
 with backoff until `COMPLETE` or `ERROR`, and its line errors are mapped back to rows.
 
 Bulk add is documented to *append* memberships, but that is inferred for v1, not confirmed
-(API doc §6.3). So the first batch that holds contacts already on other lists is checked:
-before it is submitted, a sample of those contacts is read; after it completes, they are
-read again. If any lost a list, the bulk path is switched off for the run, the sampled
-contacts are repaired, and that batch and every later one go contact by contact. Other
-batches wait for that check before they submit.
+(API doc §6.3). So bulk is trusted only after a probe has completed and passed: the batch is
+searched (50 emails a request) until `probe_size` *witnesses* are found, existing contacts on
+lists other than the targets, each read in full; they go first, in an activity of their
+own, and are read again after it. If any lost a list, each witness is repaired, the bulk path
+is switched off for the run, and everything goes contact by contact. Until the probe has
+passed, nothing unverified goes out in bulk: when it cannot conclude (its activity ended
+`ERROR`, a search or a read failed), the batch goes contact by contact and the next batch
+probes again. A batch with no witness at all, every existing contact of it read and found on
+no other list, cannot lose a membership even on a replacing server, so it is submitted.
+Other batches wait for the probe before they submit.
 
 An activity that ends in `ERROR`, cannot be submitted, shows no change of status for
 `stall_timeout` (stuck), or does not finish within `poll_timeout` sends its contacts through
@@ -32,7 +37,7 @@ from engine.api.activities import (
     encode_add_contacts,
     line_number,
 )
-from engine.api.client import Account
+from engine.api.client import SEARCH_BATCH, Account
 from engine.api.codec import merge_contact_lists
 from engine.api.records import Activity, ContactEntry, uri_key
 from engine.crashpoints import crash_point
@@ -58,6 +63,10 @@ class _Stopped(Exception):
 
 class ActivityStuckError(TimeoutError):
     """An activity's status did not change for `stall_timeout` seconds."""
+
+
+class ForeignActivityError(ApiError):
+    """A journaled activity id answers with an activity the engine did not submit."""
 
 
 class BulkPath:
@@ -166,39 +175,66 @@ class BulkPath:
         """The batch without its Removed contacts, and their `skipped` outcomes.
 
         An add activity makes a Removed contact Active again; with `skip_removed` they must
-        be left alone, so their status is looked up first (50 emails a search).
+        be left alone, so their status is looked up first (50 emails a search). A search
+        that fails leaves its contacts' status unknown, never "absent": they go contact by
+        contact, where each is read before any write.
         """
-        found = await self.account.search_contacts([c.email for c in batch.contacts])
-        removed = {e for e, s in found.items() if s.status.strip().lower() == "removed"}
+        contacts = batch.contacts
+        removed: set[str] = set()
+        unknown: list[Contact] = []
+        for start in range(0, len(contacts), SEARCH_BATCH):
+            chunk = contacts[start : start + SEARCH_BATCH]
+            try:
+                found = await self.account.search_contacts([c.email for c in chunk], strict=True)
+            except (FatalApiError, ConnectionLostError, QuotaExhaustedError):
+                raise
+            except ApiError as exc:
+                log.info("a search for --skip-removed failed (%s): contact by contact", exc)
+                unknown += chunk
+                continue
+            removed.update(e for e, s in found.items() if s.status.strip().lower() == "removed")
+        if unknown:
+            await self._fall_back(tuple(unknown), "their status could not be looked up")
         skipped = [
             Outcome(c.email, "skipped", tuple(c.rows), "removed", path="bulk")
-            for c in batch.contacts
+            for c in contacts
             if c.email in removed
         ]
-        rest = tuple(c for c in batch.contacts if c.email not in removed)
-        return Batch(rest, batch.targets), skipped
+        gone = removed | {c.email for c in unknown}
+        return Batch(tuple(c for c in contacts if c.email not in gone), batch.targets), skipped
 
     def _needs_check(self) -> bool:
-        return self.enabled and not self.verified
+        return self.enabled and not self.verified and self.config.probe_size > 0
 
     async def _run(self, batch: Batch, *, check: bool) -> list[Outcome]:
-        """Run a batch; with `check`, first as a small probe activity whose contacts were
-        all read before, so a server that replaced memberships is caught and fully repaired.
-        """
-        outcomes: list[Outcome] = []
-        contacts = batch.contacts
-        if check and self.config.probe_size:
-            probe, before = await self._probe(batch)
-            if before:  # contacts on other lists: the probe can prove (or disprove) append
-                settled = await self._submit_and_settle(probe, batch.targets, before=before)
-                chosen = {c.email for c in probe}
-                contacts = tuple(c for c in contacts if c.email not in chosen)
-                if settled is None:  # switched off: the probe fell back, the rest follows
-                    await self._fall_back(contacts, "bulk path switched off")
-                    return []
-                outcomes += settled
-        if contacts:
-            outcomes += await self._submit_and_settle(contacts, batch.targets) or []
+        """Run a batch; with `check`, only after a probe has proven that bulk appends."""
+        if not check:
+            return (await self._submit_and_settle(batch.contacts, batch.targets))[0]
+        try:
+            witnesses, scanned_all = await self._witnesses(batch)
+        except (FatalApiError, ConnectionLostError, QuotaExhaustedError):
+            raise
+        except (ApiError, TimeoutError) as exc:
+            await self._fall_back(
+                batch.contacts, f"bulk not verified yet: the probe failed ({exc})"
+            )
+            return []
+        if not witnesses:
+            if scanned_all:  # no contact of the batch is on another list: nothing to lose
+                return (await self._submit_and_settle(batch.contacts, batch.targets))[0]
+            await self._fall_back(batch.contacts, "bulk not verified yet: a probe read failed")
+            return []
+        chosen = {entry.email.strip().lower() for entry in witnesses.values()}
+        probe = tuple(c for c in batch.contacts if c.email in chosen)
+        rest = tuple(c for c in batch.contacts if c.email not in chosen)
+        outcomes, verdict = await self._submit_and_settle(probe, batch.targets, before=witnesses)
+        if verdict == "passed":
+            if rest:
+                outcomes += (await self._submit_and_settle(rest, batch.targets))[0]
+        elif verdict == "failed":
+            await self._fall_back(rest, "bulk path switched off")
+        else:
+            await self._fall_back(rest, f"bulk not verified yet: the probe was {verdict}")
         return outcomes
 
     async def _submit_and_settle(
@@ -207,8 +243,13 @@ class BulkPath:
         targets: dict[str, str],
         *,
         before: dict[str, ContactEntry] | None = None,
-    ) -> list[Outcome] | None:
-        """Submit, poll, check (with `before`) and map outcomes; None if bulk was switched off."""
+    ) -> tuple[list[Outcome], str]:
+        """Submit, poll, check (with `before`) and map outcomes.
+
+        Returns the outcomes of the contacts it settled (the others went contact by contact)
+        and, with `before`, the probe's verdict: "passed", "failed" (bulk switched off) or
+        why it was inconclusive.
+        """
         try:
             activities = await self._submit(contacts, targets)
             finished = [await self._poll(a) for a, _ in activities]
@@ -216,18 +257,25 @@ class BulkPath:
             raise
         except (ApiError, TimeoutError) as exc:
             await self._fall_back(contacts, f"activity failed: {exc}")
-            return []
+            return [], f"inconclusive (its activity failed: {exc})"
         crash_point("activity-complete")
+        verdict = "unchecked"
         # Only a completed activity proves anything: one that ended in ERROR applied
-        # nothing, so its contacts lack the targets without having lost a list. The check
-        # then waits for a later batch, and these contacts fall back below.
-        if before and all(a.status.upper() == "COMPLETE" for a in finished):
-            lost = await self._check(before, targets)
-            if lost:
-                await self._switch_off(lost, before, contacts, targets)
-                return None
-            self.verified = True
-        return await self._settle(finished, activities, targets)
+        # nothing, so its contacts lack the targets without having lost a list.
+        if before is not None:
+            if all(a.status.upper() == "COMPLETE" for a in finished):
+                lost, checked = await self._check(before, targets)
+                if lost:
+                    await self._switch_off(lost, before, contacts, targets)
+                    return [], "failed"
+                if checked:
+                    self.verified = True
+                    verdict = "passed"
+                else:
+                    verdict = "inconclusive (no probed contact could be read back)"
+            else:
+                verdict = "inconclusive (its activity did not complete)"
+        return await self._settle(finished, activities, targets), verdict
 
     async def _settle(
         self,
@@ -248,8 +296,9 @@ class BulkPath:
     ) -> None:
         """Settle activities an earlier run submitted: poll them instead of resubmitting.
 
-        Whatever became of them (finished, `ERROR`, expired, stuck), their contacts end with
-        an outcome: settled from the activity, or sent through the per-contact path.
+        Whatever became of them (finished, `ERROR`, expired, stuck, or an id that now names
+        another activity), their contacts end with an outcome: settled from the activity
+        when it is the one journaled, or sent through the per-contact path.
         """
         try:
             await self._resume(pending, send_outcomes)
@@ -263,7 +312,7 @@ class BulkPath:
             for item in pending:
                 activity = Activity(item.id, item.id, "", "PENDING", None, ())
                 try:
-                    finished = await self._poll(activity)
+                    finished = await self._poll(activity, expected=item.insert_time)
                 except _Stopped:
                     return
                 except (FatalApiError, ConnectionLostError, QuotaExhaustedError):
@@ -310,10 +359,15 @@ class BulkPath:
         log.info("activity %s submitted with %d contacts", activity.key, len(contacts))
         return [(activity, contacts)]
 
-    async def _poll(self, activity: Activity) -> Activity:
+    async def _poll(self, activity: Activity, *, expected: str = "") -> Activity:
         """Poll until the activity finishes.
 
+        `expected` is the `InsertTime` the server gave when the activity was submitted: an
+        answer with another one is not the activity the journal knows (a server that lost
+        its state gives ids again), so it is never used to settle anything.
+
         Raises:
+            ForeignActivityError: the id now names another activity.
             ActivityStuckError: its status (and transaction count) did not change for
                 `stall_timeout` seconds.
             TimeoutError: it did not finish within `poll_timeout` seconds.
@@ -332,6 +386,12 @@ class BulkPath:
                     seen = (activity.status, activity.transaction_count)
                     activity = await self.account.get_activity(activity.key)
                     self.stats.polls += 1
+                    if expected and activity.insert_time and activity.insert_time != expected:
+                        raise ForeignActivityError(
+                            f"activity {activity.key} is not the one submitted (inserted "
+                            f"{activity.insert_time}, not {expected}): the server is not "
+                            "the one the journal talked to"
+                        )
                     now = anyio.current_time()
                     if (activity.status, activity.transaction_count) != seen:
                         wait.status, wait.changed, warned = activity.status, now, False
@@ -415,49 +475,63 @@ class BulkPath:
 
     # --- the membership check -------------------------------------------------------
 
-    async def _probe(self, batch: Batch) -> tuple[tuple[Contact, ...], dict[str, ContactEntry]]:
-        """The probe (up to `probe_size` contacts, existing ones first) and the entries of its
-        contacts that are on other lists, read before anything is sent.
+    async def _witnesses(self, batch: Batch) -> tuple[dict[str, ContactEntry], bool]:
+        """Up to `probe_size` witnesses of the batch (contact key -> entry read now), and
+        whether the whole batch was looked at with every existing contact read.
 
-        Every existing contact of the probe is read, not only a sample: if the server turns
-        out to replace memberships, each of them can be repaired, so I1 holds for them all.
+        The batch is searched 50 emails at a time until enough witnesses are found: existing
+        contacts on lists other than the targets, which a replacing server would make lose a
+        list. A failed search raises (an email not found must really be absent); a contact
+        that cannot be read (gone since the search, a broken entry) is no witness, and then
+        the batch cannot count as fully looked at.
         """
         size = self.config.probe_size
-        head = batch.contacts[: max(50, size)]
-        found = await self.account.search_contacts([c.email for c in head[:50]])
-        existing = [c for c in head if c.email in found][:size]
-        fresh = [c for c in head if c.email not in found][: size - len(existing)]
-        keys = [
-            found[c.email].key
-            for c in existing
-            if found[c.email].status.strip().lower() != "do not mail"
-        ]
-        entries = await self._read_all(keys)
-        before = {e.key: e for e in entries if e.list_keys - set(batch.targets)}
-        return (*existing, *fresh), before
+        witnesses: dict[str, ContactEntry] = {}
+        unread = 0
+        contacts = batch.contacts
+        for start in range(0, len(contacts), SEARCH_BATCH):
+            chunk = contacts[start : start + SEARCH_BATCH]
+            found = await self.account.search_contacts([c.email for c in chunk], strict=True)
+            keys = [s.key for s in found.values() if s.status.strip().lower() != "do not mail"]
+            entries = await self._read_all(keys)
+            unread += len(keys) - len(entries)
+            for entry in entries:
+                if entry.list_keys - set(batch.targets):
+                    witnesses[entry.key] = entry
+                    if len(witnesses) >= size:
+                        return witnesses, False
+        return witnesses, unread == 0
 
     async def _read_all(self, keys: list[str]) -> list[ContactEntry]:
-        """The full entries of `keys`, read concurrently (the governor bounds them)."""
+        """The full entries of `keys` that could be read, read concurrently (the governor
+        bounds them); a contact that cannot be read (404, a broken entry) is left out."""
         entries: dict[str, ContactEntry] = {}
 
         async def read(key: str) -> None:
-            entries[key] = await self.account.get_contact(key)
+            try:
+                entries[key] = await self.account.get_contact(key)
+            except (FatalApiError, ConnectionLostError, QuotaExhaustedError):
+                raise
+            except ApiError as exc:
+                log.info("contact %s cannot be read for the bulk check: %s", key, exc)
 
         async with anyio.create_task_group() as tg:
             for key in keys:
                 tg.start_soon(read, key)
-        return [entries[key] for key in keys]
+        return [entries[key] for key in keys if key in entries]
 
     async def _check(
         self, before: dict[str, ContactEntry], targets: dict[str, str]
-    ) -> dict[str, frozenset[str]]:
-        """Probed contact key -> lists it lost (before ∪ targets minus after)."""
+    ) -> tuple[dict[str, frozenset[str]], int]:
+        """Probed contact key -> lists it lost (before ∪ targets minus after), and how many
+        probed contacts could be read back."""
         lost: dict[str, frozenset[str]] = {}
-        for after in await self._read_all(list(before)):
+        after_all = await self._read_all(list(before))
+        for after in after_all:
             missing = (before[after.key].list_keys | set(targets)) - after.list_keys
             if missing:
                 lost[after.key] = missing
-        return lost
+        return lost, len(after_all)
 
     async def _switch_off(
         self,
@@ -476,10 +550,15 @@ class BulkPath:
         self.warnings.append(message)
         log.error(message)
         for key, entry in before.items():
-            current = await self.account.get_contact(key)
-            wanted = {uri_key(uri): uri for uri in entry.lists}
-            wanted.update(targets)
-            body = merge_contact_lists(current, wanted)
-            if body is not None:
-                await self.account.put_contact(current, body)
+            try:
+                current = await self.account.get_contact(key)
+                wanted = {uri_key(uri): uri for uri in entry.lists}
+                wanted.update(targets)
+                body = merge_contact_lists(current, wanted)
+                if body is not None:
+                    await self.account.put_contact(current, body)
+            except (FatalApiError, ConnectionLostError, QuotaExhaustedError):
+                raise
+            except ApiError as exc:  # its email goes contact by contact below, read afresh
+                log.error("probed contact %s could not be repaired here: %s", key, exc)
         await self._fall_back(probe, "bulk path switched off")

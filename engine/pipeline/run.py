@@ -323,7 +323,9 @@ class _Run:
     async def on_submitted(self, activity: Activity, batch: Batch) -> None:
         """Journal an activity as soon as its id is known, before it is relied on."""
         if self.journal is not None:
-            await self.journal.activity_submitted(activity.key, batch.targets, batch.contacts)
+            await self.journal.activity_submitted(
+                activity.key, batch.targets, batch.contacts, activity.insert_time
+            )
 
     async def execute(
         self,
