@@ -24,8 +24,10 @@ event loop.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
+import os
 import sqlite3
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -42,6 +44,8 @@ from engine.pipeline.models import Contact, Outcome
 __all__ = ["Journal", "PendingActivity", "journal_key"]
 
 SCHEMA_VERSION = "3"
+#: Marks a journal of this engine (meta `engine`): no other file is adopted or deleted.
+ENGINE_MARK = "ctct-migration-engine"
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -57,7 +61,8 @@ CREATE TABLE IF NOT EXISTS outcomes (
     run INTEGER NOT NULL,
     targets TEXT NOT NULL,      -- JSON list of the list keys the contact had to end up on
     lists_before TEXT,          -- JSON list of the list keys read before the write; NULL: unread
-    note TEXT NOT NULL          -- e.g. why a bulk contact went contact by contact
+    note TEXT NOT NULL,         -- e.g. why a bulk contact went contact by contact
+    retry INTEGER NOT NULL      -- 1: failed for a cause that may pass; a rerun retries it
 );
 CREATE INDEX IF NOT EXISTS outcomes_by_row ON outcomes (first_row);
 CREATE TABLE IF NOT EXISTS activities (
@@ -80,7 +85,8 @@ CREATE TABLE IF NOT EXISTS runs (
     run INTEGER PRIMARY KEY AUTOINCREMENT,
     started REAL NOT NULL,
     ended REAL,
-    status TEXT NOT NULL DEFAULT 'running'
+    status TEXT NOT NULL DEFAULT 'running',
+    pid INTEGER                 -- the process of the run (named to a second run, refused)
 );
 """
 
@@ -111,6 +117,28 @@ class PendingActivity:
     insert_time: str = ""
 
 
+#: Journals this process holds locked, by resolved path -> pid (a second `Journal.open` of
+#: the same file in this process is told apart from another process).
+_LOCK_HOLDERS: dict[str, int] = {}
+
+
+def _lock_holder(path: Path) -> str:
+    """Who holds the lock of `path`, in words: "pid N" when known."""
+    if str(path.resolve()) in _LOCK_HOLDERS:
+        return f"pid {os.getpid()}, this process"
+    try:
+        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=2)
+        try:
+            row = db.execute(
+                "SELECT pid FROM runs WHERE status = 'running' ORDER BY run DESC LIMIT 1"
+            ).fetchone()
+        finally:
+            db.close()
+    except sqlite3.Error:
+        row = None
+    return f"pid {row[0]}" if row and row[0] else "pid unknown"
+
+
 def _outcome_key(outcome: Outcome) -> str:
     if outcome.kind == "rejected" or not outcome.email:
         return f"row:{outcome.rows[0] if outcome.rows else 0}"
@@ -134,6 +162,7 @@ class Journal:
         self._last_write = time.monotonic()
         self._limiter = anyio.CapacityLimiter(1)
         self._db: sqlite3.Connection | None = None
+        self._lock_fd: int | None = None
         self.run = 0
         self.resumed = False
 
@@ -176,11 +205,82 @@ class Journal:
             raise SourceError(f"{self.path} is not a journal of this engine ({exc})") from exc
         self._db = db
 
+    def _lock_sync(self) -> None:
+        """Hold an exclusive lock on the journal file for the run (flock: it does not meet
+        SQLite's own fcntl locks), so that two runs of one migration never run at once.
+
+        Raises:
+            ConfigError: another process holds it (its pid is in the message).
+        """
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            holder = _lock_holder(self.path)
+            raise ConfigError(
+                f"another run of this migration is running ({holder}) with the journal "
+                f"{self.path}: wait for it to end or stop it (Ctrl-C, or kill its pid), then "
+                "run the command again"
+            ) from None
+        self._lock_fd = fd
+        _LOCK_HOLDERS[str(self.path.resolve())] = os.getpid()
+
+    def _unlock_sync(self) -> None:
+        if self._lock_fd is not None:
+            _LOCK_HOLDERS.pop(str(self.path.resolve()), None)
+            os.close(self._lock_fd)  # releases the flock
+            self._lock_fd = None
+
+    def _check_ours_sync(self) -> None:
+        """Refuse a file that exists and is not a journal of this engine: it is never given
+        tables, adopted, or deleted (by `restart`).
+
+        Raises:
+            ConfigError: it is another SQLite database, or not SQLite at all.
+        """
+        if not self.path.exists() or self.path.stat().st_size == 0:
+            return
+        refusal = (
+            f"{self.path} is not a journal of this engine, and is left as it is: pass "
+            "another --journal path"
+        )
+        try:
+            db = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True)
+            try:
+                tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master")}
+                meta = (
+                    dict(db.execute("SELECT name, value FROM meta").fetchall())
+                    if "meta" in tables
+                    else {}
+                )
+            finally:
+                db.close()
+        except sqlite3.Error as exc:
+            raise ConfigError(f"{refusal} ({exc})") from exc
+        if not tables:
+            return  # an empty database: a journal that never got its tables
+        # Journals of earlier versions had no mark, but their key, version and tables.
+        earlier = {"key", "version"} <= meta.keys() and {"outcomes", "runs"} <= tables
+        if meta.get("engine") != ENGINE_MARK and not earlier:
+            raise ConfigError(refusal)
+
     def _open_sync(self, key: str, restart: bool) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._check_ours_sync()
         if restart and self.path.exists():
+            self._lock_sync()  # never delete the journal of a run in progress
             for suffix in ("", "-wal", "-shm"):
                 Path(f"{self.path}{suffix}").unlink(missing_ok=True)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._unlock_sync()
+        self._lock_sync()
+        try:
+            self._open_locked_sync(key)
+        except BaseException:
+            self._unlock_sync()
+            raise
+
+    def _open_locked_sync(self, key: str) -> None:
         db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
         try:
             db.execute("PRAGMA journal_mode=WAL")
@@ -210,10 +310,17 @@ class Journal:
         if not found:
             db.executemany(
                 "INSERT INTO meta (name, value) VALUES (?, ?)",
-                [("key", key), ("version", SCHEMA_VERSION), ("created", str(time.time()))],
+                [
+                    ("engine", ENGINE_MARK),
+                    ("key", key),
+                    ("version", SCHEMA_VERSION),
+                    ("created", str(time.time())),
+                ],
             )
         self.resumed = bool(found)
-        cursor = db.execute("INSERT INTO runs (started) VALUES (?)", (time.time(),))
+        cursor = db.execute(
+            "INSERT INTO runs (started, pid) VALUES (?, ?)", (time.time(), os.getpid())
+        )
         self.run = int(cursor.lastrowid or 0)
         self._db = db
 
@@ -226,13 +333,16 @@ class Journal:
 
     def _close_sync(self, status: str) -> None:
         db = self._conn()
-        if self.run:
-            db.execute(
-                "UPDATE runs SET ended = ?, status = ? WHERE run = ?",
-                (time.time(), status, self.run),
-            )
-        db.close()
-        self._db = None
+        try:
+            if self.run:
+                db.execute(
+                    "UPDATE runs SET ended = ?, status = ? WHERE run = ?",
+                    (time.time(), status, self.run),
+                )
+        finally:
+            db.close()
+            self._db = None
+            self._unlock_sync()
 
     def _conn(self) -> sqlite3.Connection:
         if self._db is None:
@@ -262,6 +372,7 @@ class Journal:
                 json.dumps(list(outcome.targets)),
                 None if outcome.lists_before is None else json.dumps(list(outcome.lists_before)),
                 outcome.note,
+                int(outcome.retryable),
             )
         )
         if (
@@ -296,26 +407,36 @@ class Journal:
         db = self._conn()
         with db:
             db.execute("BEGIN")
-            db.executemany("INSERT OR REPLACE INTO outcomes VALUES (?,?,?,?,?,?,?,?,?,?,?,?)", rows)
+            marks = ",".join("?" * 13)
+            db.executemany(f"INSERT OR REPLACE INTO outcomes VALUES ({marks})", rows)
 
     async def finished(self, emails: Sequence[str]) -> set[str]:
-        """Which of `emails` already have an outcome."""
+        """Which of `emails` already have an outcome that holds (not a retryable failure)."""
+        done, _ = await self.outcomes_of(emails)
+        return done
+
+    async def outcomes_of(self, emails: Sequence[str]) -> tuple[set[str], set[str]]:
+        """Of `emails`: those with an outcome that holds, and those that failed earlier for a
+        cause that may have passed (a rerun retries them)."""
         if not emails:
-            return set()
-        result: set[str] = await self._call(self._finished_sync, list(emails))
+            return set(), set()
+        result: tuple[set[str], set[str]] = await self._call(self._outcomes_sync, list(emails))
         return result
 
     def _finished_sync(self, emails: list[str]) -> set[str]:
+        return self._outcomes_sync(emails)[0]
+
+    def _outcomes_sync(self, emails: list[str]) -> tuple[set[str], set[str]]:
         db = self._conn()
-        found: set[str] = set()
+        done: set[str] = set()
+        retry: set[str] = set()
         for start in range(0, len(emails), 900):  # SQLite's bound-parameter limit
             chunk = emails[start : start + 900]
             marks = ",".join("?" * len(chunk))
-            found.update(
-                row[0]
-                for row in db.execute(f"SELECT key FROM outcomes WHERE key IN ({marks})", chunk)
-            )
-        return found
+            query = f"SELECT key, retry FROM outcomes WHERE key IN ({marks})"
+            for key, again in db.execute(query, chunk):
+                (retry if again else done).add(key)
+        return done, retry
 
     async def counts(self) -> tuple[dict[str, int], int]:
         """(outcome kind -> rows, records) over every run."""
@@ -333,11 +454,11 @@ class Journal:
     def iter_outcomes(self) -> Iterator[Outcome]:
         """Every outcome, in source order (call from a worker thread)."""
         query = (
-            "SELECT email, kind, reason, lists_added, rows, path, targets, lists_before, note "
-            "FROM outcomes ORDER BY first_row"
+            "SELECT email, kind, reason, lists_added, rows, path, targets, lists_before, note, "
+            "retry FROM outcomes ORDER BY first_row"
         )
         rows_of = self._conn().execute(query)
-        for email, kind, reason, added, rows, path, targets, before, note in rows_of:
+        for email, kind, reason, added, rows, path, targets, before, note, retry in rows_of:
             yield Outcome(
                 email,
                 kind,
@@ -348,6 +469,7 @@ class Journal:
                 tuple(json.loads(targets)),
                 None if before is None else tuple(json.loads(before)),
                 note,
+                bool(retry),
             )
 
     async def write_report(self, path: Path, line: Any) -> int:

@@ -8,6 +8,7 @@ body under a size cap, and turns a status code into an error (`classify`).
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import email.utils
 import enum
@@ -397,6 +398,7 @@ class Account:
         data: bytes | None = None,
         content_type: str | None = None,
         retry: RetryPolicy | None = None,
+        prepaid: bool = False,
     ) -> T:
         if self._session is None:
             raise RuntimeError("use the Account inside `async with` first")
@@ -411,7 +413,8 @@ class Account:
             sleep=self._sleep, on_retry=count_retry
         ):
             with attempt:
-                answer = await self._attempt(session, method, target, data, headers)
+                answer = await self._attempt(session, method, target, data, headers, prepaid)
+                prepaid = False  # a retry waits for its own turn
                 if answer.status not in expect:
                     error = classify(
                         answer.status,
@@ -446,8 +449,9 @@ class Account:
         url: URL,
         data: bytes | None,
         headers: dict[str, str] | None,
+        prepaid: bool = False,
     ) -> _Answer:
-        async with self.governor.slot():
+        async with self.governor.slot(prepaid=prepaid):
             self.requests_sent += 1
             try:
                 async with session.request(
@@ -638,8 +642,22 @@ class Account:
             parse=codec.parse_contact_entry,
         )
 
-    async def put_contact(self, entry: ContactEntry, body: bytes) -> None:
+    async def put_contact(
+        self,
+        entry: ContactEntry,
+        body: bytes,
+        *,
+        prepaid: bool = False,
+        retry: RetryPolicy | None = None,
+    ) -> None:
         """PUT a whole contact entry back (204). The body must come from `merge_contact_lists`.
+
+        Args:
+            entry: the entry the body was merged from.
+            body: the whole entry to send.
+            prepaid: its rate turn was taken with `governor.take_turn()`: it leaves at once.
+            retry: another retry policy for this request (the put stage retries a PUT
+                itself, re-checking the entry before each attempt).
 
         Raises:
             DoNotMailError: the contact is on the Do Not Mail list (403).
@@ -652,7 +670,16 @@ class Account:
             expect=(204, 200, 201),
             data=body,
             content_type=ATOM,
+            retry=retry,
+            prepaid=prepaid,
         )
+
+    async def pause(self, seconds: float) -> None:
+        """Sleep as the client sleeps between retries (tests inject a no-op)."""
+        if self._sleep is None:
+            await asyncio.sleep(seconds)
+        else:
+            await self._sleep(seconds)
 
     async def create_contact(
         self, email: str, list_uris: Sequence[str], fields: Mapping[str, str] | None = None

@@ -138,16 +138,35 @@ class RateGovernor:
         """Requests spent in the current UTC day."""
         return self._used_today
 
+    async def take_turn(self) -> None:
+        """Wait for a request's turn (rate and daily budget) now, for a request that is then
+        sent with `slot(prepaid=True)` and leaves without waiting again.
+
+        For a check that must happen right before its request (the staleness check before a
+        PUT): taken the other way round, the request's wait for the rate would sit between
+        the check and the request.
+
+        Raises:
+            QuotaExhaustedError: the daily budget is spent.
+        """
+        self._spend_budget()
+        await self._wait_turn()
+
     @asynccontextmanager
-    async def slot(self) -> AsyncIterator[None]:
+    async def slot(self, *, prepaid: bool = False) -> AsyncIterator[None]:
         """Hold a slot for one request: within the concurrency, rate and daily budget.
+
+        Args:
+            prepaid: the request's turn was taken with `take_turn`: only the concurrency
+                limit is waited for.
 
         Raises:
             QuotaExhaustedError: the daily budget is spent.
         """
         async with self._limiter:
-            self._spend_budget()
-            await self._wait_turn()
+            if not prepaid:
+                self._spend_budget()
+                await self._wait_turn()
             # The task that sends the request is the one that reports its throttle.
             _SENT_AT.set(self._clock())
             yield

@@ -12,6 +12,7 @@ are both bounded; when they run out the *last* error is raised (never tenacity's
 from __future__ import annotations
 
 import logging
+import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -55,6 +56,15 @@ class RetryPolicy:
         for name in ("timeout", "wait_initial", "wait_max", "wait_jitter"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"RetryPolicy.{name} cannot be negative")
+
+    def wait_before(self, attempt: int, error: BaseException | None = None) -> float:
+        """Seconds to wait before attempt `attempt + 1`, after `error` (the same backoff as
+        `retrying`, for a caller that runs its own loop)."""
+        seconds: float = min(self.wait_max, self.wait_initial * 2.0 ** (attempt - 1))
+        seconds += random.uniform(0, self.wait_jitter)
+        if isinstance(error, ThrottledError) and error.retry_after is not None:
+            seconds = max(seconds, float(error.retry_after))
+        return seconds
 
     def retrying(
         self,

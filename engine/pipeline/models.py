@@ -127,6 +127,8 @@ class Outcome:
             None when it did not read them, as on the bulk path). The audit proves I1 with it.
         note: what the user should know about how it got there (e.g. that its bulk activity
             was stuck and it was sent contact by contact).
+        retryable: a `failed` outcome whose cause may pass (5xx, throttling, a garbled
+            answer, a search that failed): running the same command again retries it.
     """
 
     email: str
@@ -138,3 +140,4 @@ class Outcome:
     targets: tuple[str, ...] = ()
     lists_before: tuple[str, ...] | None = None
     note: str = ""
+    retryable: bool = False

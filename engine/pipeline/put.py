@@ -10,8 +10,9 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 from engine.api.client import Account
 from engine.api.codec import merge_contact_lists
 from engine.api.records import uri_key
+from engine.api.retry import RetryPolicy
 from engine.crashpoints import crash_point
-from engine.errors import ConflictError
+from engine.errors import ConflictError, RetryableApiError
 from engine.pipeline.merge import Write, decide
 from engine.pipeline.models import Outcome
 from engine.pipeline.stats import StageStats, outcome_for_error
@@ -39,7 +40,8 @@ async def send_write(
     PUT, an entry older than `stale_after` (every entry with `verify="all"`) is read again
     and the union rebuilt if it changed, so a concurrent writer's change is not dropped;
     with `verify="all"` the contact is also read back after the PUT and the union
-    re-applied if a concurrent write removed a list.
+    re-applied if a concurrent write removed a list. The PUT's rate turn is taken before
+    that check, so the GET→PUT window is one round trip whatever the rate (see `_put`).
     """
     contact = write.contact
     rows = tuple(contact.rows)
@@ -47,15 +49,12 @@ async def send_write(
     try:
         for _ in range(MAX_CONFLICTS):
             if write.entry is not None and write.body is not None:
-                stale = anyio.current_time() - write.fetched_at > stale_after
-                if verify == "all" or (verify == "stale" and stale):
-                    refreshed = await _refresh(write, account, skip_removed)
-                    if isinstance(refreshed, Outcome):
-                        return refreshed
-                    write = refreshed
+                sent = await _put(write, account, skip_removed, verify, stale_after)
+                if isinstance(sent, Outcome):
+                    return sent
+                write = sent
                 if write.entry is None or write.body is None:
                     continue  # the fresh read turned it into another kind of write
-                await account.put_contact(write.entry, write.body)
                 crash_point("put")
                 before = tuple(sorted(write.entry.list_keys))
                 reason = ""
@@ -85,10 +84,59 @@ async def send_write(
                     return result
                 write = result
         return Outcome(
-            contact.email, "failed", rows, "409 on create, yet no contact found", path="contact"
+            contact.email,
+            "failed",
+            rows,
+            "409 on create, yet no contact found",
+            path="contact",
+            retryable=True,  # the search that should have found it may have failed
         )
     except Exception as exc:
         return outcome_for_error(contact, exc, "contact")
+
+
+#: The PUT itself is sent once per round of `_put`, which does the retrying.
+_ONCE = RetryPolicy(attempts=1)
+
+
+async def _put(
+    write: Write, account: Account, skip_removed: bool, verify: str, stale_after: float
+) -> Write | Outcome:
+    """PUT a merged entry; returns the write sent (or what a fresh read turned it into).
+
+    The API has no ETags: whatever another writer changes between the GET the body was
+    built from and the PUT is overwritten. So each attempt first takes the PUT's rate turn,
+    then checks the entry's age (every entry with `verify="all"`) and reads it again when
+    stale, then sends the PUT at once: the window is one round trip at any rate, instead of
+    the wait for a rate token (seconds at 4 requests/s). A retry (5xx, throttling) goes
+    through the same steps after its backoff, since its entry has aged meanwhile.
+    """
+    policy = account.retry
+    started = anyio.current_time()
+    attempt = 0
+    while True:
+        attempt += 1
+        await account.governor.take_turn()
+        stale = anyio.current_time() - write.fetched_at > stale_after
+        if verify == "all" or (verify == "stale" and stale):
+            refreshed = await _refresh(write, account, skip_removed)
+            if isinstance(refreshed, Outcome):
+                return refreshed
+            write = refreshed
+        entry, body = write.entry, write.body
+        if entry is None or body is None:
+            return write  # the fresh read turned it into another kind of write
+        try:
+            await account.put_contact(entry, body, prepaid=True, retry=_ONCE)
+            return write
+        except RetryableApiError as error:
+            wait = policy.wait_before(attempt, error)
+            spent = anyio.current_time() - started
+            if attempt >= policy.attempts or spent + wait > policy.timeout:
+                raise
+            account.retries += 1
+            log.info("PUT retry %d in %.2fs after: %s", attempt, wait, error)
+            await account.pause(wait)
 
 
 async def _refresh(write: Write, account: Account, skip_removed: bool) -> Write | Outcome:

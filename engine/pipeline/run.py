@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
@@ -58,6 +59,7 @@ class MigrationReport:
         outcomes: outcome kind -> rows; with `pending`, adds up to `rows` (invariant I3).
         pending: rows without an outcome yet (the run was stopped); a resumed run does them.
         resumed: rows whose outcome an earlier run recorded (not sent again).
+        retried: rows an earlier run failed for a cause that may pass, tried again.
         merged_rows: rows coalesced into another row of the same email.
         requests: requests sent to the API by this run.
         retries: requests retried.
@@ -85,6 +87,7 @@ class MigrationReport:
     report_path: Path | None
     pending: int = 0
     resumed: int = 0
+    retried: int = 0
     journal_path: Path | None = None
     bulk_enabled: bool = True
     stopped: bool = False
@@ -105,6 +108,8 @@ class MigrationReport:
         )
         if self.resumed:
             text += f" {self.resumed} rows were done by an earlier run."
+        if self.retried:
+            text += f" {self.retried} rows had failed in an earlier run and were retried."
         if self.pending:
             text += (
                 f" {self.pending} rows are not done yet: run the same command again to "
@@ -197,6 +202,7 @@ async def migrate(
     if snapshot and journal is None:
         raise ConfigError("a snapshot is kept in the journal: give a journal path")
     reader = SourceReader(source, config.read)
+    _check_outputs(reader.path, report, journal)
     if reader.path is None and not config.lists and not config.read.lists_column:
         raise ConfigError("no target lists: pass lists=[...] or a lists column")
     stats = RunStats()
@@ -210,7 +216,8 @@ async def migrate(
     names = [*config.lists, *sorted(scan.list_names)]
     opened: Journal | None = None
     if journal is not None:
-        key = journal_key(scan.digest or "iterable", names, _identity(config))
+        identity = {**_identity(config), "account": _account_identity(account)}
+        key = journal_key(scan.digest or "iterable", names, identity)
         opened = await Journal.open(journal, key=key, restart=restart)
     try:
         await account.verify()
@@ -222,6 +229,46 @@ async def migrate(
     finally:
         if opened is not None:
             await opened.aclose()
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    """Whether two paths name one file (by inode when both exist, else by resolved path)."""
+    try:
+        if a.exists() and b.exists():
+            return a.samefile(b)
+    except OSError:
+        pass
+    return a.resolve() == b.resolve()
+
+
+def _check_outputs(
+    source: Path | None, report: str | Path | None, journal: str | Path | None
+) -> None:
+    """Refuse outputs that would overwrite the source or each other (nothing is written).
+
+    Raises:
+        ConfigError: the report or the journal is the source, or they are one file.
+    """
+    named = {"report": report, "journal": journal}
+    paths = {what: Path(p) for what, p in named.items() if p is not None}
+    for what, path in paths.items():
+        if source is not None and _same_file(path, source):
+            raise ConfigError(
+                f"the {what} path {path} is the source file: it would be overwritten; pass "
+                f"another --{what} path"
+            )
+    if len(paths) == 2 and _same_file(paths["report"], paths["journal"]):
+        raise ConfigError(
+            f"the report and the journal are the same file ({paths['report']}): pass another "
+            "--journal path"
+        )
+
+
+def _account_identity(account: Account) -> str:
+    """The account a journal belongs to: username and host (not the port: a local simulator
+    gets a new one at each start, and its account may be the same)."""
+    host = urlsplit(account.base_url).hostname or ""
+    return f"{account.credentials.username}@{host}"
 
 
 def _identity(config: MigrationConfig) -> dict[str, object]:
@@ -258,6 +305,7 @@ class _Run:
         self.journal = journal
         self.stop = stop
         self.resumed_rows = 0
+        self.retried_rows = 0
         self.held: set[str] = set()  # emails carried by activities of an earlier run
         # `linger` is for streaming sources: a file's batches fill up to the caps or the
         # end of the input, or 20,000 rows would go out in as many activities as lingers.
@@ -312,7 +360,11 @@ class _Run:
     ) -> None:
         done: set[str] = set()
         if self.journal is not None and self.journal.resumed:
-            done = await self.journal.finished([i.email for i in chunk if isinstance(i, SourceRow)])
+            emails = [i.email for i in chunk if isinstance(i, SourceRow)]
+            done, again = await self.journal.outcomes_of(emails)
+            self.retried_rows += sum(
+                len(i.lines) for i in chunk if isinstance(i, SourceRow) and i.email in again
+            )
         for item in chunk:
             if isinstance(item, SourceRow) and (item.email in done or item.email in self.held):
                 if item.email in done:
@@ -522,6 +574,7 @@ class _Run:
             report_path=report_path,
             pending=max(0, rows - sum(outcomes.values())),
             resumed=self.resumed_rows,
+            retried=self.retried_rows,
             journal_path=self.journal.path if self.journal else None,
             bulk_enabled=bulk.enabled,
             stopped=self.stop.is_set(),

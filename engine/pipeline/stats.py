@@ -18,6 +18,7 @@ from engine.errors import (
     DoNotMailError,
     FatalApiError,
     QuotaExhaustedError,
+    RetryableApiError,
 )
 from engine.pipeline.models import Contact, Outcome, Stage
 
@@ -187,7 +188,12 @@ def outcome_for_error(contact: Contact, error: Exception, path: str) -> Outcome:
         reason = f"merge refused, nothing sent: {error}"
     else:
         raise error
-    return Outcome(contact.email, "failed", tuple(contact.rows), reason, path=path)
+    # A cause that may pass (a 5xx, throttling, a garbled answer after its retries): the
+    # same command run again retries the contact instead of counting it done.
+    retryable = isinstance(error, RetryableApiError)
+    return Outcome(
+        contact.email, "failed", tuple(contact.rows), reason, path=path, retryable=retryable
+    )
 
 
 async def fan_out(

@@ -336,7 +336,7 @@ async def test_concurrent_writer_keeps_its_lists_and_targets_are_restored(
 
         async with new_account(sim) as account:
             get_contact: Callable[[str], Awaitable[ContactEntry]] = account.get_contact
-            put_contact: Callable[[ContactEntry, bytes], Awaitable[None]] = account.put_contact
+            put_contact: Callable[..., Awaitable[None]] = account.put_contact
 
             async def racing_get(key: str) -> ContactEntry:
                 entry = await get_contact(key)
@@ -348,8 +348,8 @@ async def test_concurrent_writer_keeps_its_lists_and_targets_are_restored(
                         set_lists(store, email, read_by_engine[email] | {"Zeta"})
                 return entry
 
-            async def racing_put(entry: ContactEntry, body: bytes) -> None:
-                await put_contact(entry, body)
+            async def racing_put(entry: ContactEntry, body: bytes, **options: Any) -> None:
+                await put_contact(entry, body, **options)
                 email = entry.email.lower()
                 if email in stale_after_put and email not in seen_put:
                     seen_put.add(email)

@@ -88,10 +88,12 @@ async def test_verify_all_re_applies_the_union_after_a_concurrent_stale_put(
     original: Callable[..., object] = Account.put_contact
     calls = 0
 
-    async def put_then_clobber(self: Account, e: ContactEntry, body: bytes) -> None:
+    async def put_then_clobber(
+        self: Account, e: ContactEntry, body: bytes, **options: object
+    ) -> None:
         nonlocal calls
         calls += 1
-        await original(self, e, body)  # type: ignore[misc]
+        await original(self, e, body, **options)  # type: ignore[misc]
         if calls == 1:  # the other writer PUTs from its own old read: A and C, not B
             stored = store.contact_by_email("jane@example.com")
             assert stored is not None
