@@ -154,7 +154,15 @@ class NotFoundError(SkippableApiError):
 
 
 class ConflictError(SkippableApiError):
-    """Raised for a 409: the email (in any status) or list name already exists."""
+    """Raised for a 409: the email (in any status) or list name already exists.
+
+    Attributes:
+        after_retry: the 409 answered a retry: an earlier attempt of the same POST got no
+            answer (or a 5xx), so the server may have applied it and the conflict may be
+            with what that attempt created.
+    """
+
+    after_retry: bool = False
 
 
 class BadRequestError(SkippableApiError):

@@ -426,6 +426,8 @@ class Account:
                     )
                     if isinstance(error, ThrottledError):
                         self.governor.on_throttle(error.retry_after)
+                    if isinstance(error, ConflictError):
+                        error.after_retry = attempt.retry_state.attempt_number > 1
                     raise error
                 self.governor.on_success()
                 if answer.body and "html" in answer.headers.get("Content-Type", "").lower():
@@ -713,8 +715,14 @@ class Account:
         async for member in self._pages(first, "members", codec.parse_members_page):
             yield member
 
-    async def submit_activity(self, body: bytes) -> Activity:
-        """POST a bulk activity (a body from `encode_add_contacts`); answers 201."""
+    async def submit_activity(self, body: bytes, *, retry: RetryPolicy | None = None) -> Activity:
+        """POST a bulk activity (a body from `encode_add_contacts`); answers 201.
+
+        Args:
+            body: the form.
+            retry: another retry policy (the bulk path posts once and, after a lost answer,
+                looks for the activity before posting again: see `recent_activities`).
+        """
         return await self._send(
             "POST",
             self.url("activities"),
@@ -723,7 +731,15 @@ class Account:
             expect=(201,),
             data=body,
             content_type=FORM,
+            retry=retry,
         )
+
+    async def recent_activities(self) -> list[Activity]:
+        """The first page of `GET activities`: the newest activities (up to 50), newest first."""
+        page = await self._send(
+            "GET", self.url("activities"), kind="activities", parse=codec.parse_activities_page
+        )
+        return list(page.items)
 
     async def get_activity(self, key: str) -> Activity:
         """GET an activity's status and line errors."""

@@ -251,7 +251,16 @@ def parse_service_document(body: bytes) -> tuple[str, ...]:
 
 def parse_activity(body: bytes) -> Activity:
     """Parse `GET activities/{id}` or the 201 body of `POST activities`."""
-    entry = _root(_parse_tree(body), "entry")
+    return _activity(_root(_parse_tree(body), "entry"))
+
+
+def parse_activities_page(body: bytes) -> Page[Activity]:
+    """Parse a page of `GET activities` (newest first)."""
+    entries, next_href = _entries(body)
+    return Page(tuple(_activity(e) for e in entries), next_href)
+
+
+def _activity(entry: dict[str, Any]) -> Activity:
     payload = _payload(entry, "Activity")
     uri = str(payload.get("@id") or "") or _text(entry.get("id"))
     if not uri:

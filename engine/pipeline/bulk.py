@@ -40,12 +40,14 @@ from engine.api.activities import (
 from engine.api.client import SEARCH_BATCH, Account
 from engine.api.codec import merge_contact_lists
 from engine.api.records import Activity, ContactEntry, uri_key
+from engine.api.retry import RetryPolicy
 from engine.crashpoints import crash_point
 from engine.errors import (
     ApiError,
     ConnectionLostError,
     FatalApiError,
     QuotaExhaustedError,
+    RetryableApiError,
 )
 from engine.journal import PendingActivity
 from engine.pipeline.config import MigrationConfig
@@ -55,6 +57,10 @@ from engine.pipeline.stats import ActivityWait, RunStats
 __all__ = ["BulkPath"]
 
 log = logging.getLogger("engine.bulk")
+
+
+#: An activity POST is sent once per round of `_post_activity`, which does the retrying.
+_ONCE = RetryPolicy(attempts=1)
 
 
 class _Stopped(Exception):
@@ -98,6 +104,7 @@ class BulkPath:
         self.enabled = True
         self.verified = False
         self._check_lock = anyio.Lock()
+        self._post_lock = anyio.Lock()
         self.warnings: list[str] = []
         #: email -> why it was sent contact by contact (put on its outcome by the record stage).
         self.notes: dict[str, str] = {}
@@ -350,7 +357,7 @@ class BulkPath:
             ]
         if self._stop is not None and self._stop.is_set():
             raise _Stopped
-        activity = await self.account.submit_activity(body)
+        activity = await self._post_activity(body)
         self.stats.activities += 1
         crash_point("activity-submitted")
         if self._on_submitted is not None:
@@ -358,6 +365,47 @@ class BulkPath:
         crash_point("activity-journaled")
         log.info("activity %s submitted with %d contacts", activity.key, len(contacts))
         return [(activity, contacts)]
+
+    async def _post_activity(self, body: bytes) -> Activity:
+        """POST an activity; after a lost answer, adopt the activity the server made of it
+        instead of posting it again.
+
+        An answer lost after the server applied the POST (a dropped connection, a timeout, a
+        5xx from a proxy) would otherwise be retried blindly, and the account would run the
+        activity twice, once unknown to the journal. So the ids of the newest activities are
+        read before posting, and after a lost answer again: exactly one new activity is this
+        one (posts are serialised by a lock, so no other batch of this run posts meanwhile),
+        and it is adopted. With none the POST is sent again after the usual backoff; with
+        several (another client posts too) the engine cannot tell, and posts again: a second
+        activity adds the same memberships, which is harmless, and is the one settled.
+        """
+        policy = self.account.retry
+        async with self._post_lock:
+            known = {a.key for a in await self.account.recent_activities()}
+            attempt = 0
+            while True:
+                attempt += 1
+                try:
+                    return await self.account.submit_activity(body, retry=_ONCE)
+                except RetryableApiError as error:
+                    new = [
+                        a
+                        for a in await self.account.recent_activities()
+                        if a.key not in known and a.type.upper().startswith("ADD_CONTACT")
+                    ]
+                    if len(new) == 1:
+                        log.warning(
+                            "the answer to an activity POST was lost (%s); the server had "
+                            "made it activity %s: adopted, not posted again",
+                            error,
+                            new[0].key,
+                        )
+                        return new[0]
+                    known.update(a.key for a in new)
+                    if attempt >= policy.attempts:
+                        raise
+                    self.account.retries += 1
+                    await self.account.pause(policy.wait_before(attempt, error))
 
     async def _poll(self, activity: Activity, *, expected: str = "") -> Activity:
         """Poll until the activity finishes.

@@ -71,7 +71,7 @@ async def send_write(
                 return Outcome(
                     contact.email, "created", rows, "", write.added, "contact", targets, ()
                 )
-            except ConflictError:
+            except ConflictError as conflict:
                 found = await account.search_contacts([contact.email])
                 summary = found.get(contact.email)
                 entry = await account.get_contact(summary.key) if summary else None
@@ -81,6 +81,22 @@ async def send_write(
                     contact, entry, skip_removed=skip_removed, fetched_at=anyio.current_time()
                 )
                 if isinstance(result, Outcome):
+                    ours = entry.list_keys == frozenset(contact.targets)
+                    if conflict.after_retry and result.kind == "unchanged" and ours:
+                        # The first POST was applied and its answer lost: the contact found,
+                        # on exactly its targets, is the one it created.
+                        return Outcome(
+                            contact.email,
+                            "created",
+                            rows,
+                            "",
+                            tuple(contact.targets),
+                            "contact",
+                            targets,
+                            (),
+                            note="the answer to its POST was lost; the contact it created "
+                            "was found",
+                        )
                     return result
                 write = result
         return Outcome(

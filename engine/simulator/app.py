@@ -93,25 +93,30 @@ class Stats:
         self.total = 0
         self.by_route: Counter[str] = Counter()
         self.by_status: Counter[str] = Counter()
+        self.by_route_status: Counter[str] = Counter()
 
     def record(self, route: str, status: str) -> None:
         """Count one answer."""
         self.total += 1
         self.by_route[route] += 1
         self.by_status[status] += 1
+        self.by_route_status[f"{route} {status}"] += 1
 
     def reset(self) -> None:
         """Forget every count."""
         self.total = 0
         self.by_route.clear()
         self.by_status.clear()
+        self.by_route_status.clear()
 
     def as_json(self) -> dict[str, object]:
-        """`{"total": n, "by_route": {...}, "by_status": {...}}`."""
+        """`{"total": n, "by_route": {...}, "by_status": {...}, "by_route_status": {...}}`
+        (`by_route_status` keys are "ROUTE STATUS", e.g. "POST activities reset")."""
         return {
             "total": self.total,
             "by_route": dict(sorted(self.by_route.items())),
             "by_status": dict(sorted(self.by_status.items())),
+            "by_route_status": dict(sorted(self.by_route_status.items())),
         }
 
 
@@ -642,9 +647,12 @@ async def https_only_middleware(request: web.Request, handler: Handler) -> web.S
 
 @web.middleware
 async def fault_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Seeded latency, 500/503 answers and connection resets, on `/ws/` routes only.
+    """Seeded latency, 500/503 answers, connection resets and lost answers, on `/ws/`
+    routes only.
 
-    A faulted request never reaches the handler, so it has no effect on the account.
+    A reset or 5xx request never reaches the handler, so it has no effect on the account.
+    A lost answer (`lose_answer_rate`, writes only) is the other case: the write is applied,
+    then the connection is aborted before the answer is sent.
     """
     if not request.path.startswith("/ws/"):
         return await handler(request)
@@ -672,7 +680,18 @@ async def fault_middleware(request: web.Request, handler: Handler) -> web.Stream
             return error_response(
                 status, "Internal Server Error" if status == 500 else "Service Unavailable"
             )
-    return await handler(request)
+    response = await handler(request)
+    if (
+        config.lose_answer_rate
+        and request.method in ("POST", "PUT", "DELETE")
+        and response.status < 400
+        and rng.random() < config.lose_answer_rate
+    ):
+        transport = request.transport
+        if transport is not None:
+            transport.abort()  # applied, but the client never learns it
+        request[ABORTED] = True
+    return response
 
 
 def _credentials(header: str) -> tuple[str, str, str] | None:

@@ -77,6 +77,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     faults.add_argument("--throttle-status", type=int, choices=(403, 429, 503), default=403)
     faults.add_argument("--retry-after", type=_non_negative, default=None)
     faults.add_argument("--search-miss-500", action="store_true")
+    faults.add_argument(
+        "--lose-answer-rate",
+        type=_probability,
+        default=0.0,
+        help="share of successful writes applied and then left unanswered (connection aborted)",
+    )
     faults.add_argument("--seed", type=int, default=defaults.seed)
 
     bulk = parser.add_argument_group("activities")
@@ -127,6 +133,7 @@ def config_from_args(args: argparse.Namespace) -> SimulatorConfig:
         throttle_status=args.throttle_status,
         retry_after=args.retry_after,
         search_miss_500=args.search_miss_500,
+        lose_answer_rate=args.lose_answer_rate,
         seed=args.seed,
         activity_delay=args.activity_delay,
         activity_jitter=args.activity_jitter,

@@ -97,6 +97,8 @@ class SimulatorConfig:
             `latency_jitter_ms` (the doc's suggestion for benchmarks, §11).
         error_rate: Probability of answering 500 or 503 instead of serving (no effect).
         reset_rate: Probability of aborting the connection without an answer (no effect).
+        lose_answer_rate: Probability that a successful write (POST, PUT, DELETE) is applied
+            and its answer lost: the connection is aborted after the handler ran.
         seed: Seed of the one random generator behind faults and jitter (activity ids are
             random whatever the seed, so that a restarted server never repeats one).
     """
@@ -153,6 +155,7 @@ class SimulatorConfig:
     latency_lognormal: bool = False
     error_rate: float = 0.0
     reset_rate: float = 0.0
+    lose_answer_rate: float = 0.0
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -198,7 +201,7 @@ class SimulatorConfig:
             "unfinished_activities",
             "must be 'run' or 'error'",
         )
-        for name in ("activity_error_rate", "error_rate", "reset_rate"):
+        for name in ("activity_error_rate", "error_rate", "reset_rate", "lose_answer_rate"):
             rate: float = getattr(self, name)
             _check(0 <= rate <= 1, name, "must be a probability in [0, 1]")
         _check(self.error_rate + self.reset_rate <= 1, "error_rate", "error_rate + reset_rate > 1")

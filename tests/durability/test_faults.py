@@ -141,6 +141,9 @@ FAULTS = [
         id="throttle-503-retry-after",
     ),
     pytest.param(Fault({"search_miss_500": True}), id="search-miss-500"),
+    # Contact POSTs and PUTs and activity POSTs applied, their answers lost: repeating them
+    # must be safe and every row must still end in one true outcome.
+    pytest.param(Fault({"lose_answer_rate": 0.25}, proof=("reset",)), id="lost-answers"),
 ]
 
 
@@ -158,6 +161,17 @@ async def test_fault_scenario_completes(fault: Fault, scenario: Scenario, tmp_pa
         assert stats["by_status"].get(status, 0) > 0, f"no {status} answer: {stats}"
     if fault.timeout < 1:
         assert report.retries > 0, "no request timed out"
+    if fault.sim.get("lose_answer_rate"):
+        # Every activity the server made is one the engine knew (none posted blindly twice),
+        # and every contact the engine's POSTs made is reported created, not unchanged.
+        assert len(sim.store.activities_desc()) == report.activities
+        lost_posts = stats["by_route_status"].get("POST activities reset", 0)
+        assert lost_posts > 0, f"no activity POST lost its answer: {stats}"
+        lines = read_report(tmp_path / "report.jsonl")
+        was = memberships(scenario.before())
+        created = {line["email"] for line in lines if line["outcome"] == "created"}
+        made = {line["email"] for line in lines if line.get("path") == "contact"} - set(was)
+        assert made <= created, sorted(made - created)
     if "rate_limit" in fault.sim:
         assert report.throttles > 0
 
@@ -375,3 +389,42 @@ async def test_concurrent_writer_keeps_its_lists_and_targets_are_restored(
         assert not missing, f"{email} lost its targets {sorted(missing)} to the stale writer"
     outcome = {line["email"]: line["outcome"] for line in lines if line.get("path")}
     assert {outcome[e] for e in adds_between | stale_after_put} == {"updated"}
+
+
+async def test_the_get_to_put_window_stays_short_under_a_rate_limit(
+    scenario: Scenario, tmp_path: Path
+) -> None:
+    """At a rate limit that makes requests queue, every PUT leaves within `stale_after` (plus
+    one round trip) of the last read of its entry: the rate wait is before the check."""
+    stale_after = 0.3
+    async with running(scenario) as sim:
+        last_read: dict[str, float] = {}
+        windows: list[float] = []
+        account = Account(
+            Credentials(USERNAME, API_KEY, PASSWORD),
+            base_url=sim.base_url,
+            ca_file=sim.ca_path,
+            governor=RateGovernor(rate=20.0, concurrency=16),
+            retry=RETRY,
+        )
+        async with account:
+            get_contact: Callable[[str], Awaitable[ContactEntry]] = account.get_contact
+            put_contact: Callable[..., Awaitable[None]] = account.put_contact
+
+            async def timed_get(key: str) -> ContactEntry:
+                entry = await get_contact(key)
+                last_read[entry.key] = anyio.current_time()
+                return entry
+
+            async def timed_put(entry: ContactEntry, body: bytes, **options: Any) -> None:
+                windows.append(anyio.current_time() - last_read[entry.key])
+                await put_contact(entry, body, **options)
+
+            account.get_contact = timed_get  # type: ignore[method-assign]
+            account.put_contact = timed_put  # type: ignore[method-assign]
+            config = dataclasses.replace(CONFIG, bulk_threshold=None, stale_after=stale_after)
+            report = await run(account, scenario, tmp_path, config)
+    assert report.pending == 0
+    assert len(windows) > 50
+    # Before the fix, the PUT waited for its rate token after the check: windows of 1-2 s.
+    assert max(windows) < stale_after + 0.2, sorted(windows)[-5:]

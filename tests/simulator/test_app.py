@@ -772,6 +772,12 @@ async def test_stats_count_by_route_pattern_and_reset(
         "total": 4,
         "by_route": {"GET contacts/{id}": 2, "GET contacts?email": 1, "PUT contacts/{id}": 1},
         "by_status": {"200": 2, "204": 1, "404": 1},
+        "by_route_status": {
+            "GET contacts/{id} 200": 1,
+            "GET contacts/{id} 404": 1,
+            "GET contacts?email 200": 1,
+            "PUT contacts/{id} 204": 1,
+        },
     }
     async with sim_session.delete(simulator.stats_url) as response:
         assert response.status == 204
