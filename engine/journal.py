@@ -41,7 +41,7 @@ import anyio.to_thread
 from engine.errors import ConfigError, SourceError
 from engine.pipeline.models import Contact, Outcome
 
-__all__ = ["Journal", "PendingActivity", "journal_key"]
+__all__ = ["Intent", "Journal", "PendingActivity", "journal_key"]
 
 SCHEMA_VERSION = "3"
 #: Marks a journal of this engine (meta `engine`): no other file is adopted or deleted.
@@ -74,6 +74,13 @@ CREATE TABLE IF NOT EXISTS activities (
     contacts TEXT NOT NULL,     -- JSON [[email, [rows], {fields}], ...], in data order
     submitted REAL NOT NULL,
     finished INTEGER NOT NULL DEFAULT 0,
+    run INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS intents (
+    email TEXT PRIMARY KEY,     -- a contact a write is about to be sent for
+    kind TEXT NOT NULL,         -- 'created' (POST) or 'updated' (PUT)
+    lists_before TEXT NOT NULL, -- JSON list of the list keys it was on before the write
+    lists_added TEXT NOT NULL,  -- JSON list of the list keys the write adds
     run INTEGER NOT NULL
 );
 CREATE TABLE IF NOT EXISTS snapshot (
@@ -139,6 +146,21 @@ def _lock_holder(path: Path) -> str:
     return f"pid {row[0]}" if row and row[0] else "pid unknown"
 
 
+@dataclass(frozen=True, slots=True)
+class Intent:
+    """A write an earlier run was about to send (journaled before it was sent).
+
+    Attributes:
+        kind: "created" (a POST) or "updated" (a PUT).
+        lists_before: the list keys the contact was on before that write.
+        lists_added: the list keys the write added.
+    """
+
+    kind: str
+    lists_before: tuple[str, ...]
+    lists_added: tuple[str, ...]
+
+
 def _outcome_key(outcome: Outcome) -> str:
     if outcome.kind == "rejected" or not outcome.email:
         return f"row:{outcome.rows[0] if outcome.rows else 0}"
@@ -163,6 +185,8 @@ class Journal:
         self._limiter = anyio.CapacityLimiter(1)
         self._db: sqlite3.Connection | None = None
         self._lock_fd: int | None = None
+        self._intents: list[tuple[Any, ...]] = []
+        self._intent_lock = anyio.Lock()
         self.run = 0
         self.resumed = False
 
@@ -486,6 +510,49 @@ class Journal:
                 count += 1
         tmp.replace(path)
         return count
+
+    # --- intents: what a write is about to do ------------------------------------------
+
+    async def intend(
+        self, email: str, kind: str, lists_before: Iterable[str], lists_added: Iterable[str]
+    ) -> None:
+        """Record, durably, a write about to be sent; returns once it is committed.
+
+        A run killed after the write but before its outcome is journaled would otherwise let
+        the next run read the contact after that write and call it `unchanged`, with the
+        lists it was on *after* the write as "before". Commits are grouped: writes waiting
+        at the same moment share one transaction.
+        """
+        self._intents.append(
+            (email, kind, json.dumps(sorted(lists_before)), json.dumps(list(lists_added)), self.run)
+        )
+        async with self._intent_lock:
+            if not self._intents:
+                return  # the holder before us committed ours with its own
+            rows, self._intents = self._intents, []
+            with anyio.CancelScope(shield=True):
+                await self._call(self._write_intents, rows)
+
+    def _write_intents(self, rows: list[tuple[Any, ...]]) -> None:
+        db = self._conn()
+        with db:
+            db.execute("BEGIN")
+            db.executemany("INSERT OR REPLACE INTO intents VALUES (?,?,?,?,?)", rows)
+
+    async def earlier_intents(self) -> dict[str, Intent]:
+        """Writes earlier runs were about to send whose outcome they never recorded."""
+        result: dict[str, Intent] = await self._call(self._earlier_intents_sync)
+        return result
+
+    def _earlier_intents_sync(self) -> dict[str, Intent]:
+        query = (
+            "SELECT i.email, i.kind, i.lists_before, i.lists_added FROM intents i "
+            "LEFT JOIN outcomes o ON o.key = i.email WHERE o.key IS NULL AND i.run < ?"
+        )
+        return {
+            email: Intent(kind, tuple(json.loads(before)), tuple(json.loads(added)))
+            for email, kind, before, added in self._conn().execute(query, (self.run,))
+        }
 
     # --- the pre-run snapshot ---------------------------------------------------------
 

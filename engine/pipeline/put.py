@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable, Iterable
 
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
@@ -21,6 +22,9 @@ __all__ = ["put_contacts", "send_write"]
 
 log = logging.getLogger("engine.put")
 
+#: The journal's `intend`: (email, kind, lists before, lists added), awaited before a write.
+Intend = Callable[[str, str, Iterable[str], Iterable[str]], Awaitable[None]]
+
 #: How often a contact may bounce between POST (409) and a fresh fetch before it fails.
 MAX_CONFLICTS = 3
 
@@ -32,8 +36,13 @@ async def send_write(
     skip_removed: bool,
     verify: str = "stale",
     stale_after: float = 2.0,
+    intend: Intend | None = None,
 ) -> Outcome:
     """Send one write and return its outcome (API errors become outcomes or propagate).
+
+    `intend` (the journal's) is awaited with what each write is about to do (email, kind,
+    lists before, lists added) before it is sent, so a run killed before the outcome is
+    journaled leaves the truth for the next run.
 
     A POST answered 409 means the email appeared meanwhile (or a search missed it): the
     contact is fetched again and merged, and the merge's write is sent instead. Before a
@@ -49,7 +58,7 @@ async def send_write(
     try:
         for _ in range(MAX_CONFLICTS):
             if write.entry is not None and write.body is not None:
-                sent = await _put(write, account, skip_removed, verify, stale_after)
+                sent = await _put(write, account, skip_removed, verify, stale_after, intend)
                 if isinstance(sent, Outcome):
                     return sent
                 write = sent
@@ -64,6 +73,8 @@ async def send_write(
                     contact.email, "updated", rows, reason, write.added, "contact", targets, before
                 )
             try:
+                if intend is not None:
+                    await intend(contact.email, "created", (), write.added)
                 await account.create_contact(
                     contact.email, list(contact.targets.values()), contact.fields
                 )
@@ -116,7 +127,12 @@ _ONCE = RetryPolicy(attempts=1)
 
 
 async def _put(
-    write: Write, account: Account, skip_removed: bool, verify: str, stale_after: float
+    write: Write,
+    account: Account,
+    skip_removed: bool,
+    verify: str,
+    stale_after: float,
+    intend: Intend | None,
 ) -> Write | Outcome:
     """PUT a merged entry; returns the write sent (or what a fresh read turned it into).
 
@@ -142,6 +158,8 @@ async def _put(
         entry, body = write.entry, write.body
         if entry is None or body is None:
             return write  # the fresh read turned it into another kind of write
+        if intend is not None and attempt == 1:
+            await intend(write.contact.email, "updated", entry.list_keys, write.added)
         try:
             await account.put_contact(entry, body, prepaid=True, retry=_ONCE)
             return write
@@ -191,6 +209,7 @@ async def put_contacts(
     stop: anyio.Event | None = None,
     verify: str = "stale",
     stale_after: float = 2.0,
+    intend: Intend | None = None,
 ) -> None:
     """One put worker: one write at a time; once `stop` is set, writes are not sent."""
     async with receive_writes, send_outcomes:
@@ -205,6 +224,7 @@ async def put_contacts(
                     skip_removed=skip_removed,
                     verify=verify,
                     stale_after=stale_after,
+                    intend=intend,
                 )
             finally:
                 stats.busy -= 1

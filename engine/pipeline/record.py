@@ -12,7 +12,7 @@ import anyio
 import anyio.to_thread
 from anyio.streams.memory import MemoryObjectReceiveStream
 
-from engine.journal import Journal
+from engine.journal import Intent, Journal
 from engine.pipeline.models import Outcome
 from engine.pipeline.stats import RunStats
 
@@ -95,6 +95,24 @@ class ReportWriter:
                 await anyio.to_thread.run_sync(file.close)
 
 
+def _with_intent(outcome: Outcome, intent: Intent) -> Outcome:
+    """The outcome of a contact whose write an earlier run sent but never recorded."""
+    before = intent.lists_before
+    if outcome.kind == "unchanged":  # that write was applied: it is what happened
+        note = "its write was sent by an earlier run, stopped before recording it"
+        kind = intent.kind
+        return dataclasses.replace(
+            outcome,
+            kind=kind,  # type: ignore[arg-type]
+            lists_added=intent.lists_added,
+            lists_before=before,
+            note=f"{outcome.note}; {note}" if outcome.note else note,
+        )
+    if outcome.lists_before is not None:  # before the engine's writes: the earlier run's read
+        return dataclasses.replace(outcome, lists_before=before)
+    return outcome
+
+
 async def record_outcomes(
     receive_outcomes: MemoryObjectReceiveStream[Outcome],
     *,
@@ -104,16 +122,21 @@ async def record_outcomes(
     on_outcome: Callable[[Outcome], None] | None = None,
     journal: Journal | None = None,
     notes: MutableMapping[str, str] | None = None,
+    intents: MutableMapping[str, Intent] | None = None,
 ) -> None:
     """The stage: count every outcome, journal and write it, tell the planner it is done.
 
     `notes` (email -> note) are taken off as the emails' outcomes arrive and put on them.
+    `intents` are the writes an earlier run sent without recording their outcome: the
+    contact's outcome says what that write did, with the lists it had before it.
     """
     stage = stats.stages["record"]
     async with receive_outcomes:
         async for outcome in receive_outcomes:
             if notes and outcome.path and outcome.email in notes:
                 outcome = dataclasses.replace(outcome, note=notes.pop(outcome.email))
+            if intents and outcome.path and outcome.email in intents:
+                outcome = _with_intent(outcome, intents.pop(outcome.email))
             stats.outcomes[outcome.kind] += len(outcome.rows)
             stats.emails += 1
             stage.done += 1

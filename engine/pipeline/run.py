@@ -29,7 +29,7 @@ from engine.api.client import Account
 from engine.api.records import Activity, ContactList
 from engine.crashpoints import crash_point
 from engine.errors import ConfigError, EngineError, PipelineError, SourceError
-from engine.journal import Journal, journal_key
+from engine.journal import Intent, Journal, journal_key
 from engine.pipeline.bulk import BulkPath
 from engine.pipeline.config import MigrationConfig
 from engine.pipeline.fetch import Found, fetch_contacts
@@ -306,6 +306,7 @@ class _Run:
         self.stop = stop
         self.resumed_rows = 0
         self.retried_rows = 0
+        self.earlier_intents: dict[str, Intent] = {}
         self.held: set[str] = set()  # emails carried by activities of an earlier run
         # `linger` is for streaming sources: a file's batches fill up to the caps or the
         # end of the input, or 20,000 rows would go out in as many activities as lingers.
@@ -388,6 +389,11 @@ class _Run:
     ) -> MigrationReport:
         config, stats, account = self.config, self.stats, self.account
         pending = await self.journal.pending_activities() if self.journal else []
+        self.earlier_intents = (
+            await self.journal.earlier_intents()
+            if self.journal is not None and self.journal.resumed
+            else {}
+        )
         self.held = {c.email for item in pending for c in item.contacts}
         report_path = Path(report) if report else None
         # The report is written as outcomes arrive; a resumed run instead writes it from the
@@ -530,6 +536,7 @@ class _Run:
                 stop=self.stop,
                 verify=self.config.verify_writes,
                 stale_after=self.config.stale_after,
+                intend=self.journal.intend if self.journal is not None else None,
             )
 
         await fan_out(worker, receive, send, limit=self.config.limits.put)
@@ -549,6 +556,7 @@ class _Run:
             on_outcome=on_outcome,
             journal=self.journal,
             notes=notes,
+            intents=self.earlier_intents,
         )
 
     async def _summary(self, report_path: Path | None, bulk: BulkPath) -> MigrationReport:

@@ -456,8 +456,18 @@ def check_migration(
         if line.get("path"):
             assert line["email"] not in outcome_of, f"I3: {line['email']} reported twice"
             outcome_of[line["email"]] = line["outcome"]
+        email = line["email"]
+        if line.get("path") and email not in exempt:
+            # I3, true outcomes: `unchanged` only for a contact already on every target, and
+            # the engine's own additions never reported as lists it had before (a write sent
+            # by a killed run is the next run's `created`/`updated`, not `unchanged`).
+            was_on = was.get(email, ("", frozenset()))[1]
+            if line["outcome"] == "unchanged":
+                assert scenario.targets[email] <= was_on, f"I3: {email} is unchanged: {line}"
+            before = frozenset(line.get("lists_before") or ())
+            claimed = (before & scenario.targets.get(email, frozenset())) - was_on
+            assert not claimed, f"I3: {email} reports {sorted(claimed)} as before: {line}"
         if line["outcome"] in SUCCESSES:
-            email = line["email"]
             kept = was.get(email, ("", frozenset()))[1] if email not in exempt else frozenset()
             need = scenario.targets[email] | kept
             missing = need - now[email][1]
