@@ -43,6 +43,7 @@ __all__ = [
     "FatalApiError",
     "MalformedResponseError",
     "NotFoundError",
+    "OutputError",
     "PipelineError",
     "QuotaExhaustedError",
     "RetryableApiError",
@@ -93,7 +94,10 @@ class ApiError(EngineError):
         self.body = body
 
     def __str__(self) -> str:
-        where = f"{self.method} {self.url}".strip()
+        # The query is left out: a search URL carries up to 50 email addresses, and emails
+        # belong in the report, not in logs and error lines.
+        url, mark, _ = self.url.partition("?")
+        where = f"{self.method} {url}{'?…' if mark else ''}".strip()
         status = f"{self.status} " if self.status is not None else ""
         return f"{status}{self.message}" + (f" ({where})" if where else "")
 
@@ -194,6 +198,11 @@ class UnsupportedMediaError(FatalApiError):
 
 class QuotaExhaustedError(FatalApiError):
     """Raised when the daily request budget is spent; the run can resume after the reset."""
+
+
+class OutputError(EngineError):
+    """Raised when the report or the journal cannot be written mid-run (a full or read-only
+    disk). The account holds every write already made; rerunning resumes."""
 
 
 class PipelineError(EngineError):

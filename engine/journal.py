@@ -24,6 +24,7 @@ event loop.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import json
@@ -38,7 +39,7 @@ from typing import Any
 import anyio
 import anyio.to_thread
 
-from engine.errors import ConfigError, SourceError
+from engine.errors import ConfigError, OutputError, SourceError
 from engine.pipeline.models import Contact, Outcome
 
 __all__ = ["Intent", "Journal", "PendingActivity", "journal_key"]
@@ -204,7 +205,13 @@ class Journal:
                 other lists) and `restart` is off, or it is not a journal at all.
         """
         journal = cls(Path(path))
-        await journal._call(journal._open_sync, key, restart)
+        try:
+            await journal._call(journal._open_sync, key, restart)
+        except OutputError as exc:
+            raise ConfigError(
+                f"cannot open the journal {path}: {exc.__cause__}; pass another --journal "
+                "path (or make its folder writable)"
+            ) from exc
         return journal
 
     @classmethod
@@ -311,6 +318,9 @@ class Journal:
             db.execute("PRAGMA synchronous=NORMAL")
             db.executescript(_SCHEMA)
             found = dict(db.execute("SELECT name, value FROM meta").fetchall())
+        except sqlite3.OperationalError:  # a full or read-only disk: told as such by `open`
+            db.close()
+            raise
         except sqlite3.DatabaseError as exc:
             db.close()
             raise ConfigError(
@@ -349,9 +359,16 @@ class Journal:
         self._db = db
 
     async def aclose(self, status: str = "ended") -> None:
-        """Write what is buffered, mark the run, close. Shielded from cancellation."""
+        """Write what is buffered, mark the run, close. Shielded from cancellation; the file
+        is closed (and its lock released) even when the write fails (a full disk)."""
         with anyio.CancelScope(shield=True):
-            await self.flush()
+            try:
+                await self.flush()
+            except BaseException:
+                if self._db is not None:  # closed quietly: the first error is the one told
+                    with contextlib.suppress(OutputError):
+                        await self._call(self._close_sync, "failed")
+                raise
             if self._db is not None:
                 await self._call(self._close_sync, status)
 
@@ -374,7 +391,14 @@ class Journal:
         return self._db
 
     async def _call(self, fn: Any, *args: Any) -> Any:
-        return await anyio.to_thread.run_sync(fn, *args, limiter=self._limiter)
+        try:
+            return await anyio.to_thread.run_sync(fn, *args, limiter=self._limiter)
+        except (sqlite3.Error, OSError) as exc:
+            raise OutputError(
+                f"cannot write the journal {self.path}: {exc}. Nothing is lost (the account "
+                "holds every write made): make room or make the folder writable, then run "
+                "the same command again to resume"
+            ) from exc
 
     # --- outcomes ---------------------------------------------------------------------
 

@@ -462,9 +462,18 @@ class Account:
                     body = await self._read(resp, method, str(url))
                     return _Answer(resp.status, resp.headers, body)
             except (aiohttp.ClientConnectorCertificateError, aiohttp.ClientSSLError) as exc:
+                if self._ca_file:
+                    advice = (
+                        f"the server's certificate is not signed by the CA in {self._ca_file} "
+                        "(a simulator started again makes a new CA unless it keeps its "
+                        "--ca-dir): pass the CA file the server uses now"
+                    )
+                else:
+                    advice = (
+                        "for a private CA such as the simulator's, pass its CA file (--ca-file)"
+                    )
                 raise FatalApiError(
-                    f"TLS verification failed ({exc.__class__.__name__}); for a private CA such "
-                    "as the simulator's, pass its CA file (--ca-file)",
+                    f"TLS verification failed ({exc.__class__.__name__}); {advice}",
                     method=method,
                     url=str(url),
                 ) from exc

@@ -108,6 +108,8 @@ class BulkPath:
         self.warnings: list[str] = []
         #: email -> why it was sent contact by contact (put on its outcome by the record stage).
         self.notes: dict[str, str] = {}
+        #: emails sent contact by contact after an activity that may have run.
+        self.maybe_added: set[str] = set()
         # The per-contact input is shared by `run` and `resume`: closed when both are done.
         self._senders = 2
 
@@ -259,11 +261,17 @@ class BulkPath:
         """
         try:
             activities = await self._submit(contacts, targets)
-            finished = [await self._poll(a) for a, _ in activities]
         except (FatalApiError, ConnectionLostError, QuotaExhaustedError, _Stopped):
             raise
         except (ApiError, TimeoutError) as exc:
-            await self._fall_back(contacts, f"activity failed: {exc}")
+            await self._fall_back(contacts, f"activity not submitted: {exc}")
+            return [], f"inconclusive (its activity could not be submitted: {exc})"
+        try:
+            finished = [await self._poll(a) for a, _ in activities]
+        except (FatalApiError, ConnectionLostError, QuotaExhaustedError, _Stopped):
+            raise
+        except (ApiError, TimeoutError) as exc:  # submitted: it may have run, or still may
+            await self._fall_back(contacts, f"activity failed: {exc}", maybe_applied=True)
             return [], f"inconclusive (its activity failed: {exc})"
         crash_point("activity-complete")
         verdict = "unchecked"
@@ -273,8 +281,8 @@ class BulkPath:
             if all(a.status.upper() == "COMPLETE" for a in finished):
                 lost, checked = await self._check(before, targets)
                 if lost:
-                    await self._switch_off(lost, before, contacts, targets)
-                    return [], "failed"
+                    repaired = await self._switch_off(lost, before, contacts, targets)
+                    return repaired, "failed"
                 if checked:
                     self.verified = True
                     verdict = "passed"
@@ -325,7 +333,9 @@ class BulkPath:
                 except (FatalApiError, ConnectionLostError, QuotaExhaustedError):
                     raise
                 except (ApiError, TimeoutError) as exc:  # e.g. 404: expired after 14 days
-                    await self._fall_back(item.contacts, f"activity {item.id}: {exc}")
+                    await self._fall_back(
+                        item.contacts, f"activity {item.id}: {exc}", maybe_applied=True
+                    )
                     continue
                 for outcome in await self._settle(
                     [finished], [(finished, item.contacts)], item.targets
@@ -514,11 +524,21 @@ class BulkPath:
             for c in contacts
         ]
 
-    async def _fall_back(self, contacts: tuple[Contact, ...], why: str) -> None:
+    async def _fall_back(
+        self, contacts: tuple[Contact, ...], why: str, *, maybe_applied: bool = False
+    ) -> None:
+        """Send `contacts` through the per-contact path, noting why on their outcomes.
+
+        `maybe_applied`: their activity was submitted and may have run (its status is
+        unknown, or it is stuck): one of them found already on its targets is then reported
+        `bulk_added` (the activity did it), not `unchanged`.
+        """
         log.warning("%d contacts go contact by contact: %s", len(contacts), why)
         note = f"sent contact by contact: {why}"
         for contact in contacts:
             self.notes[contact.email] = note
+            if maybe_applied:
+                self.maybe_added.add(contact.email)
             await self._send_contacts.send(contact)
 
     # --- the membership check -------------------------------------------------------
@@ -587,7 +607,11 @@ class BulkPath:
         before: dict[str, ContactEntry],
         probe: tuple[Contact, ...],
         targets: dict[str, str],
-    ) -> None:
+    ) -> list[Outcome]:
+        """Switch bulk off and repair each probed contact: the union of the lists it had and
+        the targets, PUT from a fresh read. Returns the repaired contacts' outcomes (written
+        to, so `updated`, with the lists they had before); one that cannot be repaired here
+        goes contact by contact."""
         self.enabled = False
         self.verified = True
         message = (
@@ -597,7 +621,10 @@ class BulkPath:
         )
         self.warnings.append(message)
         log.error(message)
+        by_email = {c.email: c for c in probe}
+        outcomes: list[Outcome] = []
         for key, entry in before.items():
+            contact = by_email.pop(entry.email.strip().lower(), None)
             try:
                 current = await self.account.get_contact(key)
                 wanted = {uri_key(uri): uri for uri in entry.lists}
@@ -609,4 +636,23 @@ class BulkPath:
                 raise
             except ApiError as exc:  # its email goes contact by contact below, read afresh
                 log.error("probed contact %s could not be repaired here: %s", key, exc)
-        await self._fall_back(probe, "bulk path switched off")
+                if contact is not None:
+                    by_email[contact.email] = contact
+                continue
+            if contact is not None:
+                outcomes.append(
+                    Outcome(
+                        contact.email,
+                        "updated",
+                        tuple(contact.rows),
+                        "",
+                        tuple(sorted(set(targets) - entry.list_keys)),
+                        "contact",
+                        tuple(targets),
+                        tuple(sorted(entry.list_keys)),
+                        note="probed in bulk: the activity dropped lists, repaired contact "
+                        "by contact",
+                    )
+                )
+        await self._fall_back(tuple(by_email.values()), "bulk path switched off")
+        return outcomes

@@ -2,21 +2,25 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
-from collections.abc import Callable, Mapping, MutableMapping
+from collections.abc import Callable, Mapping, MutableMapping, MutableSet
 from pathlib import Path
-from typing import IO
+from typing import IO, TypeVar
 
 import anyio
 import anyio.to_thread
 from anyio.streams.memory import MemoryObjectReceiveStream
 
+from engine.errors import OutputError
 from engine.journal import Intent, Journal
 from engine.pipeline.models import Outcome
 from engine.pipeline.stats import RunStats
 
 __all__ = ["ReportWriter", "record_outcomes"]
+
+T = TypeVar("T")
 
 SUCCESSES = frozenset({"created", "updated", "unchanged", "bulk_added"})
 
@@ -45,8 +49,22 @@ class ReportWriter:
         """Create (truncate) the report file."""
         if self.path is not None:
             path = self.path
-            path.parent.mkdir(parents=True, exist_ok=True)
-            self._file = await anyio.to_thread.run_sync(lambda: path.open("w", encoding="utf-8"))
+
+            def create() -> IO[str]:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                return path.open("w", encoding="utf-8")
+
+            self._file = await self._io(create)
+
+    async def _io(self, fn: Callable[[], T]) -> T:
+        try:
+            return await anyio.to_thread.run_sync(fn)
+        except OSError as exc:
+            raise OutputError(
+                f"cannot write the report {self.path}: {exc}. Nothing is lost (the journal "
+                "and the account hold what was done): make room or make the folder writable, "
+                "then run the same command again to resume"
+            ) from exc
 
     def line(self, outcome: Outcome) -> str:
         """The JSON line of an outcome."""
@@ -84,15 +102,22 @@ class ReportWriter:
             file.write(data)
             file.flush()
 
-        await anyio.to_thread.run_sync(write)
+        await self._io(write)
 
     async def aclose(self) -> None:
         """Flush and close; shielded from cancellation so the report stays whole."""
         with anyio.CancelScope(shield=True):
-            await self.flush()
+            try:
+                await self.flush()
+            except BaseException:
+                if self._file is not None:  # closed quietly: the first error is the one told
+                    file, self._file = self._file, None
+                    with contextlib.suppress(OSError):
+                        await anyio.to_thread.run_sync(file.close)
+                raise
             if self._file is not None:
                 file, self._file = self._file, None
-                await anyio.to_thread.run_sync(file.close)
+                await self._io(file.close)
 
 
 def _with_intent(outcome: Outcome, intent: Intent) -> Outcome:
@@ -123,12 +148,15 @@ async def record_outcomes(
     journal: Journal | None = None,
     notes: MutableMapping[str, str] | None = None,
     intents: MutableMapping[str, Intent] | None = None,
+    maybe_added: MutableSet[str] | None = None,
 ) -> None:
     """The stage: count every outcome, journal and write it, tell the planner it is done.
 
     `notes` (email -> note) are taken off as the emails' outcomes arrive and put on them.
     `intents` are the writes an earlier run sent without recording their outcome: the
     contact's outcome says what that write did, with the lists it had before it.
+    `maybe_added` are the emails whose bulk activity may have run before they were sent
+    contact by contact: found already on their targets, they are `bulk_added`.
     """
     stage = stats.stages["record"]
     async with receive_outcomes:
@@ -137,6 +165,17 @@ async def record_outcomes(
                 outcome = dataclasses.replace(outcome, note=notes.pop(outcome.email))
             if intents and outcome.path and outcome.email in intents:
                 outcome = _with_intent(outcome, intents.pop(outcome.email))
+            if maybe_added and outcome.path and outcome.email in maybe_added:
+                maybe_added.discard(outcome.email)
+                if outcome.kind == "unchanged":
+                    outcome = dataclasses.replace(
+                        outcome,
+                        kind="bulk_added",
+                        lists_added=outcome.targets,
+                        lists_before=None,  # read after the activity: not "before"
+                        note=f"{outcome.note}; found on its lists, which its activity had "
+                        "asked for".lstrip("; "),
+                    )
             stats.outcomes[outcome.kind] += len(outcome.rows)
             stats.emails += 1
             stage.done += 1

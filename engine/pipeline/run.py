@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -28,7 +30,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 from engine.api.client import Account
 from engine.api.records import Activity, ContactList
 from engine.crashpoints import crash_point
-from engine.errors import ConfigError, EngineError, PipelineError, SourceError
+from engine.errors import ConfigError, EngineError, OutputError, PipelineError, SourceError
 from engine.journal import Intent, Journal, journal_key
 from engine.pipeline.bulk import BulkPath
 from engine.pipeline.config import MigrationConfig
@@ -203,6 +205,7 @@ async def migrate(
         raise ConfigError("a snapshot is kept in the journal: give a journal path")
     reader = SourceReader(source, config.read)
     _check_outputs(reader.path, report, journal)
+    _check_writable(report, journal)
     if reader.path is None and not config.lists and not config.read.lists_column:
         raise ConfigError("no target lists: pass lists=[...] or a lists column")
     stats = RunStats()
@@ -225,10 +228,17 @@ async def migrate(
         if opened is not None and snapshot and not await opened.has_snapshot():
             await opened.record_snapshot(await snapshot_members(account))
         run = _Run(account, config, reader, stats, by_name, opened, stop or anyio.Event())
-        return await run.execute(report, grace, on_progress, on_outcome)
-    finally:
-        if opened is not None:
-            await opened.aclose()
+        result = await run.execute(report, grace, on_progress, on_outcome)
+    except BaseException:
+        if opened is not None:  # closed quietly: the first error is the one to tell
+            try:
+                await opened.aclose("failed")
+            except EngineError as exc:
+                log.error("the journal could not be closed cleanly: %s", exc)
+        raise
+    if opened is not None:
+        await opened.aclose()
+    return result
 
 
 def _same_file(a: Path, b: Path) -> bool:
@@ -262,6 +272,30 @@ def _check_outputs(
             f"the report and the journal are the same file ({paths['report']}): pass another "
             "--journal path"
         )
+
+
+def _check_writable(report: str | Path | None, journal: str | Path | None) -> None:
+    """Refuse, before any write to the account, a report or journal folder that cannot be
+    written (read-only, missing permissions).
+
+    Raises:
+        ConfigError: which path, and why.
+    """
+    for what, path in (("report", report), ("journal", journal)):
+        if path is None:
+            continue
+        folder = Path(path).parent
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryFile(dir=folder):
+                pass
+            if Path(path).exists() and not os.access(path, os.W_OK):
+                raise PermissionError(f"{path} is not writable")
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot write the {what} in {folder}: {exc.strerror or exc}; pass another "
+                f"--{what} path (or make the folder writable)"
+            ) from exc
 
 
 def _account_identity(account: Account) -> str:
@@ -467,20 +501,31 @@ class _Run:
                     tg.start_soon(self._put, receive_writes, outcome_sends[3])
                     tg.start_soon(bulk.run, receive_batches, outcome_sends[4])
                     tg.start_soon(bulk.resume, pending, resume_send)
-                    tg.start_soon(self._record, receive_outcomes, writer, on_outcome, bulk.notes)
+                    tg.start_soon(self._record, receive_outcomes, writer, on_outcome, bulk)
                 outer.cancel_scope.cancel()
         except BaseExceptionGroup as group:
             crashed = _first_error(group)
         finally:
-            await writer.aclose()
+            try:
+                await writer.aclose()
+            except OutputError as exc:
+                if crashed is not None:  # the first error is the one to tell
+                    log.error("%s", exc)
+                else:
+                    crashed = exc
             for stream in (*outcome_sends, resume_send):
                 stream.close()
             send_contacts.close()
         if self.journal is not None:
-            await self.journal.flush()
-            crash_point("journal")
-            if report_path is not None and resumed:
-                await self.journal.write_report(report_path, writer.line)
+            try:
+                await self.journal.flush()
+                crash_point("journal")
+                if report_path is not None and resumed:
+                    await self.journal.write_report(report_path, writer.line)
+            except OutputError as exc:
+                if crashed is None:
+                    raise
+                log.error("%s", exc)
         if crashed is not None:
             raise crashed
         result = await self._summary(report_path, bulk)
@@ -546,7 +591,7 @@ class _Run:
         receive: MemoryObjectReceiveStream[Outcome],
         writer: ReportWriter,
         on_outcome: Callable[[Outcome], None] | None,
-        notes: dict[str, str],
+        bulk: BulkPath,
     ) -> None:
         await record_outcomes(
             receive,
@@ -555,8 +600,9 @@ class _Run:
             on_done=self.planner.done,
             on_outcome=on_outcome,
             journal=self.journal,
-            notes=notes,
+            notes=bulk.notes,
             intents=self.earlier_intents,
+            maybe_added=bulk.maybe_added,
         )
 
     async def _summary(self, report_path: Path | None, bulk: BulkPath) -> MigrationReport:

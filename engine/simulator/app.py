@@ -237,10 +237,12 @@ class ActivityRunner:
             except Exception as exc:  # one bad activity must never stop the others
                 log.warning("activity %s cannot go on (%r): it ends in ERROR", activity_id, exc)
                 self._store.fail_activity(activity_id)
+            self._store.revision += 1
             if finish:
                 self._store.claimed_activities.discard(activity_id)
 
     async def _step(self, activity_id: str, *, finish: bool) -> None:
+        self._store.revision += 1
         self._store.start_activity(activity_id)  # no-op when already running
         if finish:
             # Chunked so other requests are served in between (not a polling loop).
@@ -681,6 +683,8 @@ async def fault_middleware(request: web.Request, handler: Handler) -> web.Stream
                 status, "Internal Server Error" if status == 500 else "Service Unavailable"
             )
     response = await handler(request)
+    if request.method in ("POST", "PUT", "DELETE") and response.status < 400:
+        request.app[STORE_KEY].revision += 1
     if (
         config.lose_answer_rate
         and request.method in ("POST", "PUT", "DELETE")

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import signal
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -55,14 +57,30 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="with TLS, also listen for plain http here and refuse it (0 = free port)",
     )
-    net.add_argument("--ca-dir", type=Path, default=None, help="folder for the CA file")
+    net.add_argument(
+        "--ca-dir",
+        type=Path,
+        default=None,
+        help="folder of the CA: made there once, reused at every later start (so https "
+        "clients that trust its file survive a restart); default: a new CA in a temporary "
+        "folder",
+    )
 
     account = parser.add_argument_group("account")
     account.add_argument("--username", default=defaults.username)
     account.add_argument("--api-key", default=defaults.api_key)
     account.add_argument("--password", default=defaults.password)
     account.add_argument(
-        "--state", type=Path, default=None, help="JSON state file: loaded if present, saved on exit"
+        "--state",
+        type=Path,
+        default=None,
+        help="JSON state file: loaded if present, saved as it changes and on exit",
+    )
+    account.add_argument(
+        "--save-every",
+        type=_non_negative,
+        default=1.0,
+        help="with --state: seconds between saves of a changed state (0: only on exit)",
     )
 
     faults = parser.add_argument_group("faults and limits")
@@ -149,7 +167,25 @@ def config_from_args(args: argparse.Namespace) -> SimulatorConfig:
     )
 
 
-async def _serve_until_signalled(config: SimulatorConfig, store: AccountStore) -> None:
+async def _save_periodically(store: AccountStore, state: Path, every: float) -> None:
+    """Save the state whenever it changed, at most every `every` seconds: a SIGKILL loses at
+    most the last `every` seconds of writes (a clean stop saves everything)."""
+    saved = store.revision
+    while True:
+        await asyncio.sleep(every)
+        if store.revision == saved:
+            continue
+        saved = store.revision
+        data = store.to_json()  # a consistent snapshot, taken in the loop
+        await asyncio.to_thread(AccountStore.save_json, data, state)
+
+
+async def _serve_until_signalled(
+    config: SimulatorConfig,
+    store: AccountStore,
+    state: Path | None = None,
+    save_every: float = 1.0,
+) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -162,7 +198,18 @@ async def _serve_until_signalled(config: SimulatorConfig, store: AccountStore) -
             print(line, flush=True)
             if sim.http_base_url is not None:
                 log.info("refusing plain http at %s", sim.http_base_url)
-            await stop.wait()
+            saver = (
+                asyncio.create_task(_save_periodically(store, state, save_every))
+                if state is not None and save_every > 0
+                else None
+            )
+            try:
+                await stop.wait()
+            finally:
+                if saver is not None:
+                    saver.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await saver
             log.info("stopping")
     finally:
         for signum in (signal.SIGINT, signal.SIGTERM):
@@ -190,11 +237,14 @@ def run(args: argparse.Namespace) -> int:
     state: Path | None = args.state
     try:
         if state is not None and state.exists():
+            age = time.time() - state.stat().st_mtime
             store = AccountStore.load(state, config)
-            log.info("loaded %d contacts from %s", store.contact_count(), state)
+            log.info(
+                "loaded %d contacts from %s, saved %.0f s ago", store.contact_count(), state, age
+            )
         else:
             store = AccountStore(config)
-        asyncio.run(_serve_until_signalled(config, store))
+        asyncio.run(_serve_until_signalled(config, store, state, args.save_every))
     except (OSError, ValueError) as exc:
         log.error("%s", exc)
         return 2

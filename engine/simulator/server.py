@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import socket
 import ssl
 import tempfile
@@ -67,9 +68,34 @@ def _url_host(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 
 
-def _server_tls(host: str, ca_dir: Path) -> tuple[ssl.SSLContext, Path]:
-    """A fresh CA, a server certificate for loopback names, and the CA file for clients."""
+#: The CA's files in `ca_dir`: its certificate (what clients trust) and its key.
+CA_FILE = "ctct-simulator-ca.pem"
+CA_KEY_FILE = "ctct-simulator-ca.key"
+
+
+def _certificate_authority(ca_dir: Path, keep: bool) -> trustme.CA:
+    """The CA found in `ca_dir` when `keep` and both its files are there, else a new one
+    (saved there when `keep`, its key readable by the owner only).
+
+    A kept CA is what lets a client that trusts its file talk to the simulator after a
+    restart (a new CA on every start would break every running https client).
+    """
+    cert_path, key_path = ca_dir / CA_FILE, ca_dir / CA_KEY_FILE
+    if keep and cert_path.is_file() and key_path.is_file():
+        return trustme.CA.from_pem(cert_path.read_bytes(), key_path.read_bytes())
     ca = trustme.CA(organization_name="ctct v1 simulator")
+    if keep:
+        ca_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(ca.private_key_pem.bytes())
+    return ca
+
+
+def _server_tls(host: str, ca_dir: Path, *, keep: bool = False) -> tuple[ssl.SSLContext, Path]:
+    """A CA (the one kept in `ca_dir` with `keep`), a server certificate for loopback
+    names, and the CA file for clients."""
+    ca = _certificate_authority(ca_dir, keep)
     names = ["127.0.0.1", "localhost", "::1"]
     if host not in names and host not in ("0.0.0.0", "::", ""):
         names.append(host)
@@ -77,7 +103,7 @@ def _server_tls(host: str, ca_dir: Path) -> tuple[ssl.SSLContext, Path]:
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     cert.configure_cert(context)
     ca_dir.mkdir(parents=True, exist_ok=True)
-    ca_path = ca_dir / "ctct-simulator-ca.pem"
+    ca_path = ca_dir / CA_FILE
     ca.cert_pem.write_to_path(str(ca_path))
     return context, ca_path
 
@@ -95,9 +121,9 @@ async def serve(
     Yields:
         The `RunningSimulator` with the real port in its URLs.
 
-    With TLS on, a new CA is generated and its PEM written to `config.ca_dir` (left in place)
-    or a temporary folder (removed on exit). Runner, sites and background tasks are cleaned up
-    on exit.
+    With TLS on, the CA kept in `config.ca_dir` is used (one is made and kept there the first
+    time), or a new CA in a temporary folder (removed on exit). Runner, sites and background
+    tasks are cleaned up on exit.
     """
     app = create_app(config, store)
     runner = web.AppRunner(app, handle_signals=False, access_log=None)
@@ -112,7 +138,9 @@ async def serve(
                 else:
                     tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="ctct-sim-"))
                     ca_dir = Path(tmp)
-                ssl_context, ca_path = _server_tls(config.host, ca_dir)
+                ssl_context, ca_path = _server_tls(
+                    config.host, ca_dir, keep=config.ca_dir is not None
+                )
             sock = stack.enter_context(_bind(config.host, config.port))
             await web.SockSite(runner, sock, ssl_context=ssl_context).start()
             host = _url_host(config.host)

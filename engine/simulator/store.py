@@ -386,6 +386,9 @@ class AccountStore:
         #: Activities a running app has queued (not saved): an app started on this store
         #: adopts the unfinished activities that are not in it.
         self.claimed_activities: set[str] = set()
+        #: Bumped by the web layer on every applied write and activity step (not saved): a
+        #: saver compares it to know whether the state changed since it last saved.
+        self.revision = 0
         self._next_list_id = 1
         self._next_contact_id = 1
         self._next_activity_seq = 1
@@ -1345,11 +1348,17 @@ class AccountStore:
 
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write the state as JSON, atomically (temporary file in the same folder + rename)."""
+        self.save_json(self.to_json(), path)
+
+    @staticmethod
+    def save_json(data: Mapping[str, Any], path: str | os.PathLike[str]) -> None:
+        """Write `to_json` output atomically and durably (fsync, then rename); callable from
+        a worker thread with a snapshot taken in the event loop."""
         target = Path(path)
         fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
         try:
             with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                json.dump(self.to_json(), handle, ensure_ascii=False, separators=(",", ":"))
+                json.dump(data, handle, ensure_ascii=False, separators=(",", ":"))
                 handle.flush()
                 os.fsync(handle.fileno())
             os.replace(tmp, target)

@@ -999,3 +999,35 @@ async def test_on_the_wire(
     assert request.raw_path == (
         "/ws/customers/acme/contacts?email=jane.doe%40example.com&email=b%2Bc%40x.io"
     )
+
+
+def test_an_error_line_leaves_the_query_and_its_emails_out() -> None:
+    """An API error names the request without its query string: no email ends up in logs."""
+    error = ServerError(
+        "server error",
+        status=500,
+        method="GET",
+        url=BASE + "contacts?email=jane%40example.com&email=joe%40example.com",
+    )
+    assert "example.com" not in str(error)
+    assert str(error) == f"500 server error (GET {BASE}contacts?…)"
+
+
+async def test_a_certificate_not_signed_by_the_given_ca_says_so(
+    simulator: Any, tmp_path: Path
+) -> None:
+    """With --ca-file given, a certificate from another CA is named as such, not "pass one"."""
+    import trustme
+
+    other = tmp_path / "other-ca.pem"
+    trustme.CA().cert_pem.write_to_path(str(other))
+    config = simulator.config
+    account = Account(
+        Credentials(config.username, config.api_key, config.password),
+        base_url=simulator.base_url,
+        ca_file=other,
+    )
+    async with account:
+        with pytest.raises(FatalApiError, match="not signed by the CA in") as caught:
+            await account.verify()
+    assert str(other) in str(caught.value)

@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import re
+import ssl
 import time
 import xml.etree.ElementTree as ET
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -794,3 +796,24 @@ async def test_shutdown_leaves_no_tasks(
         await post_activity(session, "SV_ADD", "Email Address\np@x.com", [a])
     current = asyncio.current_task()
     assert [t for t in asyncio.all_tasks() if t is not current] == []
+
+
+async def test_a_simulator_started_again_with_its_ca_dir_keeps_its_ca(
+    simulator_config: SimulatorConfig, tmp_path: Path
+) -> None:
+    """With --ca-dir, a restart serves a certificate of the same CA: a client keeps working."""
+    config = dataclasses.replace(simulator_config, ca_dir=tmp_path)
+    async with serve(config) as first:
+        assert first.ca_path is not None
+        pem = first.ca_path.read_bytes()
+    assert oct((tmp_path / "ctct-simulator-ca.key").stat().st_mode & 0o777) == "0o600"
+    context = ssl.create_default_context(cafile=str(tmp_path / "ctct-simulator-ca.pem"))
+    async with serve(config) as second:
+        assert second.ca_path is not None
+        assert second.ca_path.read_bytes() == pem
+        connector = aiohttp.TCPConnector(ssl=context)
+        async with (
+            aiohttp.ClientSession(connector=connector) as session,
+            session.get(second.stats_url) as response,
+        ):
+            assert response.status == 200

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import signal
 import ssl
 import sys
@@ -126,3 +127,32 @@ def test_invalid_probability_is_a_usage_error() -> None:
     with pytest.raises(SystemExit) as caught:
         main(["--error-rate", "2"])
     assert caught.value.code == 2
+
+
+async def test_a_killed_simulator_keeps_the_writes_it_answered(tmp_path: Path) -> None:
+    """With --state, writes are saved as they happen: SIGKILL after a write loses nothing
+    that is more than --save-every old, and the next start logs the state's age."""
+    state = tmp_path / "state.json"
+    process, line = await start(
+        "--no-tls", "--port", "0", "--state", str(state), "--save-every", "0.1"
+    )
+    try:
+        base_url = line.split()[1]
+        headers = {"Authorization": aiohttp.encode_basic_auth("demo-key%demo", "demo-password")}
+        async with (
+            aiohttp.ClientSession(headers=headers) as session,
+            session.post(base_url + "lists", data=NEW_LIST, headers=ATOM_CT) as response,
+        ):
+            assert response.status == 201
+        for _ in range(100):  # the saver runs every 0.1 s
+            if state.exists() and AccountStore.load(state).list_by_name("From CLI"):
+                break
+            await asyncio.sleep(0.05)
+    finally:
+        process.kill()
+        await asyncio.wait_for(process.communicate(), 20)
+    assert AccountStore.load(state).list_by_name("From CLI") is not None
+    process, line = await start("--no-tls", "--port", "0", "--state", str(state))
+    status, _, err = await stop(process)
+    assert status == 0
+    assert re.search(r"loaded 0 contacts from .*state\.json, saved \d+ s ago", err), err
