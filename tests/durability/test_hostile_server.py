@@ -350,9 +350,13 @@ async def test_broken_activity_status_falls_back_per_contact(
     lines = read_report(tmp_path / "report.jsonl")
     assert server.broken >= ATTEMPTS
     assert report.ok
-    # The activity ran on the server: the per-contact path finds the lists already there.
+    # The activity ran on the server: the per-contact path finds the lists already there,
+    # and reports them added by that activity (not `unchanged`: the engine did add them).
     assert {line["path"] for line in lines} == {"contact"}
-    assert {line["outcome"] for line in lines} <= {"unchanged", "updated", "created"}
+    assert {line["outcome"] for line in lines} <= {"bulk_added", "updated", "created"}
+    for line in lines:
+        if line["outcome"] == "bulk_added":
+            assert "its activity had asked for" in line["note"], line
     beta = store.list_by_name("Beta")
     assert beta is not None
     assert len(store.members(beta.id)) == len(emails)

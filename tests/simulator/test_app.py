@@ -626,16 +626,24 @@ async def test_activities_finish_out_of_order(start_simulator: SimulatorStarter)
         assert listed == ids[::-1]
 
 
+async def left_pending(
+    config: SimulatorConfig, session_for: SessionOpener
+) -> tuple[AccountStore, str]:
+    """A store and the id of an activity an app posted to it and left pending as it stopped."""
+    store = AccountStore(config)
+    a = store.create_list("A")
+    slow = dataclasses.replace(config, activity_delay=1000.0)
+    async with serve(slow, store) as sim, session_for(sim) as session:
+        activity_id = await post_activity(session, "SV_ADD", "Email Address\nn@x.com", [a])
+    assert store.get_activity(activity_id).status == "PENDING"  # the app stopped
+    return store, activity_id
+
+
 async def test_an_app_started_on_a_store_runs_the_activities_another_app_left(
     simulator_config: SimulatorConfig, session_for: SessionOpener
 ) -> None:
     """Activities queued by an app that stopped are run to the end by the next app on the store."""
-    store = AccountStore(simulator_config)
-    a = store.create_list("A")
-    slow = dataclasses.replace(simulator_config, activity_delay=1000.0)
-    async with serve(slow, store) as sim, session_for(sim) as session:
-        activity_id = await post_activity(session, "SV_ADD", "Email Address\nn@x.com", [a])
-    assert store.get_activity(activity_id).status == "PENDING"  # the first app stopped
+    store, activity_id = await left_pending(simulator_config, session_for)
     quick = dataclasses.replace(simulator_config, activity_delay=0.05)
     async with serve(quick, store) as sim, session_for(sim) as session:
         done = await wait_for_activity(session, activity_id)
@@ -647,11 +655,7 @@ async def test_an_app_can_mark_the_activities_it_inherits_as_error(
     simulator_config: SimulatorConfig, session_for: SessionOpener
 ) -> None:
     """With unfinished_activities='error', inherited activities end in ERROR, unapplied."""
-    store = AccountStore(simulator_config)
-    a = store.create_list("A")
-    slow = dataclasses.replace(simulator_config, activity_delay=1000.0)
-    async with serve(slow, store) as sim, session_for(sim) as session:
-        activity_id = await post_activity(session, "SV_ADD", "Email Address\nn@x.com", [a])
+    store, activity_id = await left_pending(simulator_config, session_for)
     config = dataclasses.replace(simulator_config, unfinished_activities="error")
     async with serve(config, store) as sim, session_for(sim) as session:
         done = await wait_for_activity(session, activity_id)
