@@ -14,6 +14,7 @@ occurrence and yields them coalesced, so memory stays flat and each email is pla
 
 from __future__ import annotations
 
+import codecs
 import csv
 import hashlib
 import json
@@ -247,12 +248,45 @@ def _row(
     return SourceRow((line,), email, fields, lists)
 
 
+#: Byte-order marks and the codec each one announces (UTF-32 first: its LE mark starts
+#: with UTF-16's). A mark wins over `--encoding`: it is what the file says it is.
+_BOMS = (
+    (codecs.BOM_UTF32_LE, "utf-32"),
+    (codecs.BOM_UTF32_BE, "utf-32"),
+    (codecs.BOM_UTF16_LE, "utf-16"),
+    (codecs.BOM_UTF16_BE, "utf-16"),
+    (codecs.BOM_UTF8, "utf-8-sig"),
+)
+
+
+def _file_codec(path: Path, encoding: str) -> str:
+    """The codec to read `path` with: the one its byte-order mark names, else `encoding`
+    (UTF-8 read as `utf-8-sig`, which also takes a BOM)."""
+    with path.open("rb") as binary:
+        start = binary.read(4)
+    for bom, codec in _BOMS:
+        if start.startswith(bom):
+            return codec
+    name = codecs.lookup(encoding).name
+    return "utf-8-sig" if name == "utf-8" else name
+
+
+def _byte_lines(codec: str) -> bool:
+    """Whether a newline is the single byte 0x0A in `codec` (false for UTF-16 and UTF-32,
+    whose text must be decoded before it can be split into lines)."""
+    return "\n".encode(codec.replace("-sig", "")) == b"\n"
+
+
 def _decoded_lines(path: Path, encoding: str, digest: Any = None) -> Iterator[tuple[int, str, str]]:
     """(line number, text, error) per physical line; undecodable bytes become an error.
 
-    `digest`, a hashlib object, is fed every byte read (the journal's key of the source).
+    `digest`, a hashlib object, is fed every byte of the file (the journal's key of the
+    source). Excel's "Unicode Text" (UTF-16 with a BOM, tab-separated) is read like UTF-8.
     """
-    codec = "utf-8-sig" if encoding.lower().replace("_", "-") in ("utf-8", "utf8") else encoding
+    codec = _file_codec(path, encoding)
+    if not _byte_lines(codec):
+        yield from _wide_lines(path, codec, digest)
+        return
     with path.open("rb") as binary:
         for number, raw in enumerate(binary, 1):
             if digest is not None:
@@ -269,6 +303,82 @@ def _decoded_lines(path: Path, encoding: str, digest: Any = None) -> Iterator[tu
                         "file as UTF-8 or pass --encoding (e.g. latin-1)"
                     ),
                 )
+
+
+def _wide_lines(path: Path, codec: str, digest: Any) -> Iterator[tuple[int, str, str]]:
+    """The lines of a UTF-16 or UTF-32 file, decoded as a stream (a line's bytes cannot be
+    cut at 0x0A); a line with bytes that do not decode gets an error."""
+    if digest is not None:
+        with path.open("rb") as binary:
+            for chunk in iter(lambda: binary.read(1 << 20), b""):
+                digest.update(chunk)
+    with path.open("r", encoding=codec, errors="replace", newline="") as text:
+        for number, line in enumerate(text, 1):
+            error = (
+                f"line {number} has bytes that are not {codec}; re-save the file as UTF-8"
+                if "\ufffd" in line
+                else ""
+            )
+            yield number, line, error
+
+
+#: The most text one JSON item may take (a contact is a few hundred bytes).
+_MAX_JSON_ITEM = 1 << 24
+
+
+def _starts_with_bracket(path: Path, encoding: str) -> bool:
+    """Whether a JSON file holds an array (its first character that is not blank is `[`)."""
+    with path.open("r", encoding=_file_codec(path, encoding), errors="replace") as text:
+        while chunk := text.read(4096):
+            stripped = chunk.lstrip()
+            if stripped:
+                return stripped.startswith("[")
+    return False
+
+
+def _json_array_items(path: Path, options: ReadOptions, digest: Any) -> Iterator[Any]:
+    """The items of the top-level JSON array in `path`, decoded one at a time.
+
+    Written here rather than taken from a streaming parser (ijson): the stdlib decoder does
+    the parsing (`raw_decode` reads one value from a position); this only walks the
+    array's brackets and commas over a window of text that holds one item at a time.
+    """
+    if digest is not None:
+        with path.open("rb") as binary:
+            for block in iter(lambda: binary.read(1 << 20), b""):
+                digest.update(block)
+    decoder = json.JSONDecoder()
+    with path.open("r", encoding=_file_codec(path, options.encoding)) as text:
+        buffer, position, started, done = "", 0, False, False
+        while not done:
+            chunk = text.read(1 << 16)
+            buffer = buffer[position:] + chunk
+            position = 0
+            while True:
+                while position < len(buffer) and buffer[position] in " \t\r\n,":
+                    position += 1
+                if position >= len(buffer):
+                    break
+                if not started:
+                    if buffer[position] != "[":
+                        raise json.JSONDecodeError("expected '['", buffer, position)
+                    started, position = True, position + 1
+                    continue
+                if buffer[position] == "]":
+                    done = True
+                    break
+                try:
+                    value, end = decoder.raw_decode(buffer, position)
+                except json.JSONDecodeError:
+                    if not chunk or len(buffer) - position > _MAX_JSON_ITEM:
+                        raise  # the whole rest is there (or a whole item's worth) and is broken
+                    break  # the item continues in the next chunk
+                if end == len(buffer) and chunk:
+                    break  # a number at the end of the window may go on: read more first
+                yield value
+                position = end
+            if not chunk and not done:
+                raise json.JSONDecodeError("the array is not closed", buffer, position)
 
 
 class SourceReader:
@@ -334,6 +444,8 @@ class SourceReader:
             header = next(reader)
         except StopIteration:
             raise SourceError(f"the source {self.path} has no header row") from None
+        except csv.Error as exc:
+            raise SourceError(f"{self.path} line {reader.line_num}: {exc}") from exc
         columns = _Columns(header, self.options)
         start = reader.line_num + 1
         try:
@@ -351,6 +463,9 @@ class SourceReader:
 
     def _jsonl_rows(self, digest: Any = None) -> Iterator[SourceRow | Rejected]:
         assert self.path is not None
+        if _starts_with_bracket(self.path, self.options.encoding):
+            yield from self._json_array_rows(digest)
+            return
         cache: dict[tuple[str, ...], _Columns] = {}
         any_line = False
         for number, text, error in _decoded_lines(self.path, self.options.encoding, digest):
@@ -371,6 +486,27 @@ class SourceReader:
             yield self._mapping_row(number, value, cache)
         if not any_line:
             raise SourceError(f"the source {self.path} is empty")
+
+    def _json_array_rows(self, digest: Any = None) -> Iterator[SourceRow | Rejected]:
+        """The items of a JSON array file ("export as JSON"), numbered from 1, one at a time:
+        memory holds one item and one chunk of text, whatever the file's size."""
+        assert self.path is not None
+        cache: dict[tuple[str, ...], _Columns] = {}
+        count = 0
+        try:
+            for number, value in enumerate(_json_array_items(self.path, self.options, digest), 1):
+                count = number
+                if not isinstance(value, dict):
+                    yield Rejected(number, "", f"item {number} is not a JSON object")
+                    continue
+                yield self._mapping_row(number, value, cache)
+        except json.JSONDecodeError as exc:
+            raise SourceError(
+                f"{self.path} is not a valid JSON array after item {count}: {exc.msg} "
+                f"(line {exc.lineno}, column {exc.colno} of that part)"
+            ) from exc
+        if count == 0:
+            raise SourceError(f"the source {self.path} is an empty JSON array")
 
     def _mapping_row(
         self, number: int, value: Mapping[str, Any], cache: dict[tuple[str, ...], _Columns]

@@ -4,6 +4,7 @@ every queue of a migration is bounded."""
 from __future__ import annotations
 
 import csv
+import json
 import math
 import tracemalloc
 from pathlib import Path
@@ -53,6 +54,29 @@ async def test_reader_peak_memory_is_flat_in_the_input_size(tmp_path: Path) -> N
     small_rows, small_peak = await _peak_reading(small)
     large_rows, large_peak = await _peak_reading(large)
     assert small_rows < 10_000 < large_rows  # duplicates were coalesced
+    assert large_peak <= 1.5 * small_peak + 1_000_000, (small_peak, large_peak)
+
+
+def _write_json_array(path: Path, rows: int) -> Path:
+    with path.open("w", encoding="utf-8") as file:
+        file.write("[\n")
+        file.write(
+            ",\n".join(
+                json.dumps({"email": f"user{i}@example.com", "first_name": f"Name {i}"})
+                for i in range(rows)
+            )
+        )
+        file.write("\n]\n")
+    return path
+
+
+async def test_a_json_array_is_read_in_flat_memory(tmp_path: Path) -> None:
+    """Reading a JSON array of 50,000 items peaks at most 1.5x what 5,000 items do."""
+    small = _write_json_array(tmp_path / "small.json", 5_000)
+    large = _write_json_array(tmp_path / "large.json", 50_000)
+    small_rows, small_peak = await _peak_reading(small)
+    large_rows, large_peak = await _peak_reading(large)
+    assert (small_rows, large_rows) == (5_000, 50_000)
     assert large_peak <= 1.5 * small_peak + 1_000_000, (small_peak, large_peak)
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import codecs
+import json
 from collections.abc import AsyncIterator, Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -419,3 +421,57 @@ async def test_large_sync_iterable_is_read_whole() -> None:
     items = await read_all({"email": f"n{i}@example.com"} for i in range(2000))
 
     assert [i.lines[0] for i in valid(items)] == list(range(1, 2001))
+
+
+EXCEL_UNICODE_TEXT = (
+    "Email Address\tFirst Name\tNotes\r\n"
+    "jane@example.com\tJané\tA, B; C\r\n"
+    "joe@example.com\tJoe\t\r\n"
+)
+
+
+@pytest.mark.parametrize("codec", ["utf-16", "utf-16-be", "utf-32"])
+@pytest.mark.parametrize("encoding", [None, "utf-16"], ids=["detected", "--encoding-utf-16"])
+async def test_excel_unicode_text_reads_by_its_byte_order_mark(
+    tmp_path: Path, codec: str, encoding: str | None
+) -> None:
+    """Excel's "Unicode Text" (UTF-16 with a BOM, tab-separated) and UTF-32 read like UTF-8,
+    whatever --encoding says: the byte-order mark decides."""
+    data = EXCEL_UNICODE_TEXT.encode(codec)
+    if codec == "utf-16-be":
+        data = codecs.BOM_UTF16_BE + data
+    path = write_text(tmp_path / "export.txt", data)
+    options = {"encoding": encoding} if encoding else {}
+    items = await read_all(path, **options)
+    assert not rejected(items)
+    rows = valid(items)
+    assert [r.email for r in rows] == ["jane@example.com", "joe@example.com"]
+    assert rows[0].fields == {"FirstName": "Jané", "Note": "A, B; C"}
+    assert [r.lines for r in rows] == [(2,), (3,)]
+
+
+async def test_a_json_array_is_read_item_by_item(tmp_path: Path) -> None:
+    """A `.json` file holding an array (an "export as JSON") gives one row per item, numbered
+    from 1; brackets and commas inside strings do not confuse it; a non-object is rejected."""
+    items_in = [{"email": f"p{i}@example.com", "first_name": 'Ann, "x" ][ {'} for i in range(3000)]
+    path = write_text(
+        tmp_path / "export.json", json.dumps([*items_in, 7, {"email": "bad"}], indent=2)
+    )
+    items = await read_all(path)
+    rows = valid(items)
+    assert len(rows) == 3000
+    assert rows[0].email == "p0@example.com"
+    assert rows[0].fields == {"FirstName": 'Ann, "x" ][ {'}
+    assert rows[-1].lines == (3000,)
+    assert [(r.line, r.reason) for r in rejected(items)] == [
+        (3001, "item 3001 is not a JSON object"),
+        (3002, "invalid email address 'bad'"),
+    ]
+
+
+async def test_a_broken_json_array_is_a_source_error_naming_the_item(tmp_path: Path) -> None:
+    """An array cut short (or broken inside an item) stops before any write, saying after
+    which item."""
+    path = write_text(tmp_path / "cut.json", '[{"email": "a@example.com"}, {"email": "b@exa')
+    with pytest.raises(SourceError, match=r"not a valid JSON array after item 1"):
+        await read_all(path)
