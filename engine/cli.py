@@ -154,6 +154,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--encoding", default="utf-8", help="source encoding (default: utf-8)")
     run.add_argument(
+        "--truncate-long-fields",
+        action="store_true",
+        help="cut a field over the API's limit to the limit (default: leave it out); either "
+        "way the contact goes to its lists and its report line says so",
+    )
+    run.add_argument(
         "--report",
         type=Path,
         help="JSON Lines report, one line per email (default: SOURCE.report.jsonl)",
@@ -268,6 +274,7 @@ async def _migrate(args: argparse.Namespace) -> int:
             lists_column=args.lists_column,
             list_separator=args.list_separator,
             encoding=args.encoding,
+            truncate=args.truncate_long_fields,
         ),
         bulk_threshold=None if args.no_bulk else args.bulk_threshold,
         create_lists=args.create_lists,

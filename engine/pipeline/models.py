@@ -44,12 +44,16 @@ class SourceRow:
         email: trimmed, lower-cased, validated.
         fields: v1 element name -> value, only the non-empty values the source gave.
         lists: the names of the row's own target lists (from the lists column).
+        warnings: what was left out or changed of the row (a field over the API's limit,
+            a nested JSON value); the contact still goes to its lists, and its outcome
+            carries these.
     """
 
     lines: tuple[int, ...]
     email: str
     fields: dict[str, str]
     lists: tuple[str, ...] = ()
+    warnings: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -142,6 +142,8 @@ class ReadOptions:
         list_separator: separates list names in the lists column.
         encoding: the text encoding of a file ("utf-8" also accepts a BOM).
         format: "csv", "jsonl", or None to decide by the file extension.
+        truncate: cut a field over the API's limit to the limit instead of leaving it out
+            (either way the contact goes to its lists, with a warning on its outcome).
     """
 
     columns: Mapping[str, str] = field(default_factory=dict)
@@ -149,6 +151,7 @@ class ReadOptions:
     list_separator: str = ";"
     encoding: str = "utf-8"
     format: str | None = None
+    truncate: bool = False
 
     def __post_init__(self) -> None:
         for column, element in self.columns.items():
@@ -200,8 +203,11 @@ class _Columns:
             element = explicit.get(key)
             if element == "lists" or (lists_column is not None and key == lists_column):
                 self.mapping[position] = LISTS
-            elif element is not None or key in _BY_HEADER:
-                self.mapping[position] = element or _BY_HEADER[key]
+            elif element is not None:
+                self.mapping[position] = element
+            elif key in _BY_HEADER and _BY_HEADER[key] not in explicit.values():
+                # A field mapped explicitly takes no other column by its usual name.
+                self.mapping[position] = _BY_HEADER[key]
         found = set(self.mapping.values())
         if EMAIL not in found:
             shown = ", ".join(repr(n) for n in self.names[:12]) or "no columns"
@@ -218,7 +224,8 @@ def _row(
 ) -> SourceRow | Rejected:
     fields: dict[str, str] = {}
     lists: tuple[str, ...] = ()
-    raw_email = too_long = ""
+    raw_email = ""
+    warnings: list[str] = []
     items = (
         ((p, values[p]) for p in columns.mapping if p < len(values))
         if isinstance(values, list)
@@ -232,20 +239,49 @@ def _row(
             names = value if isinstance(value, list) else str(value).split(options.list_separator)
             lists = tuple(dict.fromkeys(n.strip() for n in map(str, names) if str(n).strip()))
             continue
+        if isinstance(value, dict | list):  # never a Python repr on a contact
+            if element == EMAIL:
+                return Rejected(line, "", "the email is a nested JSON value")
+            warnings.append(
+                f"{element} left out: {columns.names[position]!r} is a nested JSON value "
+                f"(map one part of it with --column '{columns.names[position]}.KEY={element}')"
+            )
+            continue
         text = str(value).strip()
         if element == EMAIL:
             raw_email = text
         elif text:
             limit = FIELD_LIMITS.get(element, _DEFAULT_LIMIT)
-            if len(text) > limit and not too_long:
-                too_long = f"{element} is {len(text)} characters; the API's limit is {limit}"
+            if len(text) > limit:
+                # Lists are the job: the contact goes to them without this field (or with it
+                # cut, when asked), and the outcome says so.
+                if not options.truncate:
+                    warnings.append(
+                        f"{element} left out: {len(text)} characters, the API's limit is "
+                        f"{limit} (--truncate-long-fields keeps the first {limit})"
+                    )
+                    continue
+                warnings.append(f"{element} cut from {len(text)} to {limit} characters")
+                text = text[:limit].rstrip()
             fields[element] = text
-    if too_long:
-        return Rejected(line, raw_email, too_long)
     email, reason = normalise_email(raw_email)
     if reason:
         return Rejected(line, raw_email, reason)
-    return SourceRow((line,), email, fields, lists)
+    return SourceRow((line,), email, fields, lists, tuple(warnings))
+
+
+def _flat(value: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A JSON object with its nested objects flattened to dotted keys (`address.street`),
+    so that `--column address.street=Addr1` can map one part of them."""
+    flat: dict[str, Any] = {}
+    for key, item in value.items():
+        name = f"{prefix}{key}"
+        if isinstance(item, Mapping) and item:
+            flat[name] = item  # the whole object is still named (and left out if mapped)
+            flat.update(_flat(item, f"{name}."))
+        else:
+            flat[name] = item
+    return flat
 
 
 #: Byte-order marks and the codec each one announces (UTF-32 first: its LE mark starts
@@ -511,6 +547,8 @@ class SourceReader:
     def _mapping_row(
         self, number: int, value: Mapping[str, Any], cache: dict[tuple[str, ...], _Columns]
     ) -> SourceRow | Rejected:
+        if any(isinstance(v, Mapping) for v in value.values()):
+            value = _flat(value)
         keys = tuple(str(k) for k in value)
         columns = cache.get(keys)
         if columns is None:
@@ -618,18 +656,22 @@ class _Group:
     """The rows of one email being coalesced: lines in order, later non-empty fields win,
     lists unioned in order of appearance."""
 
-    __slots__ = ("email", "fields", "lines", "lists")
+    __slots__ = ("email", "fields", "lines", "lists", "warnings")
 
     def __init__(self, first: SourceRow) -> None:
         self.email = first.email
         self.lines = list(first.lines)
         self.fields = dict(first.fields)
         self.lists = dict.fromkeys(first.lists)
+        self.warnings = dict.fromkeys(first.warnings)
 
     def add(self, later: SourceRow) -> None:
         self.lines.extend(later.lines)
         self.fields.update(later.fields)
         self.lists.update(dict.fromkeys(later.lists))
+        self.warnings.update(dict.fromkeys(later.warnings))
 
     def row(self) -> SourceRow:
-        return SourceRow(tuple(self.lines), self.email, self.fields, tuple(self.lists))
+        return SourceRow(
+            tuple(self.lines), self.email, self.fields, tuple(self.lists), tuple(self.warnings)
+        )

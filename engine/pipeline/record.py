@@ -147,12 +147,15 @@ async def record_outcomes(
     on_outcome: Callable[[Outcome], None] | None = None,
     journal: Journal | None = None,
     notes: MutableMapping[str, str] | None = None,
+    row_notes: MutableMapping[str, str] | None = None,
     intents: MutableMapping[str, Intent] | None = None,
     maybe_added: MutableSet[str] | None = None,
 ) -> None:
     """The stage: count every outcome, journal and write it, tell the planner it is done.
 
-    `notes` (email -> note) are taken off as the emails' outcomes arrive and put on them.
+    `notes` (email -> note: how the bulk path sent it) and `row_notes` (email -> what the
+    reader left out of its rows) are taken off as the emails' outcomes arrive and put on
+    them.
     `intents` are the writes an earlier run sent without recording their outcome: the
     contact's outcome says what that write did, with the lists it had before it.
     `maybe_added` are the emails whose bulk activity may have run before they were sent
@@ -163,6 +166,10 @@ async def record_outcomes(
         async for outcome in receive_outcomes:
             if notes and outcome.path and outcome.email in notes:
                 outcome = dataclasses.replace(outcome, note=notes.pop(outcome.email))
+            if row_notes and outcome.path and outcome.email in row_notes:
+                extra = row_notes.pop(outcome.email)
+                note = f"{outcome.note}; {extra}" if outcome.note else extra
+                outcome = dataclasses.replace(outcome, note=note)
             if intents and outcome.path and outcome.email in intents:
                 outcome = _with_intent(outcome, intents.pop(outcome.email))
             if maybe_added and outcome.path and outcome.email in maybe_added:

@@ -341,6 +341,8 @@ class _Run:
         self.resumed_rows = 0
         self.retried_rows = 0
         self.earlier_intents: dict[str, Intent] = {}
+        #: email -> what the reader left out or changed of its rows, for its outcome.
+        self.row_notes: dict[str, str] = {}
         self.held: set[str] = set()  # emails carried by activities of an earlier run
         # `linger` is for streaming sources: a file's batches fill up to the caps or the
         # end of the input, or 20,000 rows would go out in as many activities as lingers.
@@ -405,6 +407,11 @@ class _Run:
                 if item.email in done:
                     self.resumed_rows += len(item.lines)
                 continue
+            if isinstance(item, SourceRow) and item.warnings:
+                # Put on the contact's outcome by the record stage (and taken off there).
+                earlier = self.row_notes.get(item.email)
+                note = "; ".join(item.warnings)
+                self.row_notes[item.email] = f"{earlier}; {note}" if earlier else note
             await send.send(item)
 
     async def on_submitted(self, activity: Activity, batch: Batch) -> None:
@@ -601,6 +608,7 @@ class _Run:
             on_outcome=on_outcome,
             journal=self.journal,
             notes=bulk.notes,
+            row_notes=self.row_notes,
             intents=self.earlier_intents,
             maybe_added=bulk.maybe_added,
         )

@@ -113,6 +113,11 @@ class Run:
         assert self.report is not None
         return [line.get("reason", "") for line in self.report]
 
+    def notes(self) -> list[str]:
+        """The notes of the report, in order."""
+        assert self.report is not None
+        return [line.get("note", "") for line in self.report]
+
 
 def migrate(
     served: Served,
@@ -226,15 +231,16 @@ def test_bad_input_stops_before_any_write(
 def test_a_field_over_the_csv_modules_limit_rejects_only_its_row(
     served: Served, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """A 200,000-character cell (over csv's 128 KiB default) rejects its row; the rest run."""
+    """A 200,000-character cell (over csv's 128 KiB default) does not stop the run: the field
+    is left out with a note, its contact and the rest are migrated."""
     source = write(
         tmp_path / "huge.csv", HEADER + "big@example.com," + "x" * 200_000 + "\nok@example.com,Ok\n"
     )
     run = migrate(served, source, capsys)
-    assert run.status == 1, run.out + run.err
+    assert run.status == 0, run.out + run.err
     assert "Traceback" not in run.err
-    assert run.outcomes() == {"big@example.com": "rejected", "ok@example.com": "created"}
-    assert run.reasons()[0] == "FirstName is 200000 characters; the API's limit is 50"
+    assert run.outcomes() == {"big@example.com": "created", "ok@example.com": "created"}
+    assert run.notes()[0].startswith("FirstName left out: 200000 characters, the API's limit is 50")
 
 
 def test_bom_and_crlf(served: Served, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -299,7 +305,8 @@ def test_quotes_commas_and_embedded_newlines(
 def test_over_long_fields_and_addresses(
     served: Served, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """Fields over the API's limits are rejected naming field and limit; other rows are done."""
+    """Fields over the API's limits are left out naming field and limit, their contacts
+    migrated; an email over its limit rejects its row."""
     rows = [
         ["long@example.com", "x" * 51, "Ok"],
         ["a" * 75 + "@example.com", "Ok", "Ok"],
@@ -310,13 +317,18 @@ def test_over_long_fields_and_addresses(
     run = migrate(served, source, capsys)
     assert run.status == 1
     assert run.rows() == [2, 3, 4, 5]
-    assert run.reasons()[:3] == [
-        "FirstName is 51 characters; the API's limit is 50",
-        "email address longer than 80 characters",
-        "Note is 501 characters; the API's limit is 500",
-    ]
-    assert run.outcomes()["fine@example.com"] == "created"
-    assert run.writes == 1
+    assert run.report is not None
+    line = {tuple(item["rows"]): item for item in run.report}
+    assert line[(3,)]["reason"] == "email address longer than 80 characters"
+    assert line[(2,)]["note"].startswith("FirstName left out: 51 characters, the API's limit")
+    assert line[(4,)]["note"].startswith("Note left out: 501 characters, the API's limit is 500")
+    outcomes = run.outcomes()
+    assert [outcomes[e] for e in ("long@example.com", "note@example.com")] == ["created"] * 2
+    assert outcomes["fine@example.com"] == "created"
+    assert run.writes == 3
+    long = served.store.contact_by_email("long@example.com")
+    assert long is not None
+    assert "FirstName" not in long.fields
 
 
 def test_100000_duplicates_of_one_email(

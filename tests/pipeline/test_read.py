@@ -254,8 +254,9 @@ def test_missing_file_is_a_source_error(tmp_path: Path) -> None:
         SourceReader(tmp_path / "nope.csv")
 
 
-async def test_over_long_fields_are_rejected_with_the_field_and_limit(tmp_path: Path) -> None:
-    """A value over the API's field limit rejects the row, naming the field and the limit."""
+async def test_an_over_long_field_is_left_out_with_a_warning(tmp_path: Path) -> None:
+    """A value over the API's limit is left out, naming the field and the limit; the contact
+    is still migrated (lists are the job)."""
     path = write_csv(
         tmp_path / "in.csv",
         ["Email", "First Name", "Zip", "Notes"],
@@ -268,15 +269,45 @@ async def test_over_long_fields_are_rejected_with_the_field_and_limit(tmp_path: 
 
     items = await read_all(path)
 
-    first, second = rejected(items)
-    assert (first.line, first.email) == (2, "a@example.com")
-    assert "FirstName" in first.reason
-    assert "51" in first.reason
-    assert "50" in first.reason
-    assert second.line == 3
-    assert "PostalCode" in second.reason
-    assert "25" in second.reason
-    assert [i.email for i in valid(items)] == ["c@example.com"]
+    assert not rejected(items)
+    a, b, c = valid(items)
+    assert "FirstName" not in a.fields
+    assert a.warnings == (
+        "FirstName left out: 51 characters, the API's limit is 50 "
+        "(--truncate-long-fields keeps the first 50)",
+    )
+    assert b.fields == {"FirstName": "x" * 50}
+    assert "PostalCode left out: 26 characters, the API's limit is 25" in b.warnings[0]
+    assert c.fields["Note"] == "n" * 500
+    assert c.warnings == ()
+
+
+async def test_an_over_long_field_is_cut_when_asked(tmp_path: Path) -> None:
+    """With truncate, a value over the limit keeps its first characters, with a warning."""
+    path = write_csv(tmp_path / "in.csv", ["Email", "Address"], [["a@example.com", "y" * 68]])
+    (row,) = valid(await read_all(path, truncate=True))
+    assert row.fields == {"Addr1": "y" * 50}
+    assert row.warnings == ("Addr1 cut from 68 to 50 characters",)
+
+
+async def test_a_nested_json_value_is_never_written_as_a_repr(tmp_path: Path) -> None:
+    """A nested JSON value is left out with a warning; a dotted --column maps one part."""
+    path = write_jsonl(
+        tmp_path / "in.jsonl",
+        [
+            {"email": "a@example.com", "address": {"street": "1 Main St", "city": "Boston"}},
+            {"email": "b@example.com", "phone": ["555-1", "555-2"]},
+        ],
+    )
+    a, b = valid(await read_all(path))
+    assert a.fields == {}  # 'address' is Addr1 by name, but nested: left out
+    assert "Addr1 left out: 'address' is a nested JSON value" in a.warnings[0]
+    assert "HomePhone left out: 'phone' is a nested JSON value" in b.warnings[0]
+    mapped = valid(
+        await read_all(path, columns={"address.street": "Addr1", "address.city": "City"})
+    )
+    assert mapped[0].fields == {"Addr1": "1 Main St", "City": "Boston"}
+    assert not mapped[0].warnings
 
 
 @pytest.mark.parametrize(
