@@ -35,7 +35,7 @@ from engine.errors import (
 from engine.journal import Journal
 from engine.pipeline.config import MigrationConfig, StageLimits
 from engine.pipeline.dryrun import plan_migration
-from engine.pipeline.read import ReadOptions
+from engine.pipeline.read import ReadOptions, describe_columns
 from engine.pipeline.run import migrate
 from engine.progress import ProgressDisplay
 
@@ -288,6 +288,15 @@ async def _migrate(args: argparse.Namespace) -> int:
         stale_after=args.stale_after,
     )
     account = _account(args)
+    if args.source.is_file():
+        # Which column feeds which field, before anything is read or sent: a wrong guess is
+        # cheaper to see here than in the report.
+        try:
+            columns = describe_columns(args.source, config.read)
+        except SourceError:
+            columns = ""  # the run itself says what is wrong, with the whole story
+        if columns:
+            print(columns, file=sys.stdout if args.dry_run else sys.stderr)
     async with account:
         if args.dry_run:
             plan = await plan_migration(

@@ -243,7 +243,8 @@ def test_dry_run_prints_the_plan_and_writes_nothing(
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    """`--dry-run` prints contacts per path, requests and time at the rate; no writes."""
+    """`--dry-run` prints the columns it reads, contacts per path, requests and time at the
+    rate; no writes."""
     emails = [f"member{i}@example.com" for i in range(30)]
     path = source(tmp_path, [*emails, "solo@example.org"], {"solo@example.org": "Customers"})
     before = {c.email: (c.status, set(c.lists)) for c in store.contacts()}
@@ -272,6 +273,9 @@ def test_dry_run_prints_the_plan_and_writes_nothing(
     assert "requests to send:" in out
     assert "time at 4 requests/s:" in out
     assert "nothing was written." in out
+    assert out.startswith("columns: ")  # which column feeds which field, first of all
+    assert "-> EmailAddress" in out
+    assert "'Lists' -> lists" in out
     assert writes(sim) == {}
     assert {c.email: (c.status, set(c.lists)) for c in store.contacts()} == before
     assert not Path(f"{path}.report.jsonl").exists()

@@ -38,6 +38,7 @@ __all__ = [
     "Scan",
     "Source",
     "SourceReader",
+    "describe_columns",
     "normalise_email",
 ]
 
@@ -50,16 +51,25 @@ LISTS = "__lists__"
 #: v1 element -> the header spellings that mean it, compared without case, space or
 #: punctuation. The first spelling is the import vocabulary's own (API doc §6.2).
 _ALIASES: dict[str, tuple[str, ...]] = {
-    EMAIL: ("Email Address", "email", "e-mail", "e-mail address", "mail", "email_address"),
+    EMAIL: (
+        "Email Address",
+        "email",
+        "e-mail",
+        "e-mail address",
+        "mail",
+        "email_address",
+        "E-mail 1 - Value",  # Google Contacts
+        "Email 1",
+    ),
     "EmailType": ("Email Type", "format"),
     "FirstName": ("First Name", "first_name", "firstname", "given name", "forename"),
     "MiddleName": ("Middle Name", "middle_name", "middle initial"),
     "LastName": ("Last Name", "last_name", "surname", "family name"),
     "JobTitle": ("Job Title", "job_title", "position"),
     "CompanyName": ("Company Name", "company", "organization", "organisation"),
-    "HomePhone": ("Home Phone", "phone", "home_phone", "telephone"),
+    "HomePhone": ("Home Phone", "phone", "home_phone", "telephone", "Phone Number"),
     "WorkPhone": ("Work Phone", "work_phone", "business phone"),
-    "Addr1": ("Address Line 1", "address", "address 1", "addr1", "street"),
+    "Addr1": ("Address Line 1", "address", "address 1", "addr1", "street", "Street Address"),
     "Addr2": ("Address Line 2", "address 2", "addr2"),
     "Addr3": ("Address Line 3", "address 3", "addr3"),
     "City": ("City", "town"),
@@ -70,8 +80,8 @@ _ALIASES: dict[str, tuple[str, ...]] = {
         "province",
         "State/Province (US/Canada)",
     ),
-    "StateName": ("Other State/Province", "state name", "region"),
-    "CountryCode": ("Country", "country code"),
+    "StateName": ("Other State/Province", "state name", "region", "State/Region"),
+    "CountryCode": ("Country", "country code", "Country/Region"),
     "CountryName": ("Country Name",),
     "PostalCode": ("Zip/Postal Code", "zip", "zip code", "postal code", "postcode"),
     "SubPostalCode": ("Sub Zip/Postal Code", "zip4", "zip+4"),
@@ -210,13 +220,62 @@ class _Columns:
                 self.mapping[position] = _BY_HEADER[key]
         found = set(self.mapping.values())
         if EMAIL not in found:
-            shown = ", ".join(repr(n) for n in self.names[:12]) or "no columns"
+            shown = ", ".join(repr(n) for n in self.names) or "no columns"
             raise SourceError(
                 f"no email column: the header has {shown}. Name one 'Email Address' or "
                 "'email', or map it with --column 'HEADER=EmailAddress'"
             )
         if options.lists_column and LISTS not in found and lists_required:
             raise SourceError(f"the lists column {options.lists_column!r} is not in the header")
+
+    def describe(self) -> str:
+        """Which column feeds which field, and which columns are ignored, in one line."""
+        fed = ", ".join(
+            f"{self.names[p]!r} -> {'lists' if e == LISTS else e}" for p, e in self.mapping.items()
+        )
+        ignored = [repr(n) for p, n in enumerate(self.names) if p not in self.mapping]
+        return f"columns: {fed}" + (f"; ignored: {', '.join(ignored)}" if ignored else "")
+
+
+def describe_columns(source: str | Path, options: ReadOptions | None = None) -> str:
+    """For a file source: which column feeds which field and which are ignored (the header
+    of a CSV file, the first item of a JSON file), as shown before a run starts.
+
+    Raises:
+        SourceError: the file has no email column (every header is named).
+    """
+    options = options or ReadOptions()
+    reader = SourceReader(source, options)
+    assert reader.path is not None
+    if reader.format == "jsonl":  # the first item's keys (later items may have others)
+        first = _first_json_keys(reader.path, options)
+        try:
+            return _Columns(first, options, lists_required=False).describe() if first else ""
+        except SourceError as exc:  # each such item is rejected, with this reason
+            return f"the first item: {exc}"
+    lines = _decoded_lines(reader.path, options.encoding)
+    head = [text for _, text, _ in islice(lines, 50)]
+    try:
+        dialect: type[csv.Dialect] | csv.Dialect = csv.Sniffer().sniff("".join(head), ",;\t|")
+    except csv.Error:
+        dialect = csv.excel
+    header = next(csv.reader(head, dialect), [])
+    return _Columns(header, options).describe()
+
+
+def _first_json_keys(path: Path, options: ReadOptions) -> list[str]:
+    if _starts_with_bracket(path, options.encoding):
+        for value in _json_array_items(path, options, None):
+            return list(_flat(value)) if isinstance(value, Mapping) else []
+        return []
+    for _, text, _ in _decoded_lines(path, options.encoding):
+        if text.strip():
+            try:
+                value = json.loads(text)
+            except json.JSONDecodeError:
+                return []
+            return list(_flat(value)) if isinstance(value, Mapping) else []
+    return []
 
 
 def _row(

@@ -12,7 +12,7 @@ import pytest
 
 from engine.errors import ConfigError, SourceError
 from engine.pipeline.models import Rejected, SourceRow
-from engine.pipeline.read import ReadOptions, SourceReader, normalise_email
+from engine.pipeline.read import ReadOptions, SourceReader, describe_columns, normalise_email
 
 from .conftest import write_csv, write_jsonl
 
@@ -506,3 +506,49 @@ async def test_a_broken_json_array_is_a_source_error_naming_the_item(tmp_path: P
     path = write_text(tmp_path / "cut.json", '[{"email": "a@example.com"}, {"email": "b@exa')
     with pytest.raises(SourceError, match=r"not a valid JSON array after item 1"):
         await read_all(path)
+
+
+async def test_no_email_column_lists_every_header(tmp_path: Path) -> None:
+    """Without an email column, the error names every header, not the first dozen."""
+    header = [f"Column {i}" for i in range(20)]
+    path = write_csv(tmp_path / "in.csv", header, [[str(i) for i in range(20)]])
+    with pytest.raises(SourceError) as caught:
+        await read_all(path)
+    assert "'Column 0'" in str(caught.value)
+    assert "'Column 19'" in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("header", "element"),
+    [
+        pytest.param("E-mail 1 - Value", "EmailAddress", id="google-contacts-email"),
+        pytest.param("Phone Number", "HomePhone", id="mailchimp-hubspot-phone"),
+        pytest.param("Street Address", "Addr1", id="hubspot-street"),
+        pytest.param("State/Region", "StateName", id="hubspot-state"),
+        pytest.param("Country/Region", "CountryCode", id="hubspot-country"),
+    ],
+)
+async def test_headers_of_common_exports_are_recognised(
+    tmp_path: Path, header: str, element: str
+) -> None:
+    """Headers that Google Contacts, Mailchimp and HubSpot export map to their fields."""
+    columns = [header] if element == "EmailAddress" else ["Email", header]
+    values = ["a@example.com"] if element == "EmailAddress" else ["a@example.com", "X"]
+    (row,) = valid(await read_all(write_csv(tmp_path / "in.csv", columns, [values])))
+    assert row.email == "a@example.com"
+    if element != "EmailAddress":
+        assert row.fields == {element: "X"}
+
+
+def test_the_column_description_names_fed_and_ignored_columns(tmp_path: Path) -> None:
+    """Before a run: which column feeds which field, and which columns are ignored."""
+    path = write_csv(
+        tmp_path / "in.csv", ["E-mail 1 - Value", "Given Name", "Birthday", "Groups"], []
+    )
+    text = describe_columns(path, ReadOptions(lists_column="Groups"))
+    assert text == (
+        "columns: 'E-mail 1 - Value' -> EmailAddress, 'Given Name' -> FirstName, "
+        "'Groups' -> lists; ignored: 'Birthday'"
+    )
+    items = write_jsonl(tmp_path / "in.jsonl", [{"email": "a@example.com", "misc": {"x": 1}}])
+    assert describe_columns(items) == "columns: 'email' -> EmailAddress; ignored: 'misc', 'misc.x'"
