@@ -272,6 +272,25 @@ def classify(
     return FatalApiError(f"unexpected answer {status}", **ctx)
 
 
+def unknown_lists_message(unknown: Sequence[str], have: Iterable[str]) -> str:
+    """Why `unknown` list names cannot be used, and what to do: "did you mean" for a name
+    that differs from an existing one only in case (creating it would fail, or make a
+    look-alike), `--create-lists` otherwise."""
+    existing = sorted(have)
+    by_fold = {n.casefold(): n for n in existing}
+    cased = {n: by_fold[n.casefold()] for n in unknown if n.casefold() in by_fold}
+    if cased:
+        return (
+            "; ".join(f"no list {name!r}; did you mean {match!r}?" for name, match in cased.items())
+            + " (list names are matched exactly)"
+        )
+    shown = ", ".join(repr(n) for n in existing) or "none"
+    return (
+        f"unknown list name(s) {', '.join(repr(n) for n in unknown)}; the account has: "
+        f"{shown}. Fix the name, or pass --create-lists to create them."
+    )
+
+
 class Account:
     """The v1 API of one Constant Contact account.
 
@@ -573,11 +592,7 @@ class Account:
                 by_name.setdefault(item.name, item)
         unknown = [n for n in wanted if n not in by_name]
         if unknown:
-            have = ", ".join(repr(n) for n in sorted(by_name)) or "none"
-            raise ConfigError(
-                f"unknown list name(s) {', '.join(repr(n) for n in unknown)}; the account has: "
-                f"{have}. Fix the name, or pass --create-lists to create them."
-            )
+            raise ConfigError(unknown_lists_message(unknown, by_name))
         return {name: by_name[name] for name in wanted}
 
     async def create_list(

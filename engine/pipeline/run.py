@@ -27,7 +27,7 @@ from urllib.parse import urlsplit
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from engine.api.client import Account
+from engine.api.client import Account, unknown_lists_message
 from engine.api.records import Activity, ContactList
 from engine.crashpoints import crash_point
 from engine.errors import ConfigError, EngineError, OutputError, PipelineError, SourceError
@@ -133,8 +133,11 @@ async def prepare_lists(
     if system:
         raise ConfigError(f"{', '.join(map(repr, system))}: system lists cannot be targets")
     missing = [n for n in dict.fromkeys(names) if n not in lists]
-    if missing and not create:
-        await account.resolve_lists(names)  # raises the ConfigError that lists what exists
+    folded = {n.casefold() for n in lists}
+    if missing and (not create or any(n.casefold() in folded for n in missing)):
+        # Never create a list that differs from an existing one only in case: the API
+        # refuses it (409) or, worse, the account gets two look-alike lists.
+        raise ConfigError(unknown_lists_message(missing, lists))
     for name in missing:
         lists[name] = await account.create_list(name)
         log.info("created list %r (%s)", name, lists[name].id)

@@ -775,7 +775,6 @@ async def test_resolve_lists(m: aioresponses, account: Account, captured: Captur
     "names",
     [
         pytest.param(["Clients", "Customers"], id="unknown"),
-        pytest.param(["clients"], id="wrong-case"),
         pytest.param(["Do Not Mail"], id="system-list"),
         pytest.param(["Active"], id="system-active"),
     ],
@@ -791,6 +790,17 @@ async def test_resolve_lists_refuses_unknown_and_system_lists(
     assert repr(names[-1]) in message
     assert "'Clients', 'General Interest'" in message
     assert "'Removed'" not in message
+
+
+async def test_resolve_lists_asks_did_you_mean_for_a_name_in_the_wrong_case(
+    m: aioresponses, account: Account, captured: Captured
+) -> None:
+    """A name that differs from a list's only in case: "did you mean", no --create-lists."""
+    m.get(BASE + "lists", body=captured("contactlistscollection.xml"), content_type=XML)
+    with pytest.raises(ConfigError) as caught:
+        await account.resolve_lists(["clients"])
+    assert "no list 'clients'; did you mean 'Clients'?" in str(caught.value)
+    assert "--create-lists" not in str(caught.value)
 
 
 # --- configuration --------------------------------------------------------------------------

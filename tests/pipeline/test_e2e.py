@@ -269,6 +269,28 @@ async def test_invalid_rows_are_rejected_and_the_run_goes_on(
     assert "FirstName" not in created.fields
 
 
+@pytest.mark.parametrize("create", [False, True], ids=["", "create-lists"])
+async def test_a_list_name_in_the_wrong_case_asks_did_you_mean(
+    simulator: RunningSimulator,
+    account: Account,
+    fast_config: MigrationConfig,
+    tmp_path: Path,
+    create: bool,
+) -> None:
+    """'spring promo' for 'Spring Promo': "did you mean", nothing written, and never a
+    look-alike list created, even with create_lists."""
+    store = simulator.store
+    store.create_list("Spring Promo")
+    source = write_csv(tmp_path / "in.csv", HEADER, [["a@example.com", ""]])
+    config = dataclasses.replace(fast_config, create_lists=create)
+    with pytest.raises(ConfigError) as caught:
+        await run(account, source, config, tmp_path, lists=["spring promo"])
+    assert "no list 'spring promo'; did you mean 'Spring Promo'?" in str(caught.value)
+    assert "--create-lists" not in str(caught.value)
+    assert [s.name for s in store.lists()] == ["Spring Promo"]
+    assert writes_in(await sim_stats(simulator)) == {}
+
+
 async def test_unknown_list_stops_before_any_write(
     simulator: RunningSimulator, account: Account, fast_config: MigrationConfig, tmp_path: Path
 ) -> None:
