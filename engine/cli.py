@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import signal
 import sys
 from collections.abc import Callable, Coroutine, Iterator, Sequence
@@ -263,6 +264,16 @@ def _parser() -> argparse.ArgumentParser:
         "--contacts", type=_positive_int, default=5000, help="existing contacts (default: 5000)"
     )
     demo.add_argument("--keep", type=Path, help="keep the demo's files in this folder")
+    for sub in (run, show, check, demo):
+        # Also after the command (`migrate … -v`), as the README shows it; SUPPRESS keeps
+        # the top-level `-v` when the subcommand has none.
+        sub.add_argument(
+            "-v",
+            "--verbose",
+            action="store_true",
+            default=argparse.SUPPRESS,
+            help="log each step to stderr",
+        )
     return parser
 
 
@@ -410,12 +421,14 @@ async def _lists(args: argparse.Namespace) -> int:
 
 
 def _run(coro: Callable[[], Coroutine[Any, Any, int]]) -> int:
+    runner: Callable[[Coroutine[Any, Any, int]], int] = asyncio.run
     try:
         import uvloop  # the `fast` extra: more requests per CPU second
+
+        runner = uvloop.run
     except ImportError:
-        return asyncio.run(coro())
-    result: int = uvloop.run(coro())
-    return result
+        pass  # run outside the except block: no "No module named 'uvloop'" on errors
+    return runner(coro())
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -442,8 +455,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _run(lambda: _audit(args))
         return _run(lambda: _migrate(args))
     except (ConfigError, SourceError) as exc:
-        # Both are raised before the first write: say so, it is what a user worries about.
-        print(f"error: {exc}\nnothing was written.", file=sys.stderr)
+        # Both are raised before the first write: say so, it is what a user worries about
+        # (only where there was something to write).
+        writes = args.command in ("migrate", "demo")
+        print(f"error: {exc}" + ("\nnothing was written." if writes else ""), file=sys.stderr)
         return EXIT_USAGE
     except (AuthenticationError, AccessDeniedError) as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -457,3 +472,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("stopped by the user.", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # `python -m engine lists | head`: the reader left; not an error of ours. stdout is
+        # pointed at /dev/null so the interpreter's final flush does not fail again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_OK

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -298,3 +301,54 @@ def test_lists_prints_id_name_members_and_sort_order(
     assert "SortOrder" in out.splitlines()[0]
     assert "not the SortOrder" in out
     assert writes(sim) == {}
+
+
+def test_verbose_is_accepted_after_the_command_too() -> None:
+    """`migrate FILE -v` (as the README writes it) and `-v migrate FILE` both log steps."""
+    from engine.cli import _parser
+
+    assert _parser().parse_args(["migrate", "in.csv", "-v"]).verbose is True
+    assert _parser().parse_args(["-v", "migrate", "in.csv"]).verbose is True
+    assert _parser().parse_args(["migrate", "in.csv"]).verbose is False
+
+
+def test_an_error_without_uvloop_does_not_mention_uvloop(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without uvloop installed, an error's traceback is not chained to the ImportError."""
+    from engine.cli import _run
+
+    monkeypatch.setitem(sys.modules, "uvloop", None)
+
+    async def fail() -> int:
+        raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError) as caught:
+        _run(fail)
+    assert caught.value.__context__ is None
+
+
+def test_output_piped_into_head_ends_quietly() -> None:
+    """`python -m engine lists | head -1`: the closed pipe ends the command, no traceback."""
+    script = (
+        "import sys, engine.cli as cli\n"
+        "async def many(args):\n"
+        "    for i in range(200_000):\n"
+        "        print(f'line {i}')\n"
+        "    return 0\n"
+        "cli._lists = many\n"
+        "sys.exit(cli.main(['lists']))\n"
+    )
+    process = subprocess.Popen(
+        [sys.executable, "-c", script],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "CTCT_USERNAME": "u", "CTCT_API_KEY": "k", "CTCT_PASSWORD": "p"},
+    )
+    assert process.stdout is not None
+    assert process.stderr is not None
+    assert process.stdout.readline() == b"line 0\n"
+    process.stdout.close()  # what `head -1` does after its line
+    err = process.stderr.read().decode()
+    process.stderr.close()
+    assert process.wait(timeout=60) == 0, err
+    assert "Traceback" not in err
+    assert "BrokenPipeError" not in err
