@@ -54,7 +54,8 @@ def describe(p: Progress) -> str:
     return (
         f"{p.rows_done}{total} rows, {p.rows_per_second:.0f}/s, ETA {_duration(p.eta)} | "
         f"{p.requests} requests (limit {rate}), {p.retries} retries, {p.throttles} throttled, "
-        f"{p.activities} activities | {busy}{_waiting(p)}"
+        f"{p.activities} activities, {p.polls} polls, {_duration(p.elapsed)} elapsed | "
+        f"{busy}{_waiting(p)}"
     )
 
 
@@ -102,24 +103,24 @@ class ProgressDisplay:
 
     @staticmethod
     def _table(p: Progress) -> Table:
-        table = Table(title="migration", show_header=True, expand=False)
-        table.add_column("rows")
-        table.add_column("pace")
-        table.add_column("ETA")
-        table.add_column("requests")
-        table.add_column("retries")
-        table.add_column("throttled")
-        table.add_column("rate limit")
+        # Figure per row: fits a narrow terminal whatever the number of figures.
+        table = Table(title="migration", show_header=False, expand=False)
+        table.add_column("figure")
+        table.add_column("value", justify="right")
         total = f" / {p.rows_total}" if p.rows_total is not None else ""
-        table.add_row(
-            f"{p.rows_done}{total}",
-            f"{p.rows_per_second:.0f}/s",
-            _duration(p.eta),
-            str(p.requests),
-            str(p.retries),
-            str(p.throttles),
-            "none" if p.rate is None else f"{p.rate:.1f}/s",
-        )
+        for figure, value in (
+            ("rows", f"{p.rows_done}{total}"),
+            ("pace", f"{p.rows_per_second:.0f}/s"),
+            ("ETA", _duration(p.eta)),
+            ("elapsed", _duration(p.elapsed)),
+            ("requests", str(p.requests)),
+            ("retries", str(p.retries)),
+            ("throttled", str(p.throttles)),
+            ("rate limit", "none" if p.rate is None else f"{p.rate:.1f}/s"),
+            ("activities", str(p.activities)),
+            ("polls", str(p.polls)),
+        ):
+            table.add_row(figure, value)
         stages = Table(show_header=True, expand=False)
         stages.add_column("stage")
         stages.add_column("in flight")

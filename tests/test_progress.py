@@ -108,3 +108,16 @@ def test_the_live_panel_shows_each_waiting_activity() -> None:
     assert "RUNNING" in text
     assert "3m10s" in text
     assert "1m05s" in text
+
+
+def test_the_panel_and_the_line_show_activities_polls_and_elapsed_time() -> None:
+    """Both renderings carry the activities submitted, the polls sent and the time elapsed."""
+    event = dataclasses.replace(progress(500), activities=3, polls=17, elapsed=125.0)
+    assert "3 activities, 17 polls, 2m05s elapsed" in describe(event)
+    out = io.StringIO()
+    with ProgressDisplay(out, terminal=True) as display:
+        display(event)
+    text = out.getvalue()
+    for heading in ("activities", "polls", "elapsed"):
+        assert heading in text
+    assert "2m05s" in text

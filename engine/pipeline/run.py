@@ -378,6 +378,7 @@ class _Run:
             activities=stats.activities,
             final=final,
             waiting=stats.waiting_now(anyio.current_time()),
+            polls=stats.polls,
         )
 
     async def read(self, send: MemoryObjectSendStream[SourceRow | Rejected]) -> None:

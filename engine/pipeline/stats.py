@@ -142,6 +142,7 @@ class Progress:
         activities: bulk activities submitted.
         final: True for the last event of the run.
         waiting: the activities being polled, oldest first: status, age, time unchanged.
+        polls: activity status polls sent.
     """
 
     elapsed: float
@@ -157,6 +158,7 @@ class Progress:
     activities: int
     final: bool = False
     waiting: tuple[WaitingActivity, ...] = ()
+    polls: int = 0
 
     @property
     def rows_per_second(self) -> float:
