@@ -368,6 +368,7 @@ class Account:
         self._session: aiohttp.ClientSession | None = None
         self._state = _State.UNOPENED
         self.retries = 0
+        self._told_unreachable = False
         self.requests_sent = 0
 
     def __repr__(self) -> str:
@@ -427,6 +428,10 @@ class Account:
 
         def count_retry(error: RetryableApiError, wait: float) -> None:
             self.retries += 1
+            if isinstance(error, ConnectionLostError) and not self._told_unreachable:
+                # Said at once, not after the whole retry budget (a minute of silence).
+                self._told_unreachable = True
+                log.warning("%s; retrying (this is said once per run)", error)
 
         async for attempt in (retry or self.retry).retrying(
             sleep=self._sleep, on_retry=count_retry
@@ -501,8 +506,15 @@ class Account:
                     f"the response was cut short: {exc}", method=method, url=str(url)
                 ) from exc
             except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+                host = url.host or "?"
+                hint = ""
+                if url.scheme == "http" and isinstance(exc, aiohttp.ServerDisconnectedError):
+                    hint = (
+                        " (plain http was sent, as --allow-http asks: an https server closes "
+                        "such connections; use the https:// base URL)"
+                    )
                 raise ConnectionLostError(
-                    f"no answer: {exc.__class__.__name__}: {exc}".rstrip(": "),
+                    f"no answer from {host}: {exc.__class__.__name__}: {exc}".rstrip(": ") + hint,
                     method=method,
                     url=str(url),
                 ) from exc

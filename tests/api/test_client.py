@@ -19,7 +19,7 @@ from aiohttp.test_utils import TestServer
 from aioresponses import CallbackResult, aioresponses
 from yarl import URL
 
-from engine.api import Account, Credentials, classify, encode_add_contacts
+from engine.api import Account, Credentials, RetryPolicy, classify, encode_add_contacts
 from engine.api.codec import ATOM_NS, CTCT_NS, merge_contact_lists, parse_contact_entry
 from engine.errors import (
     AccessDeniedError,
@@ -1041,3 +1041,37 @@ async def test_a_certificate_not_signed_by_the_given_ca_says_so(
         with pytest.raises(FatalApiError, match="not signed by the CA in") as caught:
             await account.verify()
     assert str(other) in str(caught.value)
+
+
+async def test_an_unreachable_host_is_named_at_once_while_retrying(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A refused connection is logged at the first retry, naming the host, and once only."""
+    account = Account(
+        Credentials("acme", "key", "pw"),
+        base_url="https://127.0.0.1:1/ws/customers/acme/",
+        retry=RetryPolicy(attempts=3, wait_initial=0.01, wait_max=0.01, wait_jitter=0),
+    )
+    with caplog.at_level(logging.WARNING, logger="engine"):
+        async with account:
+            with pytest.raises(ConnectionLostError, match=r"no answer from 127\.0\.0\.1"):
+                await account.verify()
+            with pytest.raises(ConnectionLostError):
+                await account.verify()
+    told = [r.getMessage() for r in caplog.records if "no answer from 127.0.0.1" in r.getMessage()]
+    assert len(told) == 1
+    assert "retrying" in told[0]
+
+
+async def test_plain_http_to_an_https_server_names_the_cause(simulator: Any) -> None:
+    """--allow-http against an https server: the error says plain http met an https server."""
+    config = simulator.config
+    account = Account(
+        Credentials(config.username, config.api_key, config.password),
+        base_url=simulator.base_url.replace("https://", "http://"),
+        allow_http=True,
+        retry=RetryPolicy(attempts=1),
+    )
+    async with account:
+        with pytest.raises(ConnectionLostError, match="an https server closes such connections"):
+            await account.verify()
