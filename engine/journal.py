@@ -42,7 +42,7 @@ import anyio.to_thread
 from engine.errors import ConfigError, OutputError, SourceError
 from engine.pipeline.models import Contact, Outcome
 
-__all__ = ["Intent", "Journal", "PendingActivity", "journal_key"]
+__all__ = ["Intent", "Journal", "PendingActivity", "journal_identity", "journal_key"]
 
 SCHEMA_VERSION = "3"
 #: Marks a journal of this engine (meta `engine`): no other file is adopted or deleted.
@@ -99,13 +99,42 @@ CREATE TABLE IF NOT EXISTS runs (
 """
 
 
+def journal_identity(
+    source_digest: str, lists: Iterable[str], settings: Mapping[str, Any]
+) -> dict[str, Any]:
+    """What makes a migration this one: its source's bytes, its target lists, how it reads
+    (and the account, among `settings`). Kept in the journal, so that a refusal can say
+    exactly what differs."""
+    return {"source": source_digest, "lists": sorted(set(lists)), "settings": dict(settings)}
+
+
 def journal_key(source_digest: str, lists: Iterable[str], settings: Mapping[str, Any]) -> str:
-    """The identity of a migration: its source's bytes, its target lists, how it reads."""
-    payload = json.dumps(
-        {"source": source_digest, "lists": sorted(set(lists)), "settings": dict(settings)},
-        sort_keys=True,
-    )
-    return hashlib.sha256(payload.encode()).hexdigest()
+    """The identity of a migration, hashed (see `journal_identity`)."""
+    return _key_of(journal_identity(source_digest, lists, settings))
+
+
+def _key_of(identity: Mapping[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
+
+
+def _differences(was: Mapping[str, Any], now: Mapping[str, Any]) -> str:
+    """What differs between two identities, in words."""
+    parts: list[str] = []
+    if was.get("source") != now.get("source"):
+        parts.append("the source file's bytes (another file, or this one changed)")
+    if was.get("lists") != now.get("lists"):
+        parts.append(f"the lists ({was.get('lists')} then, {now.get('lists')} now)")
+    old, new = dict(was.get("settings") or {}), dict(now.get("settings") or {})
+    if old.get("account") != new.get("account"):
+        parts.append(f"the account ({old.get('account')} then, {new.get('account')} now)")
+    changed = [
+        f"{name}: {old.get(name)!r} then, {new.get(name)!r} now"
+        for name in sorted(old.keys() | new.keys())
+        if name != "account" and old.get(name) != new.get(name)
+    ]
+    if changed:
+        parts.append("the settings (" + "; ".join(changed) + ")")
+    return "; ".join(parts) or "its key"
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,8 +226,10 @@ class Journal:
     # --- lifecycle --------------------------------------------------------------------
 
     @classmethod
-    async def open(cls, path: str | Path, *, key: str, restart: bool = False) -> Journal:
-        """Open (or create) the journal of the migration `key`.
+    async def open(
+        cls, path: str | Path, *, identity: Mapping[str, Any], restart: bool = False
+    ) -> Journal:
+        """Open (or create) the journal of the migration `identity` (see `journal_identity`).
 
         Raises:
             ConfigError: the file is the journal of another migration (another source or
@@ -206,7 +237,7 @@ class Journal:
         """
         journal = cls(Path(path))
         try:
-            await journal._call(journal._open_sync, key, restart)
+            await journal._call(journal._open_sync, dict(identity), restart)
         except OutputError as exc:
             raise ConfigError(
                 f"cannot open the journal {path}: {exc.__cause__}; pass another --journal "
@@ -296,7 +327,7 @@ class Journal:
         if meta.get("engine") != ENGINE_MARK and not earlier:
             raise ConfigError(refusal)
 
-    def _open_sync(self, key: str, restart: bool) -> None:
+    def _open_sync(self, identity: dict[str, Any], restart: bool) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._check_ours_sync()
         if restart and self.path.exists():
@@ -306,12 +337,13 @@ class Journal:
             self._unlock_sync()
         self._lock_sync()
         try:
-            self._open_locked_sync(key)
+            self._open_locked_sync(identity)
         except BaseException:
             self._unlock_sync()
             raise
 
-    def _open_locked_sync(self, key: str) -> None:
+    def _open_locked_sync(self, identity: dict[str, Any]) -> None:
+        key = _key_of(identity)
         db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
         try:
             db.execute("PRAGMA journal_mode=WAL")
@@ -336,10 +368,14 @@ class Journal:
             )
         if found and found.get("key") != key:
             db.close()
+            try:
+                differs = _differences(json.loads(found.get("identity") or "{}"), identity)
+            except ValueError:
+                differs = "its source file, lists, account or settings"
             raise ConfigError(
-                f"the journal {self.path} belongs to another migration (its source file or "
-                "target lists differ). Run the original command to resume it, pass --restart "
-                "to start over (the journal is then deleted), or pass another --journal path."
+                f"the journal {self.path} belongs to another migration; what differs: "
+                f"{differs}. Run the original command to resume it, pass --restart to start "
+                "over (the journal is then deleted), or pass another --journal path."
             )
         if not found:
             db.executemany(
@@ -347,6 +383,7 @@ class Journal:
                 [
                     ("engine", ENGINE_MARK),
                     ("key", key),
+                    ("identity", json.dumps(identity, sort_keys=True)),
                     ("version", SCHEMA_VERSION),
                     ("created", str(time.time())),
                 ],

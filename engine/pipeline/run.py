@@ -31,7 +31,7 @@ from engine.api.client import Account, unknown_lists_message
 from engine.api.records import Activity, ContactList
 from engine.crashpoints import crash_point
 from engine.errors import ConfigError, EngineError, OutputError, PipelineError, SourceError
-from engine.journal import Intent, Journal, journal_key
+from engine.journal import Intent, Journal, journal_identity
 from engine.pipeline.bulk import BulkPath
 from engine.pipeline.config import MigrationConfig
 from engine.pipeline.fetch import Found, fetch_contacts
@@ -120,13 +120,14 @@ class MigrationReport:
         return text
 
 
-async def prepare_lists(
+async def check_lists(
     account: Account, names: Sequence[str], *, create: bool
-) -> dict[str, ContactList]:
-    """Every user list of the account by name, after creating missing `names` if asked.
+) -> tuple[dict[str, ContactList], list[str]]:
+    """The account's user lists by name and the `names` it lacks; writes nothing.
 
     Raises:
-        ConfigError: a name in `names` is unknown (and `create` is off) or a system list.
+        ConfigError: a name in `names` is a system list, is missing (and `create` is off),
+            or differs from an existing list only in case (which is never created).
     """
     lists = {item.name: item for item in await account.lists() if not item.is_system}
     system = [n for n in names if n.lower() in ("active", "do not mail", "removed")]
@@ -138,10 +139,29 @@ async def prepare_lists(
         # Never create a list that differs from an existing one only in case: the API
         # refuses it (409) or, worse, the account gets two look-alike lists.
         raise ConfigError(unknown_lists_message(missing, lists))
+    return lists, missing
+
+
+async def create_lists(
+    account: Account, lists: dict[str, ContactList], missing: Sequence[str]
+) -> dict[str, ContactList]:
+    """`lists` with the `missing` ones created (checked by `check_lists` first)."""
     for name in missing:
         lists[name] = await account.create_list(name)
         log.info("created list %r (%s)", name, lists[name].id)
     return lists
+
+
+async def prepare_lists(
+    account: Account, names: Sequence[str], *, create: bool
+) -> dict[str, ContactList]:
+    """Every user list of the account by name, after creating missing `names` if asked.
+
+    Raises:
+        ConfigError: see `check_lists`.
+    """
+    existing, missing = await check_lists(account, names, create=create)
+    return await create_lists(account, existing, missing)
 
 
 async def snapshot_members(account: Account) -> list[tuple[str, str]]:
@@ -220,14 +240,17 @@ async def migrate(
     if reader.path is not None and not config.lists and not scan.list_names:
         raise ConfigError("no target lists: pass --list NAME or a lists column with names")
     names = [*config.lists, *sorted(scan.list_names)]
+    # Every check before the journal is created: a mistake (a list name, the account) must
+    # not leave a journal behind that would refuse the corrected command.
+    await account.verify()
+    existing, missing = await check_lists(account, names, create=config.create_lists)
     opened: Journal | None = None
     if journal is not None:
-        identity = {**_identity(config), "account": _account_identity(account)}
-        key = journal_key(scan.digest or "iterable", names, identity)
-        opened = await Journal.open(journal, key=key, restart=restart)
+        settings = {**_identity(config), "account": _account_identity(account)}
+        identity = journal_identity(scan.digest or "iterable", names, settings)
+        opened = await Journal.open(journal, identity=identity, restart=restart)
     try:
-        await account.verify()
-        by_name = await prepare_lists(account, names, create=config.create_lists)
+        by_name = await create_lists(account, existing, missing)
         if opened is not None and snapshot and not await opened.has_snapshot():
             await opened.record_snapshot(await snapshot_members(account))
         run = _Run(account, config, reader, stats, by_name, opened, stop or anyio.Event())

@@ -171,3 +171,37 @@ def _main_with_credentials(args: list[str]) -> int:
             if name.startswith("CTCT_"):
                 patch.setenv(name, value)
         return main(args)
+
+
+def test_a_list_name_typo_leaves_nothing_that_blocks_the_corrected_command(
+    scenario: Scenario, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A `--list` typo stops with exit 2 and no journal; the corrected command then runs."""
+    store = AccountStore.load(scenario.seed, sim_config())
+    report = tmp_path / "report.jsonl"
+    with simulator_in_thread(sim_config(), store) as sim:
+        args = cli_args(sim, scenario, report)
+        assert _main_with_credentials([*args, "--list", "Alpah"]) == 2
+        assert "nothing was written" in capsys.readouterr().err
+        assert not report.with_name("report.journal.sqlite").exists()
+        status = _main_with_credentials([*args, "--list", "Alpha"])
+        out, err = capsys.readouterr()
+    assert status == 1, out + err  # 1: the five invalid rows
+    assert "another migration" not in err
+
+
+def test_a_journal_of_another_migration_says_exactly_what_differs(
+    scenario: Scenario, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Run with one encoding, then another: the refusal names the setting and both values."""
+    store = AccountStore.load(scenario.seed, sim_config())
+    report = tmp_path / "report.jsonl"
+    with simulator_in_thread(sim_config(), store) as sim:
+        args = cli_args(sim, scenario, report)
+        _main_with_credentials(args)
+        capsys.readouterr()
+        assert _main_with_credentials([*args, "--encoding", "latin-1"]) == 2
+    err = capsys.readouterr().err
+    assert "belongs to another migration; what differs: the settings" in err
+    assert "encoding: 'utf-8' then, 'latin-1' now" in err
+    assert "source file" not in err
