@@ -84,13 +84,21 @@ class Renderer:
         id_host: Host of the http-scheme ids (§1.2).
         raw_ampersand_in_links: Leave `&` unescaped in `rel="current"` hrefs, as the real
             server did (not well-formed; see `SimulatorConfig.raw_ampersand_in_links`).
+        bare_list_entry: Answer `GET lists/{id}` with a `ContactList` without namespace or
+            id, as one captured response has it (see `SimulatorConfig.bare_list_entry`).
     """
 
     def __init__(
-        self, username: str, id_host: str, *, raw_ampersand_in_links: bool = False
+        self,
+        username: str,
+        id_host: str,
+        *,
+        raw_ampersand_in_links: bool = False,
+        bare_list_entry: bool = False,
     ) -> None:
         self.username = username
         self._raw_current = raw_ampersand_in_links
+        self._bare_list_entry = bare_list_entry
         self.base_path = f"/ws/customers/{username}/"
         self.base_id = f"http://{id_host}/ws/customers/{username}/"
         u = escape(username)
@@ -305,8 +313,9 @@ class Renderer:
             if member_count is not None:
                 body += f"{indent}  <ContactCount>{member_count}</ContactCount>\n"
             list_ref = item.id
-        # The real single-list GET sent a bare <ContactList> (no namespace, no id):
-        # capture contactlistsindividuallist.xml. The feed entries carry both.
+        # By default the single-list GET carries the namespace and id, as the lists feed
+        # does and as clients written against the real server read it; one captured
+        # response (contactlistsindividuallist.xml) has a bare <ContactList>: a setting.
         open_tag = (
             f"{indent}<ContactList>\n"
             if bare
@@ -327,7 +336,9 @@ class Renderer:
             f"{indent}<updated>{updated}</updated>\n"
             f"{indent}<author>\n{i2}<name>Constant Contact</name>\n{indent}</author>\n"
             f'{indent}<content type="application/vnd.ctct+xml">\n'
-            + self._list_payload(item, member_count, i2, bare=indent == "  ")
+            + self._list_payload(
+                item, member_count, i2, bare=indent == "  " and self._bare_list_entry
+            )
             + f"{indent}</content>\n"
         )
 

@@ -828,7 +828,10 @@ def create_app(config: SimulatorConfig, store: AccountStore | None = None) -> we
     rng = random.Random(config.seed)
     state = SimulatorState(
         renderer=Renderer(
-            config.username, config.id_host, raw_ampersand_in_links=config.raw_ampersand_in_links
+            config.username,
+            config.id_host,
+            raw_ampersand_in_links=config.raw_ampersand_in_links,
+            bare_list_entry=config.bare_list_entry,
         ),
         rng=rng,
         stats=Stats(),

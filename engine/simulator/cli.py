@@ -122,6 +122,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     variants.add_argument("--plain-http-status", type=int, choices=(401, 403), default=403)
     variants.add_argument("--username-mismatch-status", type=int, choices=(401, 403), default=401)
     variants.add_argument("--dnm-put-rule", choices=("adding-lists", "any"), default="adding-lists")
+    variants.add_argument(
+        "--bare-list-entry",
+        action="store_true",
+        help="answer GET lists/{id} with a ContactList without namespace or id (one captured "
+        "response has it; default: the namespaced form of the lists feed)",
+    )
     variants.add_argument("--no-location-headers", action="store_true")
 
 
@@ -164,6 +170,7 @@ def config_from_args(args: argparse.Namespace) -> SimulatorConfig:
         username_mismatch_status=args.username_mismatch_status,
         dnm_put_rule=args.dnm_put_rule,
         location_headers=not args.no_location_headers,
+        bare_list_entry=args.bare_list_entry,
     )
 
 

@@ -56,6 +56,11 @@ class SimulatorConfig:
         raw_ampersand_in_links: Reproduce a real-server bug: the `rel="current"` href of a
             multi-email search carried a bare `&` (capture `multiple_contacts_by_emails.xml`),
             which makes the document not well-formed XML. Off by default.
+        bare_list_entry: Answer `GET lists/{id}` with a `ContactList` that has neither the
+            namespace nor an id, as the captured `contactlistsindividuallist.xml` does. Off
+            by default: clients written against the real server read
+            `atom:content/ns:ContactList` with `http://ws.constantcontact.com/ns/1.0/`, as
+            the lists feed has it. The engine reads both.
         max_email_length: Field length limits ([U] §4.4, question 11; the doc's suggestion).
         max_name_length: Limit for names, job title, company, phones, address lines, city,
             state and country.
@@ -123,6 +128,7 @@ class SimulatorConfig:
     max_search_emails: int = 50
     page_size: int = 50
     raw_ampersand_in_links: bool = False
+    bare_list_entry: bool = False
     max_email_length: int = 80
     max_name_length: int = 50
     max_postal_length: int = 25

@@ -472,7 +472,7 @@ async def test_list_entry_members_and_unknown(
     second = store.add_contact("two@x.com", lists=[a])
     store.opt_out(store.add_contact("three@x.com", lists=[a]))
     entry = await get_xml(sim_session, f"lists/{a}")
-    assert entry.findtext(f".//{ATOM}ContactCount") == "2"
+    assert entry.findtext(f".//{CTCT}ContactCount") == "2"
     members = await get_xml(sim_session, f"lists/{a}/members")
     ids = [e.findtext(f"{ATOM}id", "").rsplit("/", 1)[1] for e in members.iter(f"{ATOM}entry")]
     assert ids == [str(second), str(first)]

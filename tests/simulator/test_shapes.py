@@ -163,19 +163,35 @@ CASES = [
 
 @pytest.mark.parametrize(("captured_name", "fetch"), CASES)
 async def test_shape_matches_capture(
-    simulator: RunningSimulator,
-    sim_session: aiohttp.ClientSession,
-    captured_name: str,
-    fetch: Fetch,
+    start_simulator: Any, captured_name: str, fetch: Fetch
 ) -> None:
-    """The simulator's answer has the shape of the captured real response."""
-    seed(simulator)
-    captured = read_captured(captured_name)
-    ours = await fetch(sim_session)
+    """The simulator's answer has the shape of the captured real response (the bare single
+    list entry is a setting, `bare_list_entry`)."""
+    async with start_simulator(bare_list_entry=True) as (simulator, sim_session):
+        seed(simulator)
+        captured = read_captured(captured_name)
+        ours = await fetch(sim_session)
     assert ours.startswith(DECLARATION + "\n")
     if captured.startswith("<?xml"):
         assert captured.startswith(DECLARATION)
     assert_same_shape(ET.fromstring(captured), ET.fromstring(ours))
+
+
+async def test_a_single_list_entry_carries_the_namespace_and_id_by_default(
+    simulator: RunningSimulator, sim_session: aiohttp.ClientSession
+) -> None:
+    """`GET lists/{id}` answers `atom:content/ns:ContactList` with the v1 namespace and the id,
+    as the lists feed does; the engine's parser reads it."""
+    from engine.api.codec import parse_list_entry
+
+    list_id = simulator.store.create_list("News")
+    text = await getter(f"lists/{list_id}")(sim_session)
+    root = ET.fromstring(text)
+    ns = "http://ws.constantcontact.com/ns/1.0/"
+    element = root.find(f"{{http://www.w3.org/2005/Atom}}content/{{{ns}}}ContactList")
+    assert element is not None
+    assert element.get("id", "").endswith(f"/lists/{list_id}")
+    assert parse_list_entry(text.encode()).name == "News"
 
 
 async def test_next_link_is_the_third_link(
