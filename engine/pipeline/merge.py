@@ -31,6 +31,7 @@ class Write:
         body: the PUT body (the fetched entry with the union of lists); None for a POST.
         added: keys of the lists this write adds.
         fetched_at: when `entry` was read (`anyio.current_time()`).
+        reactivates: the contact is Removed: the write makes it Active again.
     """
 
     contact: Contact
@@ -38,6 +39,7 @@ class Write:
     body: bytes | None
     added: tuple[str, ...]
     fetched_at: float = 0.0
+    reactivates: bool = False
 
 
 def decide(
@@ -64,7 +66,7 @@ def decide(
     if body is None:
         return Outcome(contact.email, "unchanged", rows, "", (), "contact", targets, before)
     added = tuple(k for k in contact.targets if k not in entry.list_keys)
-    return Write(contact, entry, body, added, fetched_at)
+    return Write(contact, entry, body, added, fetched_at, reactivates=status == REMOVED)
 
 
 async def merge_lists(

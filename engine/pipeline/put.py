@@ -25,6 +25,9 @@ log = logging.getLogger("engine.put")
 #: The journal's `intend`: (email, kind, lists before, lists added), awaited before a write.
 Intend = Callable[[str, str, Iterable[str], Iterable[str]], Awaitable[None]]
 
+#: The note of a Removed contact that a write made Active again (counted in the summary).
+REACTIVATED = "was Removed: re-added, Active again (--skip-removed leaves such contacts alone)"
+
 #: How often a contact may bounce between POST (409) and a fresh fetch before it fails.
 MAX_CONFLICTS = 3
 
@@ -70,7 +73,15 @@ async def send_write(
                 if verify == "all" and await _read_back(write, account):
                     reason = "a concurrent write removed lists; the union was applied again"
                 return Outcome(
-                    contact.email, "updated", rows, reason, write.added, "contact", targets, before
+                    contact.email,
+                    "updated",
+                    rows,
+                    reason,
+                    write.added,
+                    "contact",
+                    targets,
+                    before,
+                    note=REACTIVATED if write.reactivates else "",
                 )
             try:
                 if intend is not None:

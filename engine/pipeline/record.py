@@ -165,7 +165,9 @@ async def record_outcomes(
     async with receive_outcomes:
         async for outcome in receive_outcomes:
             if notes and outcome.path and outcome.email in notes:
-                outcome = dataclasses.replace(outcome, note=notes.pop(outcome.email))
+                extra = notes.pop(outcome.email)
+                note = f"{extra}; {outcome.note}" if outcome.note else extra
+                outcome = dataclasses.replace(outcome, note=note)
             if row_notes and outcome.path and outcome.email in row_notes:
                 extra = row_notes.pop(outcome.email)
                 note = f"{outcome.note}; {extra}" if outcome.note else extra
@@ -184,6 +186,8 @@ async def record_outcomes(
                         "asked for".lstrip("; "),
                     )
             stats.outcomes[outcome.kind] += len(outcome.rows)
+            if outcome.note.startswith("was Removed"):
+                stats.reactivated += 1
             stats.emails += 1
             stage.done += 1
             if journal is not None:

@@ -62,6 +62,8 @@ class MigrationReport:
         pending: rows without an outcome yet (the run was stopped); a resumed run does them.
         resumed: rows whose outcome an earlier run recorded (not sent again).
         retried: rows an earlier run failed for a cause that may pass, tried again.
+        reactivated: Removed contacts this run re-added (Active again) on the per-contact
+            path (without `skip_removed`).
         merged_rows: rows coalesced into another row of the same email.
         requests: requests sent to the API by this run.
         retries: requests retried.
@@ -90,6 +92,7 @@ class MigrationReport:
     pending: int = 0
     resumed: int = 0
     retried: int = 0
+    reactivated: int = 0
     journal_path: Path | None = None
     bulk_enabled: bool = True
     stopped: bool = False
@@ -112,6 +115,11 @@ class MigrationReport:
             text += f" {self.resumed} rows were done by an earlier run."
         if self.retried:
             text += f" {self.retried} rows had failed in an earlier run and were retried."
+        if self.reactivated:
+            text += (
+                f" {self.reactivated} Removed contacts were re-added and are Active again "
+                "(--skip-removed leaves them alone)."
+            )
         if self.pending:
             text += (
                 f" {self.pending} rows are not done yet: run the same command again to "
@@ -664,6 +672,7 @@ class _Run:
             pending=max(0, rows - sum(outcomes.values())),
             resumed=self.resumed_rows,
             retried=self.retried_rows,
+            reactivated=stats.reactivated,
             journal_path=self.journal.path if self.journal else None,
             bulk_enabled=bulk.enabled,
             stopped=self.stop.is_set(),

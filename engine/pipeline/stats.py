@@ -97,6 +97,7 @@ class RunStats:
         rows_total: rows in the source when known (files), for the ETA.
         activities: bulk activities submitted.
         polls: activity status polls sent.
+        reactivated: Removed contacts this run made Active again.
         waiting: activity id -> the activity being polled.
         started: monotonic start time.
     """
@@ -113,6 +114,7 @@ class RunStats:
     rows_total: int | None = None
     activities: int = 0
     polls: int = 0
+    reactivated: int = 0
     waiting: dict[str, ActivityWait] = field(default_factory=dict)
     started: float = field(default_factory=time.monotonic)
 

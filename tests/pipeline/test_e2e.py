@@ -357,7 +357,8 @@ async def test_removed_contacts(
     fast_config: MigrationConfig,
     tmp_path: Path,
 ) -> None:
-    """Removed contacts are re-added as Active, or skipped as `removed` with skip_removed."""
+    """Removed contacts are re-added as Active (said on their line and counted in the
+    summary on the per-contact path), or skipped as `removed` with skip_removed."""
     store = simulator.store
     spy.watch(store)
     emails = seed_list(store, "Customers", 30)
@@ -385,6 +386,11 @@ async def test_removed_contacts(
             assert found[email]["outcome"] in SUCCESSES - {"unchanged"}
             assert contact.status == "Active"
             assert contact.lists == list_ids(store, "Customers")
+            if found[email]["path"] == "contact":  # counted and said where the engine read it
+                assert found[email]["note"].startswith("was Removed: re-added, Active again")
+    if not skip_removed and threshold is None:
+        assert report.reactivated == len(removed)
+        assert f"{len(removed)} Removed contacts were re-added" in report.summary()
 
 
 @pytest.mark.parametrize(
