@@ -242,6 +242,14 @@ def _parser() -> argparse.ArgumentParser:
     show = commands.add_parser("lists", help="show the account's lists: id, name, members")
     _add_account_arguments(show)
 
+    copy = commands.add_parser(
+        "copy-account",
+        help="read the account (lists, contacts, statuses, memberships) into a simulator "
+        "state file, to rehearse on",
+    )
+    copy.add_argument("--to", type=Path, required=True, help="the state file to write")
+    _add_account_arguments(copy)
+
     check = commands.add_parser(
         "audit", help="re-read every contact a migration touched and check no list was lost"
     )
@@ -264,7 +272,7 @@ def _parser() -> argparse.ArgumentParser:
         "--contacts", type=_positive_int, default=5000, help="existing contacts (default: 5000)"
     )
     demo.add_argument("--keep", type=Path, help="keep the demo's files in this folder")
-    for sub in (run, show, check, demo):
+    for sub in (run, show, copy, check, demo):
         # Also after the command (`migrate … -v`), as the README shows it; SUPPRESS keeps
         # the top-level `-v` when the subcommand has none.
         sub.add_argument(
@@ -407,6 +415,17 @@ async def _audit(args: argparse.Namespace) -> int:
     return EXIT_OK if result.ok else EXIT_ROWS
 
 
+async def _copy_account(args: argparse.Namespace) -> int:
+    from engine.copy_account import copy_account
+
+    async with _account(args) as account:
+        summary = await copy_account(
+            account, args.to, on_progress=lambda line: print(line, file=sys.stderr)
+        )
+    print(summary.describe())
+    return EXIT_OK
+
+
 async def _lists(args: argparse.Namespace) -> int:
     async with _account(args) as account:
         lists = await account.lists()
@@ -451,6 +470,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _run(lambda: run_demo(contacts=args.contacts, keep=args.keep))
         if args.command == "lists":
             return _run(lambda: _lists(args))
+        if args.command == "copy-account":
+            return _run(lambda: _copy_account(args))
         if args.command == "audit":
             return _run(lambda: _audit(args))
         return _run(lambda: _migrate(args))

@@ -352,3 +352,33 @@ def test_output_piped_into_head_ends_quietly() -> None:
     assert process.wait(timeout=60) == 0, err
     assert "Traceback" not in err
     assert "BrokenPipeError" not in err
+
+
+def test_copy_account_writes_a_state_to_rehearse_on(
+    sim: RunningSimulator,
+    store: AccountStore,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`copy-account --to FILE` copies lists, contacts, statuses and memberships into a
+    simulator state (one request per 50 contacts and per 50 list members), writing nothing;
+    a simulator on the copy then serves the same account."""
+    store.add_contact("gone@example.com", status="Removed")
+    two = store.create_list("Two")
+    store.add_contact("both@example.com", lists=[two, store.list_by_name("Customers").id])  # type: ignore[union-attr]
+    copy = tmp_path / "copy.json"
+    status, out, err = run_cli(capsys, ["copy-account", "--to", str(copy), *account_args(sim)])
+    assert status == 0, err
+    assert "copied 3 lists, 43 contacts and 42 memberships" in out
+    assert "list 'Customers': 41 members" in err
+    assert writes(sim) == {}
+
+    def view(account: AccountStore) -> dict[str, tuple[str, frozenset[str]]]:
+        names = {item.id: item.name for item in account.lists()}
+        return {
+            c.email: (c.status, frozenset(names[i] for i in c.lists)) for c in account.contacts()
+        }
+
+    assert view(AccountStore.load(copy)) == view(store)
+    # The lists, one page of members for each of the three lists, one page of 43 contacts.
+    assert read_stats(sim)["total"] == 1 + 3 + 1

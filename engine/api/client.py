@@ -745,6 +745,13 @@ class Account:
             content_type=ATOM,
         )
 
+    async def all_contacts(self) -> AsyncIterator[ContactSummary]:
+        """Every contact of the account (`GET contacts`, 50 a page): email, id and status."""
+        async for summary in self._pages(
+            self.url("contacts"), "contacts", codec.parse_contacts_page
+        ):
+            yield summary
+
     async def list_members(self, list_key: str) -> AsyncIterator[ListMember]:
         """Every member of a list, page by page."""
         first = self.url(f"lists/{uri_key(list_key)}/members")
