@@ -242,6 +242,16 @@ def _parser() -> argparse.ArgumentParser:
     show = commands.add_parser("lists", help="show the account's lists: id, name, members")
     _add_account_arguments(show)
 
+    fix = commands.add_parser(
+        "rows-to-fix",
+        help="write the rejected and failed rows of a CSV source, with a reason column, to "
+        "fix and migrate again",
+    )
+    fix.add_argument("--report", type=Path, required=True, help="the migration's report")
+    fix.add_argument("--source", type=Path, required=True, help="the CSV source it read")
+    fix.add_argument("--to", type=Path, required=True, help="the CSV file to write")
+    fix.add_argument("--encoding", default="utf-8", help="the source's encoding")
+
     copy = commands.add_parser(
         "copy-account",
         help="read the account (lists, contacts, statuses, memberships) into a simulator "
@@ -272,7 +282,7 @@ def _parser() -> argparse.ArgumentParser:
         "--contacts", type=_positive_int, default=5000, help="existing contacts (default: 5000)"
     )
     demo.add_argument("--keep", type=Path, help="keep the demo's files in this folder")
-    for sub in (run, show, copy, check, demo):
+    for sub in (run, show, fix, copy, check, demo):
         # Also after the command (`migrate … -v`), as the README shows it; SUPPRESS keeps
         # the top-level `-v` when the subcommand has none.
         sub.add_argument(
@@ -472,6 +482,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _run(lambda: _lists(args))
         if args.command == "copy-account":
             return _run(lambda: _copy_account(args))
+        if args.command == "rows-to-fix":
+            from engine.fixes import write_rows_to_fix
+
+            count = write_rows_to_fix(
+                args.report, args.source, args.to, ReadOptions(encoding=args.encoding)
+            )
+            print(
+                f"{count} rows to fix written to {args.to} (with 'reason', 'spreadsheet row' "
+                f"and 'line' columns); fix them and migrate {args.to} with the same options"
+            )
+            return EXIT_OK
         if args.command == "audit":
             return _run(lambda: _audit(args))
         return _run(lambda: _migrate(args))

@@ -382,3 +382,37 @@ def test_copy_account_writes_a_state_to_rehearse_on(
     assert view(AccountStore.load(copy)) == view(store)
     # The lists, one page of members for each of the three lists, one page of 43 contacts.
     assert read_stats(sim)["total"] == 1 + 3 + 1
+
+
+def test_rows_to_fix_writes_the_rejected_rows_with_their_columns_and_reasons(
+    sim: RunningSimulator, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`rows-to-fix` writes each rejected row with its original columns, the reason, the
+    spreadsheet's row number (a multi-line cell shifts lines) and the line; once fixed, the
+    file migrates with the same options."""
+    path = tmp_path / "contacts.csv"
+    path.write_text(
+        "Email Address,First Name,Lists\n"
+        'ann@example.com,"Ann\nMarie",\n'
+        "not-an-email,Bob,\n"
+        "carl@example.com,Carl,\n",
+        encoding="utf-8",
+    )
+    status, _, err = run_cli(capsys, migrate_args(sim, path, "--list", "Newsletter"))
+    assert status == 1, err
+    report = Path(f"{path}.report.jsonl")
+    fix = tmp_path / "fix.csv"
+    status, out, err = run_cli(
+        capsys, ["rows-to-fix", "--report", str(report), "--source", str(path), "--to", str(fix)]
+    )
+    assert status == 0, err
+    assert "1 rows to fix" in out
+    with fix.open(encoding="utf-8", newline="") as file:
+        rows = list(csv.reader(file))
+    assert rows[0] == ["Email Address", "First Name", "Lists", "reason", "spreadsheet row", "line"]
+    assert rows[1] == ["not-an-email", "Bob", "", "invalid email address 'not-an-email'", "3", "4"]
+
+    fix.write_text(fix.read_text(encoding="utf-8").replace("not-an-email", "bob@example.com"))
+    status, out, err = run_cli(capsys, migrate_args(sim, fix, "--list", "Newsletter"))
+    assert status == 0, out + err
+    assert "1 created" in out

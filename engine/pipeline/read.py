@@ -38,8 +38,10 @@ __all__ = [
     "Scan",
     "Source",
     "SourceReader",
+    "decoded_lines",
     "describe_columns",
     "normalise_email",
+    "sniff_dialect",
 ]
 
 #: What `migrate` accepts as a source.
@@ -253,13 +255,9 @@ def describe_columns(source: str | Path, options: ReadOptions | None = None) -> 
             return _Columns(first, options, lists_required=False).describe() if first else ""
         except SourceError as exc:  # each such item is rejected, with this reason
             return f"the first item: {exc}"
-    lines = _decoded_lines(reader.path, options.encoding)
+    lines = decoded_lines(reader.path, options.encoding)
     head = [text for _, text, _ in islice(lines, 50)]
-    try:
-        dialect: type[csv.Dialect] | csv.Dialect = csv.Sniffer().sniff("".join(head), ",;\t|")
-    except csv.Error:
-        dialect = csv.excel
-    header = next(csv.reader(head, dialect), [])
+    header = next(csv.reader(head, sniff_dialect("".join(head))), [])
     return _Columns(header, options).describe()
 
 
@@ -268,7 +266,7 @@ def _first_json_keys(path: Path, options: ReadOptions) -> list[str]:
         for value in _json_array_items(path, options, None):
             return list(_flat(value)) if isinstance(value, Mapping) else []
         return []
-    for _, text, _ in _decoded_lines(path, options.encoding):
+    for _, text, _ in decoded_lines(path, options.encoding):
         if text.strip():
             try:
                 value = json.loads(text)
@@ -372,7 +370,15 @@ def _byte_lines(codec: str) -> bool:
     return "\n".encode(codec.replace("-sig", "")) == b"\n"
 
 
-def _decoded_lines(path: Path, encoding: str, digest: Any = None) -> Iterator[tuple[int, str, str]]:
+def sniff_dialect(sample: str) -> type[csv.Dialect] | csv.Dialect:
+    """The CSV dialect of a sample (comma, semicolon, tab or pipe); Excel's by default."""
+    try:
+        return csv.Sniffer().sniff(sample, ",;\t|")
+    except csv.Error:
+        return csv.excel
+
+
+def decoded_lines(path: Path, encoding: str, digest: Any = None) -> Iterator[tuple[int, str, str]]:
     """(line number, text, error) per physical line; undecodable bytes become an error.
 
     `digest`, a hashlib object, is fed every byte of the file (the journal's key of the
@@ -513,15 +519,12 @@ class SourceReader:
 
     def _csv_rows(self, digest: Any = None) -> Iterator[SourceRow | Rejected]:
         assert self.path is not None
-        lines = _decoded_lines(self.path, self.options.encoding, digest)
+        lines = decoded_lines(self.path, self.options.encoding, digest)
         head = list(islice(lines, 50))
         sample = "".join(text for _, text, _ in head)
         if not sample.strip():
             raise SourceError(f"the source {self.path} is empty")
-        try:
-            dialect: type[csv.Dialect] | csv.Dialect = csv.Sniffer().sniff(sample, ",;\t|")
-        except csv.Error:
-            dialect = csv.excel
+        dialect = sniff_dialect(sample)
         errors: dict[int, str] = {}
 
         def texts() -> Iterator[str]:
@@ -563,7 +566,7 @@ class SourceReader:
             return
         cache: dict[tuple[str, ...], _Columns] = {}
         any_line = False
-        for number, text, error in _decoded_lines(self.path, self.options.encoding, digest):
+        for number, text, error in decoded_lines(self.path, self.options.encoding, digest):
             if not text.strip():
                 continue
             any_line = True
