@@ -457,7 +457,18 @@ def _run(coro: Callable[[], Coroutine[Any, Any, int]]) -> int:
         runner = uvloop.run
     except ImportError:
         pass  # run outside the except block: no "No module named 'uvloop'" on errors
-    return runner(coro())
+
+    async def settled() -> int:
+        try:
+            return await coro()
+        except Exception:
+            # A run stopped mid-flight leaves the https connections of its cancelled requests
+            # closing (TLS close_notify): a moment for them, or closing the loop fails
+            # (uvloop: "Device or resource busy") and hides the error that stopped the run.
+            await asyncio.sleep(0.25)
+            raise
+
+    return runner(settled())
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -217,6 +217,7 @@ class Journal:
         self._lock_fd: int | None = None
         self._intents: list[tuple[Any, ...]] = []
         self._intent_lock = anyio.Lock()
+        self._intent_error: OutputError | None = None
         self.run = 0
         self.resumed = False
 
@@ -588,11 +589,18 @@ class Journal:
             (email, kind, json.dumps(sorted(lists_before)), json.dumps(list(lists_added)), self.run)
         )
         async with self._intent_lock:
+            if self._intent_error is not None:
+                # A commit failed (a full disk), ours perhaps with it: the write must not go.
+                raise OutputError(str(self._intent_error)) from self._intent_error
             if not self._intents:
                 return  # the holder before us committed ours with its own
             rows, self._intents = self._intents, []
             with anyio.CancelScope(shield=True):
-                await self._call(self._write_intents, rows)
+                try:
+                    await self._call(self._write_intents, rows)
+                except OutputError as exc:
+                    self._intent_error = exc
+                    raise
 
     def _write_intents(self, rows: list[tuple[Any, ...]]) -> None:
         db = self._conn()

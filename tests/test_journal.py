@@ -1,0 +1,43 @@
+"""The journal's intents: a write is sent only once its intent is committed."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import anyio
+import pytest
+
+from engine.errors import OutputError
+from engine.journal import Journal, journal_identity
+
+
+async def test_every_write_whose_intent_commit_failed_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """When the grouped commit of intents fails (a full disk), every write waiting on it is
+    refused, not only the one that ran the commit; later ones too."""
+    journal = await Journal.open(
+        tmp_path / "j.sqlite", identity=journal_identity("digest", ["A"], {})
+    )
+
+    def full_disk(rows: object) -> None:
+        raise sqlite3.OperationalError("database or disk is full")
+
+    monkeypatch.setattr(journal, "_write_intents", full_disk)
+    outcomes: dict[str, str] = {}
+
+    async def write(email: str) -> None:
+        try:
+            await journal.intend(email, "updated", ["A"], ["B"])
+            outcomes[email] = "sent"
+        except OutputError:
+            outcomes[email] = "refused"
+
+    async with anyio.create_task_group() as tg:
+        for i in range(5):
+            tg.start_soon(write, f"c{i}@example.com")
+    await write("late@example.com")
+    assert set(outcomes.values()) == {"refused"}, outcomes
+    assert len(outcomes) == 6
+    await journal.aclose()
