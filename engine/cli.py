@@ -130,8 +130,10 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log each step to stderr")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    run = commands.add_parser("migrate", help="put the contacts of a CSV/JSONL file on lists")
-    run.add_argument("source", type=Path, help="CSV or JSON Lines file of contacts")
+    run = commands.add_parser("migrate", help="put the contacts of a CSV or JSON file on lists")
+    run.add_argument(
+        "source", type=Path, help="CSV file, JSON array or JSON Lines file of contacts"
+    )
     run.add_argument(
         "--list",
         dest="lists",

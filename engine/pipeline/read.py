@@ -1,7 +1,8 @@
 """The read stage: sources to validated rows, one `SourceRow` per email, or `Rejected`.
 
-Sources: a CSV file (any common delimiter, UTF-8 with or without BOM, or another encoding
-when asked), a JSON Lines file, or any (async) iterable of mappings. Columns are recognised
+Sources: a CSV file (any common delimiter; UTF-8, or UTF-16/32 by their byte-order mark,
+or another encoding when asked), a JSON file (an array of objects, read one item at a
+time, or JSON Lines), or any (async) iterable of mappings. Columns are recognised
 by their usual header names, case-insensitively (`Email Address`, `email`, `E-mail`,
 `First Name`, `first_name`, … the v1 field set), or by an explicit mapping.
 
