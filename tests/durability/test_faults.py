@@ -8,6 +8,7 @@ clean, resumable stop that says when the quota resets) and a concurrent writer.
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -22,6 +23,7 @@ from engine.cli import main
 from engine.pipeline.config import MigrationConfig
 from engine.pipeline.run import MigrationReport, migrate
 from engine.simulator import AccountStore, RunningSimulator, SimulatorConfig, serve
+from engine.simulator._xml import Renderer
 
 from .conftest import (
     API_KEY,
@@ -392,39 +394,53 @@ async def test_concurrent_writer_keeps_its_lists_and_targets_are_restored(
 
 
 async def test_the_get_to_put_window_stays_short_under_a_rate_limit(
-    scenario: Scenario, tmp_path: Path
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """At a rate limit that makes requests queue, every PUT leaves within `stale_after` (plus
-    one round trip) of the last read of its entry: the rate wait is before the check."""
+    """At a rate limit that makes requests queue (8/s, 8 put workers), every PUT reaches the
+    server within `stale_after` (plus a round trip) of the GET its body was built from: the
+    PUT's rate turn is taken before the staleness check, not after it."""
     stale_after = 0.3
-    async with running(scenario) as sim:
-        last_read: dict[str, float] = {}
-        windows: list[float] = []
+    config = sim_config()
+    store = AccountStore(config)
+    store.create_list("New")
+    old = store.create_list("Old")
+    emails = [f"c{i}@example.com" for i in range(40)]
+    for email in emails:
+        store.add_contact(email, lists=[old])
+    source = tmp_path / "in.csv"
+    source.write_text("email\n" + "".join(f"{e}\n" for e in emails), encoding="utf-8")
+    # Seen by the server: when each contact's entry was last served, and each PUT's window.
+    served: dict[int, float] = {}
+    windows: list[float] = []
+    contact_entry = Renderer.contact_entry
+    update_contact = AccountStore.update_contact
+
+    def timed_entry(self: Renderer, contact: Any, now: str) -> bytes:
+        served[contact.id] = time.monotonic()
+        return contact_entry(self, contact, now)
+
+    def timed_update(self: AccountStore, contact_id: int, body: Any) -> Any:
+        windows.append(time.monotonic() - served[contact_id])
+        return update_contact(self, contact_id, body)
+
+    monkeypatch.setattr(Renderer, "contact_entry", timed_entry)
+    monkeypatch.setattr(AccountStore, "update_contact", timed_update)
+    async with serve(config, store) as sim:
         account = Account(
             Credentials(USERNAME, API_KEY, PASSWORD),
             base_url=sim.base_url,
             ca_file=sim.ca_path,
-            governor=RateGovernor(rate=20.0, concurrency=16),
+            governor=RateGovernor(rate=8.0, concurrency=16),
             retry=RETRY,
         )
         async with account:
-            get_contact: Callable[[str], Awaitable[ContactEntry]] = account.get_contact
-            put_contact: Callable[..., Awaitable[None]] = account.put_contact
-
-            async def timed_get(key: str) -> ContactEntry:
-                entry = await get_contact(key)
-                last_read[entry.key] = anyio.current_time()
-                return entry
-
-            async def timed_put(entry: ContactEntry, body: bytes, **options: Any) -> None:
-                windows.append(anyio.current_time() - last_read[entry.key])
-                await put_contact(entry, body, **options)
-
-            account.get_contact = timed_get  # type: ignore[method-assign]
-            account.put_contact = timed_put  # type: ignore[method-assign]
-            config = dataclasses.replace(CONFIG, bulk_threshold=None, stale_after=stale_after)
-            report = await run(account, scenario, tmp_path, config)
-    assert report.pending == 0
-    assert len(windows) > 50
-    # Before the fix, the PUT waited for its rate token after the check: windows of 1-2 s.
+            report = await migrate(
+                account,
+                source,
+                lists=["New"],
+                config=dataclasses.replace(CONFIG, bulk_threshold=None, stale_after=stale_after),
+            )
+    assert report.outcomes["updated"] == 40
+    assert len(windows) == 40
+    # Before, the PUT waited for its rate token after the check: windows near a second.
     assert max(windows) < stale_after + 0.2, sorted(windows)[-5:]
