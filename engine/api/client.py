@@ -712,12 +712,21 @@ class Account:
             prepaid=prepaid,
         )
 
-    async def pause(self, seconds: float) -> None:
-        """Sleep as the client sleeps between retries (tests inject a no-op)."""
+    async def back_off(self, attempt: int, error: RetryableApiError, started: float) -> None:
+        """For a caller that retries a request itself (sent with `SINGLE_ATTEMPT`, to redo a
+        check before each attempt): wait the retry policy's backoff before attempt
+        `attempt + 1`, or raise `error` when the policy's attempts or time (counted from
+        `started`, `time.monotonic()`) are spent."""
+        policy = self.retry
+        wait = policy.wait_before(attempt, error)
+        if attempt >= policy.attempts or time.monotonic() - started + wait > policy.timeout:
+            raise error
+        self.retries += 1
+        log.info("retry %d in %.2fs after: %s", attempt, wait, error)
         if self._sleep is None:
-            await asyncio.sleep(seconds)
+            await asyncio.sleep(wait)
         else:
-            await self._sleep(seconds)
+            await self._sleep(wait)
 
     async def create_contact(
         self, email: str, list_uris: Sequence[str], fields: Mapping[str, str] | None = None

@@ -27,7 +27,7 @@ from tenacity import (
 
 from engine.errors import ConfigError, RetryableApiError, ThrottledError
 
-__all__ = ["RetryPolicy"]
+__all__ = ["SINGLE_ATTEMPT", "RetryPolicy"]
 
 log = logging.getLogger("engine.api")
 
@@ -108,3 +108,8 @@ class RetryPolicy:
             reraise=True,
             **extra,  # type: ignore[arg-type]
         )
+
+
+#: One attempt, no retry: for a request whose caller retries it itself, redoing a check
+#: before each attempt (see `Account.back_off`).
+SINGLE_ATTEMPT = RetryPolicy(attempts=1)

@@ -26,6 +26,7 @@ has not moved for a third of `stall_timeout`.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Awaitable, Callable
 
 import anyio
@@ -40,7 +41,7 @@ from engine.api.activities import (
 from engine.api.client import SEARCH_BATCH, Account
 from engine.api.codec import merge_contact_lists
 from engine.api.records import Activity, ContactEntry, uri_key
-from engine.api.retry import RetryPolicy
+from engine.api.retry import SINGLE_ATTEMPT
 from engine.crashpoints import crash_point
 from engine.errors import (
     ApiError,
@@ -57,10 +58,6 @@ from engine.pipeline.stats import ActivityWait, RunStats
 __all__ = ["BulkPath"]
 
 log = logging.getLogger("engine.bulk")
-
-
-#: An activity POST is sent once per round of `_post_activity`, which does the retrying.
-_ONCE = RetryPolicy(attempts=1)
 
 
 class _Stopped(Exception):
@@ -389,14 +386,14 @@ class BulkPath:
         several (another client posts too) the engine cannot tell, and posts again: a second
         activity adds the same memberships, which is harmless, and is the one settled.
         """
-        policy = self.account.retry
+        started = time.monotonic()
         async with self._post_lock:
             known = {a.key for a in await self.account.recent_activities()}
             attempt = 0
             while True:
                 attempt += 1
                 try:
-                    return await self.account.submit_activity(body, retry=_ONCE)
+                    return await self.account.submit_activity(body, retry=SINGLE_ATTEMPT)
                 except RetryableApiError as error:
                     new = [
                         a
@@ -412,10 +409,7 @@ class BulkPath:
                         )
                         return new[0]
                     known.update(a.key for a in new)
-                    if attempt >= policy.attempts:
-                        raise
-                    self.account.retries += 1
-                    await self.account.pause(policy.wait_before(attempt, error))
+                    await self.account.back_off(attempt, error, started)
 
     async def _poll(self, activity: Activity, *, expected: str = "") -> Activity:
         """Poll until the activity finishes.

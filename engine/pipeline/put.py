@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Awaitable, Callable, Iterable
 
 import anyio
@@ -11,11 +12,11 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 from engine.api.client import Account
 from engine.api.codec import merge_contact_lists
 from engine.api.records import uri_key
-from engine.api.retry import RetryPolicy
+from engine.api.retry import SINGLE_ATTEMPT
 from engine.crashpoints import crash_point
 from engine.errors import ConflictError, RetryableApiError
 from engine.pipeline.merge import Write, decide
-from engine.pipeline.models import Outcome
+from engine.pipeline.models import REACTIVATED, Outcome
 from engine.pipeline.stats import StageStats, outcome_for_error
 
 __all__ = ["put_contacts", "send_write"]
@@ -24,9 +25,6 @@ log = logging.getLogger("engine.put")
 
 #: The journal's `intend`: (email, kind, lists before, lists added), awaited before a write.
 Intend = Callable[[str, str, Iterable[str], Iterable[str]], Awaitable[None]]
-
-#: The note of a Removed contact that a write made Active again (counted in the summary).
-REACTIVATED = "was Removed: re-added, Active again (--skip-removed leaves such contacts alone)"
 
 #: How often a contact may bounce between POST (409) and a fresh fetch before it fails.
 MAX_CONFLICTS = 3
@@ -133,10 +131,6 @@ async def send_write(
         return outcome_for_error(contact, exc, "contact")
 
 
-#: The PUT itself is sent once per round of `_put`, which does the retrying.
-_ONCE = RetryPolicy(attempts=1)
-
-
 async def _put(
     write: Write,
     account: Account,
@@ -154,8 +148,7 @@ async def _put(
     the wait for a rate token (seconds at 4 requests/s). A retry (5xx, throttling) goes
     through the same steps after its backoff, since its entry has aged meanwhile.
     """
-    policy = account.retry
-    started = anyio.current_time()
+    started = time.monotonic()
     attempt = 0
     while True:
         attempt += 1
@@ -172,16 +165,10 @@ async def _put(
         if intend is not None and attempt == 1:
             await intend(write.contact.email, "updated", entry.list_keys, write.added)
         try:
-            await account.put_contact(entry, body, prepaid=True, retry=_ONCE)
+            await account.put_contact(entry, body, prepaid=True, retry=SINGLE_ATTEMPT)
             return write
         except RetryableApiError as error:
-            wait = policy.wait_before(attempt, error)
-            spent = anyio.current_time() - started
-            if attempt >= policy.attempts or spent + wait > policy.timeout:
-                raise
-            account.retries += 1
-            log.info("PUT retry %d in %.2fs after: %s", attempt, wait, error)
-            await account.pause(wait)
+            await account.back_off(attempt, error, started)
 
 
 async def _refresh(write: Write, account: Account, skip_removed: bool) -> Write | Outcome:
