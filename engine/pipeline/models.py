@@ -7,6 +7,7 @@ from typing import Literal
 
 __all__ = [
     "OUTCOMES",
+    "REACTIVATED",
     "Batch",
     "Contact",
     "Outcome",
@@ -14,6 +15,7 @@ __all__ = [
     "Rejected",
     "SourceRow",
     "Stage",
+    "join_notes",
 ]
 
 #: The stages, by the names used in config, stats, logs and errors.
@@ -145,3 +147,12 @@ class Outcome:
     lists_before: tuple[str, ...] | None = None
     note: str = ""
     retryable: bool = False
+
+
+#: The note of a Removed contact that a write made Active again (counted in the summary).
+REACTIVATED = "was Removed: re-added, Active again (--skip-removed leaves such contacts alone)"
+
+
+def join_notes(*notes: str) -> str:
+    """Notes for one outcome, in order, the empty ones left out."""
+    return "; ".join(note for note in notes if note)

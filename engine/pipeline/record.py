@@ -15,7 +15,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream
 
 from engine.errors import OutputError
 from engine.journal import Intent, Journal
-from engine.pipeline.models import Outcome
+from engine.pipeline.models import REACTIVATED, Outcome, join_notes
 from engine.pipeline.stats import RunStats
 
 __all__ = ["ReportWriter", "record_outcomes"]
@@ -120,6 +120,36 @@ class ReportWriter:
                 await self._io(file.close)
 
 
+def _settled(
+    outcome: Outcome,
+    notes: MutableMapping[str, str] | None,
+    row_notes: MutableMapping[str, str] | None,
+    intents: MutableMapping[str, Intent] | None,
+    maybe_added: MutableSet[str] | None,
+) -> Outcome:
+    """A planned contact's outcome with what the earlier stages know of it (taken off)."""
+    email = outcome.email
+    sent_as = notes.pop(email, "") if notes else ""
+    read_as = row_notes.pop(email, "") if row_notes else ""
+    if sent_as or read_as:
+        outcome = dataclasses.replace(outcome, note=join_notes(sent_as, outcome.note, read_as))
+    if intents and email in intents:
+        outcome = _with_intent(outcome, intents.pop(email))
+    if maybe_added and email in maybe_added:
+        maybe_added.discard(email)
+        if outcome.kind == "unchanged":
+            outcome = dataclasses.replace(
+                outcome,
+                kind="bulk_added",
+                lists_added=outcome.targets,
+                lists_before=None,  # read after the activity: not "before"
+                note=join_notes(
+                    outcome.note, "found on its lists, which its activity had asked for"
+                ),
+            )
+    return outcome
+
+
 def _with_intent(outcome: Outcome, intent: Intent) -> Outcome:
     """The outcome of a contact whose write an earlier run sent but never recorded."""
     before = intent.lists_before
@@ -131,7 +161,7 @@ def _with_intent(outcome: Outcome, intent: Intent) -> Outcome:
             kind=kind,  # type: ignore[arg-type]
             lists_added=intent.lists_added,
             lists_before=before,
-            note=f"{outcome.note}; {note}" if outcome.note else note,
+            note=join_notes(outcome.note, note),
         )
     if outcome.lists_before is not None:  # before the engine's writes: the earlier run's read
         return dataclasses.replace(outcome, lists_before=before)
@@ -164,29 +194,10 @@ async def record_outcomes(
     stage = stats.stages["record"]
     async with receive_outcomes:
         async for outcome in receive_outcomes:
-            if notes and outcome.path and outcome.email in notes:
-                extra = notes.pop(outcome.email)
-                note = f"{extra}; {outcome.note}" if outcome.note else extra
-                outcome = dataclasses.replace(outcome, note=note)
-            if row_notes and outcome.path and outcome.email in row_notes:
-                extra = row_notes.pop(outcome.email)
-                note = f"{outcome.note}; {extra}" if outcome.note else extra
-                outcome = dataclasses.replace(outcome, note=note)
-            if intents and outcome.path and outcome.email in intents:
-                outcome = _with_intent(outcome, intents.pop(outcome.email))
-            if maybe_added and outcome.path and outcome.email in maybe_added:
-                maybe_added.discard(outcome.email)
-                if outcome.kind == "unchanged":
-                    outcome = dataclasses.replace(
-                        outcome,
-                        kind="bulk_added",
-                        lists_added=outcome.targets,
-                        lists_before=None,  # read after the activity: not "before"
-                        note=f"{outcome.note}; found on its lists, which its activity had "
-                        "asked for".lstrip("; "),
-                    )
+            if outcome.path:
+                outcome = _settled(outcome, notes, row_notes, intents, maybe_added)
             stats.outcomes[outcome.kind] += len(outcome.rows)
-            if outcome.note.startswith("was Removed"):
+            if REACTIVATED in outcome.note:
                 stats.reactivated += 1
             stats.emails += 1
             stage.done += 1

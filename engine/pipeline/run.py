@@ -36,7 +36,15 @@ from engine.pipeline.bulk import BulkPath
 from engine.pipeline.config import MigrationConfig
 from engine.pipeline.fetch import Found, fetch_contacts
 from engine.pipeline.merge import Write, merge_lists
-from engine.pipeline.models import OUTCOMES, Batch, Contact, Outcome, Rejected, SourceRow
+from engine.pipeline.models import (
+    OUTCOMES,
+    Batch,
+    Contact,
+    Outcome,
+    Rejected,
+    SourceRow,
+    join_notes,
+)
 from engine.pipeline.plan import Planner
 from engine.pipeline.put import put_contacts
 from engine.pipeline.read import Source, SourceReader
@@ -444,9 +452,8 @@ class _Run:
                 continue
             if isinstance(item, SourceRow) and item.warnings:
                 # Put on the contact's outcome by the record stage (and taken off there).
-                earlier = self.row_notes.get(item.email)
-                note = "; ".join(item.warnings)
-                self.row_notes[item.email] = f"{earlier}; {note}" if earlier else note
+                earlier = self.row_notes.get(item.email, "")
+                self.row_notes[item.email] = join_notes(earlier, *item.warnings)
             await send.send(item)
 
     async def on_submitted(self, activity: Activity, batch: Batch) -> None:

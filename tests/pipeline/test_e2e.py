@@ -583,11 +583,14 @@ async def test_a_stuck_activity_goes_contact_by_contact_visibly(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     """An activity that never moves is stuck after `stall_timeout`: its contacts go contact
-    by contact with a note saying so, a warning is logged first, and progress shows it."""
+    by contact with a note saying so, a warning is logged first, and progress shows it; a
+    Removed contact among them is re-added, noted and counted like any other."""
     async with start_simulator(activity_delay=10_000.0) as (sim, _):
         store = sim.store
         spy.watch(store)
-        members = seed_list(store, "A", 40)
+        members = seed_list(store, "A", 39)
+        store.add_contact("gone@example.com", status="Removed")
+        members.append("gone@example.com")
         store.create_list("B")
         source = write_csv(tmp_path / "in.csv", HEADER, [[e, ""] for e in members])
         before = snapshot(store)
@@ -608,6 +611,8 @@ async def test_a_stuck_activity_goes_contact_by_contact_visibly(
     assert report.outcomes["updated"] == 40
     assert {line["path"] for line in lines} == {"contact"}
     assert all("stuck" in line["note"] and "contact by contact" in line["note"] for line in lines)
+    assert "was Removed: re-added" in by_email(lines)["gone@example.com"]["note"]
+    assert report.reactivated == 1
     waiting = [w for event in events for w in event.waiting]
     assert waiting, "no progress event showed the activity being waited for"
     assert {w.status for w in waiting} == {"PENDING"}
