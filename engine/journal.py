@@ -42,7 +42,7 @@ import anyio.to_thread
 from engine.errors import ConfigError, OutputError, SourceError
 from engine.pipeline.models import Contact, Outcome
 
-__all__ = ["Intent", "Journal", "PendingActivity", "journal_identity", "journal_key"]
+__all__ = ["Intent", "Journal", "PendingActivity", "journal_identity"]
 
 SCHEMA_VERSION = "3"
 #: Marks a journal of this engine (meta `engine`): no other file is adopted or deleted.
@@ -108,11 +108,6 @@ def journal_identity(
     return {"source": source_digest, "lists": sorted(set(lists)), "settings": dict(settings)}
 
 
-def journal_key(source_digest: str, lists: Iterable[str], settings: Mapping[str, Any]) -> str:
-    """The identity of a migration, hashed (see `journal_identity`)."""
-    return _key_of(journal_identity(source_digest, lists, settings))
-
-
 def _key_of(identity: Mapping[str, Any]) -> str:
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
 
@@ -154,14 +149,14 @@ class PendingActivity:
     insert_time: str = ""
 
 
-#: Journals this process holds locked, by resolved path -> pid (a second `Journal.open` of
-#: the same file in this process is told apart from another process).
-_LOCK_HOLDERS: dict[str, int] = {}
+#: Journals this process holds locked, by resolved path (a second `Journal.open` of the same
+#: file in this process is told apart from another process).
+_LOCKED_HERE: set[str] = set()
 
 
 def _lock_holder(path: Path) -> str:
     """Who holds the lock of `path`, in words: "pid N" when known."""
-    if str(path.resolve()) in _LOCK_HOLDERS:
+    if str(path.resolve()) in _LOCKED_HERE:
         return f"pid {os.getpid()}, this process"
     try:
         db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=2)
@@ -287,11 +282,11 @@ class Journal:
                 "run the command again"
             ) from None
         self._lock_fd = fd
-        _LOCK_HOLDERS[str(self.path.resolve())] = os.getpid()
+        _LOCKED_HERE.add(str(self.path.resolve()))
 
     def _unlock_sync(self) -> None:
         if self._lock_fd is not None:
-            _LOCK_HOLDERS.pop(str(self.path.resolve()), None)
+            _LOCKED_HERE.discard(str(self.path.resolve()))
             os.close(self._lock_fd)  # releases the flock
             self._lock_fd = None
 
@@ -495,11 +490,6 @@ class Journal:
             db.execute("BEGIN")
             marks = ",".join("?" * 13)
             db.executemany(f"INSERT OR REPLACE INTO outcomes VALUES ({marks})", rows)
-
-    async def finished(self, emails: Sequence[str]) -> set[str]:
-        """Which of `emails` already have an outcome that holds (not a retryable failure)."""
-        done, _ = await self.outcomes_of(emails)
-        return done
 
     async def outcomes_of(self, emails: Sequence[str]) -> tuple[set[str], set[str]]:
         """Of `emails`: those with an outcome that holds, and those that failed earlier for a
