@@ -463,6 +463,8 @@ def _run(coro: Callable[[], Coroutine[Any, Any, int]]) -> int:
     async def settled() -> int:
         try:
             return await coro()
+        except (ConfigError, SourceError):
+            raise  # stopped by a check, with no request in flight
         except Exception:
             # A run stopped mid-flight leaves the https connections of its cancelled requests
             # closing (TLS close_notify): a moment for them, or closing the loop fails
