@@ -209,6 +209,12 @@ def _parser() -> argparse.ArgumentParser:
         help="leave contacts in Removed status alone instead of re-adding them",
     )
     run.add_argument(
+        "--lists-only",
+        action="store_true",
+        help="change no field of an existing contact, only its lists (new contacts get "
+        "their fields; the bulk path then searches its contacts, one request per 50)",
+    )
+    run.add_argument(
         "--dry-run", action="store_true", help="read and plan, print the plan, write nothing"
     )
     run.add_argument(
@@ -237,6 +243,14 @@ def _parser() -> argparse.ArgumentParser:
         default=10800.0,
         metavar="S",
         help="give up an activity that has not finished after S seconds (default: 10800)",
+    )
+    run.add_argument(
+        "--activity-seconds",
+        type=_positive_float,
+        default=120.0,
+        metavar="S",
+        help="how long an activity is expected to take on the server, for the dry run's time "
+        "and the ETA until the run has timed its own (default: 120)",
     )
     run.add_argument("--quiet", action="store_true", help="no progress display")
     _add_account_arguments(run)
@@ -310,11 +324,13 @@ async def _migrate(args: argparse.Namespace) -> int:
         bulk_threshold=None if args.no_bulk else args.bulk_threshold,
         create_lists=args.create_lists,
         skip_removed=args.skip_removed,
+        lists_only=args.lists_only,
         limits=StageLimits(fetch=args.fetch_limit, put=args.put_limit, bulk=args.bulk_limit),
         poll_initial=args.poll_initial,
         poll_max=max(args.poll_max, args.poll_initial),
         stall_timeout=args.activity_stall_timeout,
         poll_timeout=args.poll_timeout,
+        activity_seconds=args.activity_seconds,
         verify_writes=args.verify_writes,
         stale_after=args.stale_after,
     )
@@ -336,6 +352,7 @@ async def _migrate(args: argparse.Namespace) -> int:
                 config=config,
                 lookup=args.lookup,
                 daily_budget=args.daily_budget,
+                snapshot=args.snapshot,
             )
             print(plan.describe())
             return EXIT_OK

@@ -271,10 +271,11 @@ def test_dry_run_prints_the_plan_and_writes_nothing(
 
     assert status == 0
     assert "rows read:              31" in out
-    assert "bulk path:              30 contacts in 1 activities" in out
+    # The members are on another list: the probe's witnesses go first, in their own activity.
+    assert "bulk path:              30 contacts in 2 activities (looked up)" in out
     assert "per-contact path:       1 contacts; 0 exist, 1 are new" in out
     assert "requests to send:" in out
-    assert "time at 4 requests/s:" in out
+    assert "time at 4 requests/s, each activity taking 120 s on the server:" in out
     assert "nothing was written." in out
     assert out.startswith("columns: ")  # which column feeds which field, first of all
     assert "-> EmailAddress" in out

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import csv
 import io
-import re
 from collections.abc import Mapping, Sequence
 from urllib.parse import urlencode
 
 from engine.errors import ConfigError
+from engine.fields import field_text
 
 __all__ = [
     "COLUMN_NAMES",
@@ -63,32 +63,6 @@ def line_number(row_index: int) -> int:
     return row_index + 2
 
 
-def _flat(value: str) -> str:
-    # A line break inside a value would shift every later line number; the API's data
-    # format is line-based, so breaks become spaces.
-    return " ".join(value.splitlines()) if ("\n" in value or "\r" in value) else value
-
-
-#: A number or a phone number: a leading + or - that a spreadsheet shows as it is.
-_PLAIN_NUMBER = re.compile(r"[+-][0-9 ().\-/]*")
-
-
-def _inert(value: str) -> str:
-    """A field value that no spreadsheet runs as a formula ("CSV injection", OWASP).
-
-    The server imports the data as it is, and an export of the account opened in a
-    spreadsheet would run a cell such as `=cmd()` or `@SUM(A1)`: such a cell gets a leading
-    single quote, which spreadsheets read as "text". Numbers and phone numbers that start
-    with + or - are left alone. The email column is never changed (a quote would make the
-    address invalid; an address cannot hold a formula's parentheses or spaces).
-    """
-    if value[:1] in ("=", "@", "\t", "\r") or (
-        value[:1] in ("+", "-") and not _PLAIN_NUMBER.fullmatch(value)
-    ):
-        return "'" + value
-    return value
-
-
 def encode_add_contacts(
     rows: Sequence[Mapping[str, str]],
     list_uris: Sequence[str],
@@ -125,8 +99,10 @@ def encode_add_contacts(
     writer = csv.writer(text, lineterminator="\n")  # quotes values with commas or quotes
     writer.writerow([COLUMN_NAMES[n] for n in names])
     writer.writerows(
-        [_flat(row.get("EmailAddress") or "")]
-        + [_inert(_flat(row.get(n) or "")) for n in names[1:]]
+        # The reader has made every value `field_text` already; done again (it is
+        # idempotent) for callers that encode rows of their own.
+        [" ".join((row.get("EmailAddress") or "").splitlines())]
+        + [field_text(row.get(n) or "") for n in names[1:]]
         for row in rows
     )
     form = [("activityType", "ADD_CONTACTS"), ("data", text.getvalue().rstrip("\n"))]

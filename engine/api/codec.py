@@ -27,6 +27,7 @@ from xml.sax.saxutils import escape, quoteattr, unescape
 
 import xmltodict
 
+from engine.api.activities import COLUMN_NAMES
 from engine.api.records import (
     Activity,
     ActivityError,
@@ -316,9 +317,12 @@ def parse_contact_entry(body: bytes) -> ContactEntry:
     uri = contact.get("id") or ""
     email = status = ""
     lists: list[str] = []
+    fields: list[tuple[str, str]] = []
     for field in contact:
         name = _local(field.tag)
-        if name == "EmailAddress":
+        if name in _WRITABLE_FIELDS:
+            fields.append((name, field.text or ""))
+        elif name == "EmailAddress":
             email = (field.text or "").strip()
         elif name == "Status":
             status = (field.text or "").strip()
@@ -327,8 +331,18 @@ def parse_contact_entry(body: bytes) -> ContactEntry:
     if not uri:
         raise MalformedResponseError("the contact entry has no id")
     return ContactEntry(
-        id=uri, key=uri_key(uri), email=email, status=status, lists=tuple(lists), raw=raw
+        id=uri,
+        key=uri_key(uri),
+        email=email,
+        status=status,
+        lists=tuple(lists),
+        raw=raw,
+        fields=tuple(fields),
     )
+
+
+#: The contact elements a migration writes from its source (the bulk path's columns).
+_WRITABLE_FIELDS = frozenset(COLUMN_NAMES) - {"EmailAddress"}
 
 
 # --- request bodies ---------------------------------------------------------------------
@@ -349,12 +363,17 @@ def _contact_lists_element(prefix: bytes, uris: Iterable[str]) -> bytes:
     return f"<{tag}>{inner}</{tag}>".encode()
 
 
-def merge_contact_lists(entry: ContactEntry, targets: Mapping[str, str]) -> bytes | None:
-    """Return the PUT body that adds `targets` to the contact's lists, or None if none is new.
+def merge_contact_lists(
+    entry: ContactEntry, targets: Mapping[str, str], fields: Mapping[str, str] | None = None
+) -> bytes | None:
+    """Return the PUT body that adds `targets` to the contact's lists (and writes `fields`),
+    or None if no list is new and no field changes.
 
     Args:
         entry: the full entry as fetched.
         targets: list key -> list id URI (http form) of the lists the contact must be on.
+        fields: element name -> text to write (`entry.changed_fields` of the source's), each
+            an element of the bulk path's columns; an element the entry lacks is added.
 
     The body is the fetched document with only its `ContactLists` replaced by the union
     (existing lists first, in the server's order, as bare `<ContactList id=…/>` elements,
@@ -368,10 +387,10 @@ def merge_contact_lists(entry: ContactEntry, targets: Mapping[str, str]) -> byte
     """
     have = entry.list_keys
     new = [uri for key, uri in targets.items() if key not in have]
-    if not new:
+    if not new and not fields:
         return None
     union = [*entry.lists, *new]
-    raw = entry.raw
+    raw = _set_fields(entry, fields) if fields else entry.raw
     found = _CONTACT_LISTS.search(raw)
     if found:
         element = _contact_lists_element(found.group("prefix") or b"", union)
@@ -385,6 +404,39 @@ def merge_contact_lists(entry: ContactEntry, targets: Mapping[str, str]) -> byte
     body = _CONTACT_OPT_IN.sub(rb"\1ACTION_BY_CUSTOMER\2", body)
     _prove_superset(entry, body, targets)
     return body
+
+
+def _field_element(name: str) -> re.Pattern[bytes]:
+    return re.compile(
+        rb"<(?P<prefix>[A-Za-z_][\w.-]*:)?" + name.encode() + rb"\b[^>]*?"
+        rb"(?:/>|>[^<]*</(?P=prefix)?" + name.encode() + rb"\s*>)"
+    )
+
+
+_FIELD_ELEMENTS = {name: _field_element(name) for name in _WRITABLE_FIELDS}
+
+
+def _set_fields(entry: ContactEntry, fields: Mapping[str, str]) -> bytes:
+    """The entry's bytes with each of `fields` set: an element's text replaced, or the
+    element added before `ContactLists` (or `</Contact>`) when the entry lacks it."""
+    raw = entry.raw
+    for name, text in fields.items():
+        pattern = _FIELD_ELEMENTS.get(name)
+        if pattern is None:
+            raise UnsafeMergeError(f"contact {entry.key}: {name} is not a contact field")
+        found = pattern.search(raw)
+        if found:
+            prefix = (found.group("prefix") or b"").decode()
+            element = f"<{prefix}{name}>{escape(text)}</{prefix}{name}>".encode()
+            raw = raw[: found.start()] + element + raw[found.end() :]
+            continue
+        anchor = _CONTACT_LISTS.search(raw) or _CONTACT_CLOSE.search(raw)
+        if anchor is None:
+            raise UnsafeMergeError(f"contact {entry.key}: no </Contact> to add {name} to")
+        prefix = (anchor.group("prefix") or b"").decode()
+        element = f"<{prefix}{name}>{escape(text)}</{prefix}{name}>".encode()
+        raw = raw[: anchor.start()] + element + raw[anchor.start() :]
+    return raw
 
 
 _LIST_ID = re.compile(rb"""<(?:[A-Za-z_][\w.-]*:)?ContactList\b[^>]*?\bid\s*=\s*(["'])(.*?)\1""")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
@@ -103,6 +104,7 @@ class ContactEntry:
         lists: the ContactList id URIs, in the server's order.
         raw: the document bytes as received (trailing junk after the root removed); the
             PUT body is built from these so every other element goes back unchanged.
+        fields: the contact's writable fields (v1 element name -> text), empty ones included.
     """
 
     id: str
@@ -111,6 +113,13 @@ class ContactEntry:
     status: str
     lists: tuple[str, ...]
     raw: bytes
+    fields: tuple[tuple[str, str], ...] = ()
+
+    def changed_fields(self, wanted: Mapping[str, str]) -> dict[str, str]:
+        """The fields of `wanted` whose text differs from the contact's (empty values of
+        `wanted` are left out: an empty cell never clears a field)."""
+        have = dict(self.fields)
+        return {name: text for name, text in wanted.items() if text and have.get(name) != text}
 
     @property
     def list_keys(self) -> frozenset[str]:

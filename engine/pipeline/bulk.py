@@ -55,9 +55,22 @@ from engine.pipeline.config import MigrationConfig
 from engine.pipeline.models import Batch, Contact, Outcome, OutcomeKind
 from engine.pipeline.stats import ActivityWait, RunStats
 
-__all__ = ["BulkPath"]
+__all__ = ["BulkPath", "field_groups"]
 
 log = logging.getLogger("engine.bulk")
+
+#: The fields an activity can carry (its columns besides the email).
+_COLUMNS = frozenset(COLUMN_NAMES) - {"EmailAddress"}
+
+
+def field_groups(contacts: tuple[Contact, ...]) -> dict[tuple[str, ...], list[Contact]]:
+    """The contacts by the activity columns they give (one activity each): a contact is sent
+    with exactly its row's fields, since an empty cell may clear a field (see `_submit`)."""
+    groups: dict[tuple[str, ...], list[Contact]] = {}
+    for contact in contacts:
+        columns = tuple(sorted(f for f in contact.fields if f in _COLUMNS))
+        groups.setdefault(columns, []).append(contact)
+    return groups
 
 
 class _Stopped(Exception):
@@ -160,8 +173,8 @@ class BulkPath:
         Contacts sent to the per-contact path get their outcome there instead.
         """
         skipped: list[Outcome] = []
-        if self.config.skip_removed:
-            batch, skipped = await self._without_removed(batch)
+        if self.config.skip_removed or self.config.lists_only:
+            batch, skipped = await self._looked_up(batch)
             if not batch.contacts:
                 return skipped
         return skipped + await self._run_batch(batch)
@@ -177,37 +190,51 @@ class BulkPath:
             return []
         return await self._run(batch, check=False)
 
-    async def _without_removed(self, batch: Batch) -> tuple[Batch, list[Outcome]]:
-        """The batch without its Removed contacts, and their `skipped` outcomes.
+    async def _looked_up(self, batch: Batch) -> tuple[Batch, list[Outcome]]:
+        """The batch after looking up its contacts' status (50 emails a search), with the
+        `skipped` outcomes of its Removed contacts under `skip_removed`.
 
         An add activity makes a Removed contact Active again; with `skip_removed` they must
-        be left alone, so their status is looked up first (50 emails a search). A search
+        be left alone. With `lists_only`, an existing contact goes with its email only, so
+        the activity changes none of its fields (a new contact keeps its fields). A search
         that fails leaves its contacts' status unknown, never "absent": they go contact by
         contact, where each is read before any write.
         """
         contacts = batch.contacts
-        removed: set[str] = set()
+        found: dict[str, str] = {}  # email -> status, of the contacts that exist
         unknown: list[Contact] = []
         for start in range(0, len(contacts), SEARCH_BATCH):
             chunk = contacts[start : start + SEARCH_BATCH]
             try:
-                found = await self.account.search_contacts([c.email for c in chunk], strict=True)
+                page = await self.account.search_contacts([c.email for c in chunk], strict=True)
             except (FatalApiError, ConnectionLostError, QuotaExhaustedError):
                 raise
             except ApiError as exc:
-                log.info("a search for --skip-removed failed (%s): contact by contact", exc)
+                log.info("a status search failed (%s): its contacts go contact by contact", exc)
                 unknown += chunk
                 continue
-            removed.update(e for e, s in found.items() if s.status.strip().lower() == "removed")
+            found.update((e, s.status.strip().lower()) for e, s in page.items())
         if unknown:
             await self._fall_back(tuple(unknown), "their status could not be looked up")
+        removed = (
+            {e for e, status in found.items() if status == "removed"}
+            if self.config.skip_removed
+            else set()
+        )
         skipped = [
             Outcome(c.email, "skipped", tuple(c.rows), "removed", path="bulk")
             for c in contacts
             if c.email in removed
         ]
         gone = removed | {c.email for c in unknown}
-        return Batch(tuple(c for c in contacts if c.email not in gone), batch.targets), skipped
+        kept = tuple(
+            Contact(c.email, c.targets, {}, c.rows)
+            if self.config.lists_only and c.email in found and c.fields
+            else c
+            for c in contacts
+            if c.email not in gone
+        )
+        return Batch(kept, batch.targets), skipped
 
     def _needs_check(self) -> bool:
         return self.enabled and not self.verified and self.config.probe_size > 0
@@ -264,7 +291,10 @@ class BulkPath:
             await self._fall_back(contacts, f"activity not submitted: {exc}")
             return [], f"inconclusive (its activity could not be submitted: {exc})"
         try:
-            finished = [await self._poll(a) for a, _ in activities]
+            finished = [
+                await self._poll(a, rows=sum(len(c.rows) for c in group))
+                for a, group in activities
+            ]
         except (FatalApiError, ConnectionLostError, QuotaExhaustedError, _Stopped):
             raise
         except (ApiError, TimeoutError) as exc:  # submitted: it may have run, or still may
@@ -324,7 +354,11 @@ class BulkPath:
             for item in pending:
                 activity = Activity(item.id, item.id, "", "PENDING", None, ())
                 try:
-                    finished = await self._poll(activity, expected=item.insert_time)
+                    finished = await self._poll(
+                        activity,
+                        expected=item.insert_time,
+                        rows=sum(len(c.rows) for c in item.contacts),
+                    )
                 except _Stopped:
                     return
                 except (FatalApiError, ConnectionLostError, QuotaExhaustedError):
@@ -342,15 +376,27 @@ class BulkPath:
     async def _submit(
         self, contacts: tuple[Contact, ...], targets: dict[str, str]
     ) -> list[tuple[Activity, tuple[Contact, ...]]]:
-        fields = sorted(
-            {f for c in contacts for f in c.fields if f in COLUMN_NAMES and f != "EmailAddress"}
-        )
+        """Submit the contacts in one activity per set of fields they give.
+
+        A contact is sent with exactly the fields its row gives: an activity's columns are
+        the same for each of its rows, and an empty cell may clear a field on the server
+        ([U] API doc §6.3), which the per-contact path never does. So contacts are grouped
+        by the fields they give (a typical export has a few such groups).
+        """
+        submitted: list[tuple[Activity, tuple[Contact, ...]]] = []
+        for columns, group in field_groups(contacts).items():
+            submitted += await self._submit_group(tuple(group), targets, columns)
+        return submitted
+
+    async def _submit_group(
+        self, contacts: tuple[Contact, ...], targets: dict[str, str], columns: tuple[str, ...]
+    ) -> list[tuple[Activity, tuple[Contact, ...]]]:
         rows = [{"EmailAddress": c.email, **c.fields} for c in contacts]
         try:
             body = encode_add_contacts(
                 rows,
                 list(targets.values()),
-                fields=fields,
+                fields=columns,
                 max_rows=self.config.bulk_max_rows,
                 max_bytes=self.config.bulk_max_bytes,
             )
@@ -359,8 +405,8 @@ class BulkPath:
                 raise
             half = len(contacts) // 2
             return [
-                *await self._submit(contacts[:half], targets),
-                *await self._submit(contacts[half:], targets),
+                *await self._submit_group(contacts[:half], targets, columns),
+                *await self._submit_group(contacts[half:], targets, columns),
             ]
         if self._stop is not None and self._stop.is_set():
             raise _Stopped
@@ -411,7 +457,7 @@ class BulkPath:
                     known.update(a.key for a in new)
                     await self.account.back_off(attempt, error, started)
 
-    async def _poll(self, activity: Activity, *, expected: str = "") -> Activity:
+    async def _poll(self, activity: Activity, *, expected: str = "", rows: int = 0) -> Activity:
         """Poll until the activity finishes.
 
         `expected` is the `InsertTime` the server gave when the activity was submitted: an
@@ -427,7 +473,7 @@ class BulkPath:
         config = self.config
         delay = config.poll_initial
         now = anyio.current_time()
-        wait = ActivityWait(activity.key, activity.status, since=now, changed=now)
+        wait = ActivityWait(activity.key, activity.status, since=now, changed=now, rows=rows)
         self.stats.waiting[activity.key] = wait
         warned = False
         try:
@@ -468,6 +514,7 @@ class BulkPath:
                 raise TimeoutError(
                     f"activity {activity.key} did not finish within {config.poll_timeout:.0f} s"
                 )
+            self.stats.activity_finished(anyio.current_time() - wait.since)  # for the ETA
         finally:
             self.stats.waiting.pop(wait.key, None)
         return activity

@@ -46,6 +46,11 @@ class MigrationConfig:
         create_lists: create target lists the account lacks instead of stopping.
         skip_removed: leave contacts in `Removed` status alone (`skipped`, reason `removed`)
             instead of re-adding them, which makes them Active again.
+        lists_only: write lists only: an existing contact's fields are never changed (by
+            default the source's non-empty fields are written over the contact's, on both
+            paths; an empty cell never clears a field). New contacts get their fields either
+            way. On the bulk path this costs one search per 50 contacts, to tell existing
+            contacts (sent with their email only) from new ones.
         limits: workers per stage.
         queue_size: capacity of each queue between stages.
         max_pending: contacts the planner holds in unflushed batches before it flushes the
@@ -59,6 +64,9 @@ class MigrationConfig:
             count) before it counts as stuck: its contacts then go through the per-contact
             path, and their outcomes say so. A warning is logged at a third of it. The
             default (15 minutes) leaves a busy real server time to start a queued activity.
+        activity_seconds: the time an activity is expected to take on the server, for the
+            dry run's estimate and the ETA until the run has timed its own activities (the
+            real API takes from 30 s to 15 minutes; the default is 2 minutes).
         probe_size: contacts of the first bulk activity that holds contacts already on other
             lists: they go first, in an activity of their own, read before and after, to
             prove that bulk add keeps memberships (0: no probe; not recommended).
@@ -80,6 +88,7 @@ class MigrationConfig:
     bulk_max_bytes: int = MAX_ACTIVITY_BYTES
     create_lists: bool = False
     skip_removed: bool = False
+    lists_only: bool = False
     limits: StageLimits = field(default_factory=StageLimits)
     queue_size: int = 1024
     max_pending: int = 60_000
@@ -88,6 +97,7 @@ class MigrationConfig:
     poll_max: float = 30.0
     poll_timeout: float = 3 * 3600.0
     stall_timeout: float = 15 * 60.0
+    activity_seconds: float = 120.0
     probe_size: int = 25
     progress_interval: float = 1.0
     verify_writes: Literal["stale", "all", "off"] = "stale"
@@ -102,7 +112,14 @@ class MigrationConfig:
             raise ConfigError("bulk_max_bytes must be at least 10,000")
         if self.queue_size < 1 or self.max_pending < 1:
             raise ConfigError("queue_size and max_pending must be at least 1")
-        for name in ("linger", "poll_initial", "poll_max", "poll_timeout", "progress_interval"):
+        for name in (
+            "linger",
+            "poll_initial",
+            "poll_max",
+            "poll_timeout",
+            "progress_interval",
+            "activity_seconds",
+        ):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} cannot be negative")
         if self.stall_timeout <= 0:

@@ -1,8 +1,27 @@
 """`plan_migration`: what a run would do, without writing anything.
 
-It reads the source and the account's lists (and, with `lookup`, searches the per-contact
-contacts, 50 emails a request, to know which exist), runs the real planner, and counts the
-requests each path would send.
+It reads the source and the account's lists, runs the real planner, and counts every request
+each path would send, step by step as the stages send them:
+
+- before the stages: the credentials check, the lists feed, each list to create, and with
+  `snapshot` every list's members (one request per 50);
+- per-contact path: one search per 50 contacts; for an existing contact a GET, then a PUT
+  unless it needs none (already on its lists and no field to write), two more reads each with
+  `verify_writes="all"`; for a new contact a POST; nothing for a Do Not Mail contact;
+- bulk path: with `skip_removed` or `lists_only`, one search per 50 contacts; until the probe
+  has passed, the probe's scan (a search per 50 contacts and a read of each existing contact
+  until `probe_size` witnesses are found), the witnesses' activity and their reads after it;
+  then one activity per set of fields the contacts give (and per `bulk_max_rows`), each a read
+  of the activities feed, a POST and its polls while the server processes it.
+
+Without `lookup` it cannot know which contacts exist: every contact is assumed to exist and to
+need a write, the probe to find its witnesses among the first 50 contacts, and the figures
+are upper bounds. With `lookup` it sends the reads the run would send to learn it (searches,
+the probe's scan, the members of the target lists), so the figures are what the run sends
+when nothing changes in between and no request is retried.
+
+The time includes the wait for activities: `config.activity_seconds` per activity (the real
+API takes from 30 s to 15 minutes, API doc §6.4), `limits.bulk` at a time.
 """
 
 from __future__ import annotations
@@ -15,20 +34,33 @@ from dataclasses import dataclass
 import anyio
 
 from engine.api.client import SEARCH_BATCH, Account
-from engine.api.records import ContactList
+from engine.api.records import ContactList, ContactSummary
 from engine.errors import ConfigError
+from engine.pipeline.bulk import field_groups
 from engine.pipeline.config import MigrationConfig
 from engine.pipeline.models import Batch, Contact, Outcome, Rejected, SourceRow
 from engine.pipeline.plan import Planner
 from engine.pipeline.read import Source, SourceReader
 
-__all__ = ["POLLS_PER_ACTIVITY", "DryRunPlan", "plan_migration"]
+__all__ = ["DryRunPlan", "plan_migration", "polls_for"]
 
-#: Polls per activity assumed by the estimate: activities take 30 s to 15 min (API doc
-#: §6.4); polling from 5 s, doubling to 30 s, is about 8 polls for a few minutes' job.
-POLLS_PER_ACTIVITY = 8
-#: Requests of the bulk membership check: a search, and about 5 GETs before and after.
-SAMPLE_CHECK_REQUESTS = 11
+#: Requests around each activity besides its polls: the activities feed read before the POST
+#: (how a lost answer is told from a failed POST) and the POST.
+_PER_ACTIVITY = 2
+
+_PAGE_SIZE = 50
+
+
+def polls_for(seconds: float, config: MigrationConfig) -> int:
+    """Polls of an activity that takes `seconds`, at the bulk path's schedule (the first after
+    `poll_initial`, each wait twice the last, up to `poll_max`)."""
+    delay, waited, polls = config.poll_initial, 0.0, 0
+    while True:
+        waited += delay
+        polls += 1
+        if waited >= seconds or polls >= 100_000:
+            return polls
+        delay = min(config.poll_max, max(delay * 2, 0.01))
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,13 +72,20 @@ class DryRunPlan:
         rejected: rows that would be rejected.
         contact_path: contacts that would go contact by contact.
         bulk_path: contacts that would go in activities.
-        activities: activities that would be submitted.
+        activities: activities that would be submitted (the probe's included).
         existing: contacts of the per-contact path found in the account (None: not looked up).
         requests: requests the run would send (an upper bound without lookups).
         lookup_requests: requests this dry run itself sent for lookups.
         rate: the rate limit, requests/s (None: unlimited).
         daily_budget: requests allowed per day, when set.
         lists_to_create: target list names the account lacks (created with --create-lists).
+        setup_requests: of `requests`, those sent before the stages start.
+        contact_requests: of `requests`, those of the per-contact path.
+        bulk_requests: of `requests`, those of the bulk path (searches, probe, activities,
+            polls).
+        activity_seconds: the time each activity is assumed to take on the server.
+        bulk_limit: activities in flight at once.
+        looked_up: the figures come from lookups, not assumptions.
     """
 
     rows: int
@@ -60,11 +99,24 @@ class DryRunPlan:
     rate: float | None
     daily_budget: int | None
     lists_to_create: tuple[str, ...]
+    setup_requests: int = 0
+    contact_requests: int = 0
+    bulk_requests: int = 0
+    activity_seconds: float = 120.0
+    bulk_limit: int = 4
+    looked_up: bool = False
 
     @property
     def seconds(self) -> float | None:
-        """Time the requests take at the rate limit (None when unlimited)."""
-        return None if self.rate is None else self.requests / self.rate
+        """The run's expected duration: the requests at the rate limit, the per-contact path
+        alongside the bulk path, whose activities also wait for the server (None when there
+        is no rate limit and no activity)."""
+        if self.rate is None and not self.activities:
+            return None
+        rate = self.rate or math.inf
+        waves = math.ceil(self.activities / max(self.bulk_limit, 1))
+        bulk = self.bulk_requests / rate + waves * self.activity_seconds
+        return self.setup_requests / rate + max(self.contact_requests / rate, bulk)
 
     @property
     def days(self) -> int | None:
@@ -78,17 +130,26 @@ class DryRunPlan:
             if self.existing is None
             else f"{self.existing} exist, {self.contact_path - self.existing} are new"
         )
+        bound = "" if self.looked_up else " (at most)"
         lines = [
             f"rows read:              {self.rows} ({self.rejected} would be rejected)",
             f"per-contact path:       {self.contact_path} contacts; {existing}",
-            f"bulk path:              {self.bulk_path} contacts in {self.activities} activities",
-            f"requests to send:       {self.requests}"
-            + (" (at most)" if self.existing is None else ""),
+            f"bulk path:              {self.bulk_path} contacts in {self.activities} activities"
+            + (" (looked up)" if self.looked_up and self.bulk_path else ""),
+            f"requests to send:       {self.requests}{bound}: {self.setup_requests} to start, "
+            f"{self.contact_requests} per-contact, {self.bulk_requests} bulk",
         ]
-        if self.seconds is not None:
+        seconds = self.seconds
+        if seconds is not None:
+            at = "with no rate limit" if self.rate is None else f"at {self.rate:g} requests/s"
+            wait = (
+                f", each activity taking {self.activity_seconds:g} s on the server"
+                if self.activities
+                else ""
+            )
             lines.append(
-                f"time at {self.rate:g} requests/s: {self.seconds / 60:.1f} minutes"
-                + (f" ({self.seconds / 3600:.1f} hours)" if self.seconds > 3600 else "")
+                f"time {at}{wait}: {seconds / 60:.1f} minutes"
+                + (f" ({seconds / 3600:.1f} hours)" if seconds > 3600 else "")
             )
         if self.daily_budget is not None:
             verdict = "suffices" if self.requests <= self.daily_budget else "does NOT suffice"
@@ -102,6 +163,127 @@ class DryRunPlan:
         return "\n".join(lines)
 
 
+class _Estimate:
+    """Counts the requests of each path as the planner hands it contacts and batches."""
+
+    def __init__(self, account: Account, config: MigrationConfig, lookup: bool) -> None:
+        self.account = account
+        self.config = config
+        self.lookup = lookup
+        self.per_contact: list[Contact] = []
+        self.bulk_contacts = 0
+        self.activities = 0
+        self.bulk_requests = 0
+        self.verified = config.probe_size == 0
+
+    async def _statuses(self, emails: Sequence[str]) -> dict[str, ContactSummary]:
+        found: dict[str, ContactSummary] = {}
+        for start in range(0, len(emails), SEARCH_BATCH):
+            chunk = list(emails[start : start + SEARCH_BATCH])
+            found.update(await self.account.search_contacts(chunk))
+        return found
+
+    async def batch(self, batch: Batch) -> None:
+        """Count one bulk batch's requests (looking its contacts up, with `lookup`)."""
+        config = self.config
+        contacts = batch.contacts
+        self.bulk_contacts += len(contacts)
+        searches = math.ceil(len(contacts) / SEARCH_BATCH)
+        requests = 0
+        found: dict[str, ContactSummary] | None = None
+        if config.skip_removed or config.lists_only:
+            requests += searches
+            if self.lookup:
+                found = await self._statuses([c.email for c in contacts])
+                if config.skip_removed:
+                    contacts = tuple(
+                        c
+                        for c in contacts
+                        if c.email not in found or found[c.email].status.lower() != "removed"
+                    )
+            if config.lists_only:
+                contacts = tuple(
+                    Contact(c.email, c.targets, {}, c.rows)
+                    if found is None or c.email in found
+                    else c
+                    for c in contacts
+                )
+        probe: tuple[Contact, ...] = ()
+        if not self.verified and contacts:
+            scan, witnesses = await self._probe_scan(contacts, batch.targets)
+            requests += scan
+            if witnesses:
+                probe = tuple(c for c in contacts if c.email in witnesses)
+                contacts = tuple(c for c in contacts if c.email not in witnesses)
+                requests += len(probe)  # each witness read again after its activity
+            self.verified = bool(witnesses) or self.verified
+        polls = polls_for(config.activity_seconds, config)
+        for group in (probe, contacts):
+            activities = self._activities(group)
+            self.activities += activities
+            requests += activities * (_PER_ACTIVITY + polls)
+        self.bulk_requests += requests
+
+    async def _probe_scan(
+        self, contacts: tuple[Contact, ...], targets: dict[str, str]
+    ) -> tuple[int, set[str]]:
+        """The requests of the probe's scan, and the witnesses' emails."""
+        size = self.config.probe_size
+        if not self.lookup:
+            # Assumed: the first 50 contacts exist, all on other lists.
+            first = contacts[:SEARCH_BATCH]
+            return 1 + len(first), {c.email for c in first[:size]}
+        requests, witnesses = 0, set[str]()
+        for start in range(0, len(contacts), SEARCH_BATCH):
+            chunk = contacts[start : start + SEARCH_BATCH]
+            found = await self.account.search_contacts([c.email for c in chunk])
+            requests += 1
+            for email, summary in found.items():
+                if summary.status.strip().lower() == "do not mail":
+                    continue
+                entry = await self.account.get_contact(summary.key)
+                requests += 1
+                if entry.list_keys - set(targets):
+                    witnesses.add(email)
+            if len(witnesses) >= size:
+                break
+        if len(witnesses) > size:  # the run stops at `size`, in the order it reads them
+            witnesses = set(sorted(witnesses, key=[c.email for c in contacts].index)[:size])
+        return requests, witnesses
+
+    def _activities(self, contacts: tuple[Contact, ...]) -> int:
+        """Activities for these contacts: one per set of fields given, per `bulk_max_rows`."""
+        groups = field_groups(contacts).values()
+        return sum(math.ceil(len(group) / self.config.bulk_max_rows) for group in groups)
+
+    async def contact_path(self, targets_members: dict[str, set[str]] | None) -> tuple[int, int]:
+        """The per-contact path's requests, and how many of its contacts exist (all, unless
+        looked up)."""
+        config = self.config
+        contacts = self.per_contact
+        n = len(contacts)
+        requests = math.ceil(n / SEARCH_BATCH)
+        found = await self._statuses([c.email for c in contacts]) if self.lookup else None
+        existing = 0
+        for contact in contacts:
+            summary = None if found is None else found.get(contact.email)
+            if found is not None and summary is None:
+                requests += 1  # POST
+                continue
+            existing += 1
+            status = "active" if summary is None else summary.status.strip().lower()
+            if status == "do not mail" or (status == "removed" and config.skip_removed):
+                continue  # settled from its search entry
+            requests += 1  # GET
+            on_targets = targets_members is not None and all(
+                contact.email in targets_members.get(key, ()) for key in contact.targets
+            )
+            if on_targets and status != "removed" and (config.lists_only or not contact.fields):
+                continue  # unchanged: no write
+            requests += 1 + (2 if config.verify_writes == "all" else 0)
+        return requests, existing
+
+
 async def plan_migration(
     account: Account,
     source: Source,
@@ -110,6 +292,7 @@ async def plan_migration(
     config: MigrationConfig | None = None,
     lookup: bool = False,
     daily_budget: int | None = None,
+    snapshot: bool = False,
 ) -> DryRunPlan:
     """Plan a migration and count its requests; sends only GETs.
 
@@ -123,18 +306,22 @@ async def plan_migration(
     scan = await reader.scan()
     sent_before = account.requests_sent
     await account.verify()
-    by_name = {item.name: item for item in await account.lists() if not item.is_system}
+    all_lists = await account.lists()
+    by_name = {item.name: item for item in all_lists if not item.is_system}
     names = list(dict.fromkeys([*config.lists, *sorted(scan.list_names)]))
     missing = tuple(n for n in names if n not in by_name)
     if missing and not config.create_lists:
         await account.resolve_lists(names)  # raises the ConfigError naming what exists
     if not names and reader.path is not None:
         raise ConfigError("no target lists: pass --list NAME or a lists column with names")
+    setup = 1 + _pages(len(all_lists)) + len(missing)
+    if snapshot:
+        setup += sum(_pages(item.contact_count or 0) for item in by_name.values())
     for number, name in enumerate(missing):  # stand-ins, so the planner can plan them
         by_name[name] = ContactList(id=f"planned:{number}", key=f"planned:{number}", name=name)
     planner = Planner(dataclasses.replace(config, linger=0), by_name)
-    rows = rejected = activities = bulk_contacts = 0
-    per_contact: list[str] = []
+    estimate = _Estimate(account, config, lookup)
+    rows = rejected = 0
 
     send_rows, receive_rows = anyio.create_memory_object_stream[SourceRow | Rejected](1024)
     send_contacts, receive_contacts = anyio.create_memory_object_stream[Contact](1024)
@@ -151,15 +338,13 @@ async def plan_migration(
     async def count_contacts() -> None:
         async with receive_contacts:
             async for contact in receive_contacts:
-                per_contact.append(contact.email)
+                estimate.per_contact.append(contact)
                 planner.done(contact.email)
 
     async def count_batches() -> None:
-        nonlocal activities, bulk_contacts
         async with receive_batches:
             async for batch in receive_batches:
-                bulk_contacts += len(batch.contacts)
-                activities += math.ceil(len(batch.contacts) / config.bulk_max_rows)
+                await estimate.batch(batch)
                 for contact in batch.contacts:
                     planner.done(contact.email)
 
@@ -176,31 +361,36 @@ async def plan_migration(
         tg.start_soon(count_batches)
         tg.start_soon(count_rejected)
 
-    existing: int | None = None
-    n = len(per_contact)
-    if lookup and per_contact:
-        existing = 0
-        for start in range(0, n, SEARCH_BATCH):
-            existing += len(
-                await account.search_contacts(per_contact[start : start + SEARCH_BATCH])
-            )
-    searches = math.ceil(n / SEARCH_BATCH)
-    # An existing contact: GET + PUT (at most); a new one: POST.
-    contact_requests = searches + (2 * n if existing is None else 2 * existing + (n - existing))
-    bulk_requests = activities * (1 + POLLS_PER_ACTIVITY)
-    if activities:
-        bulk_requests += SAMPLE_CHECK_REQUESTS
-    rate = account.governor.stats().rate
+    members: dict[str, set[str]] | None = None
+    if lookup and estimate.per_contact:
+        # Which contacts are on their lists already: the target lists' members, one request
+        # per 50 (a list still to be created has none).
+        members = {}
+        for key in sorted({k for c in estimate.per_contact for k in c.targets}):
+            if not key.startswith("planned:"):
+                members[key] = {m.email.lower() async for m in account.list_members(key)}
+    contact_requests, existing = await estimate.contact_path(members)
     return DryRunPlan(
         rows=rows,
         rejected=rejected,
-        contact_path=n,
-        bulk_path=bulk_contacts,
-        activities=activities,
-        existing=existing,
-        requests=2 + len(missing) + contact_requests + bulk_requests,
+        contact_path=len(estimate.per_contact),
+        bulk_path=estimate.bulk_contacts,
+        activities=estimate.activities,
+        existing=existing if lookup else None,
+        requests=setup + contact_requests + estimate.bulk_requests,
         lookup_requests=account.requests_sent - sent_before,
-        rate=rate,
+        rate=account.governor.stats().rate,
         daily_budget=daily_budget,
         lists_to_create=missing,
+        setup_requests=setup,
+        contact_requests=contact_requests,
+        bulk_requests=estimate.bulk_requests,
+        activity_seconds=config.activity_seconds,
+        bulk_limit=config.limits.bulk,
+        looked_up=lookup,
     )
+
+
+def _pages(entries: int) -> int:
+    """Requests to read a feed of `entries` entries (one page, even when empty)."""
+    return max(1, math.ceil(entries / _PAGE_SIZE))

@@ -32,6 +32,8 @@ class Write:
         added: keys of the lists this write adds.
         fetched_at: when `entry` was read (`anyio.current_time()`).
         reactivates: the contact is Removed: the write makes it Active again.
+        fields: the names of the fields the write changes (an existing contact's fields the
+            source gives other values for; none with `lists_only`).
     """
 
     contact: Contact
@@ -40,18 +42,28 @@ class Write:
     added: tuple[str, ...]
     fetched_at: float = 0.0
     reactivates: bool = False
+    fields: tuple[str, ...] = ()
 
 
 def decide(
-    contact: Contact, entry: ContactEntry | None, *, skip_removed: bool, fetched_at: float = 0.0
+    contact: Contact,
+    entry: ContactEntry | None,
+    *,
+    skip_removed: bool,
+    fetched_at: float = 0.0,
+    lists_only: bool = False,
 ) -> Write | Outcome:
     """The write a fetched contact needs, or its outcome when it needs none.
 
-    - no entry: POST it (`created`);
+    - no entry: POST it with its fields (`created`);
     - Do Not Mail: `skipped`, reason `opted-out` (invariant I2: never changed);
     - Removed with `skip_removed`: `skipped`, reason `removed`;
-    - the union adds nothing: `unchanged`, no request;
-    - otherwise PUT the fetched entry with the union of lists (`updated`).
+    - the union adds nothing and no field changes: `unchanged`, no request;
+    - otherwise PUT the fetched entry with the union of lists and the source's non-empty
+      fields (`updated`); with `lists_only`, the lists only.
+
+    The fields follow the bulk path's rule, so a row gives the same contact on both paths:
+    a non-empty source value is written over the contact's, an empty one changes nothing.
     """
     rows = tuple(contact.rows)
     if entry is None:
@@ -62,11 +74,12 @@ def decide(
         return Outcome(contact.email, "skipped", rows, "opted-out", (), "contact", targets, before)
     if status == REMOVED and skip_removed:
         return Outcome(contact.email, "skipped", rows, "removed", (), "contact", targets, before)
-    body = merge_contact_lists(entry, contact.targets)
+    fields = {} if lists_only else entry.changed_fields(contact.fields)
+    body = merge_contact_lists(entry, contact.targets, fields)
     if body is None:
         return Outcome(contact.email, "unchanged", rows, "", (), "contact", targets, before)
     added = tuple(k for k in contact.targets if k not in entry.list_keys)
-    return Write(contact, entry, body, added, fetched_at, reactivates=status == REMOVED)
+    return Write(contact, entry, body, added, fetched_at, status == REMOVED, tuple(sorted(fields)))
 
 
 async def merge_lists(
@@ -79,6 +92,7 @@ async def merge_lists(
     stats: StageStats,
     limit: int,
     stop: anyio.Event | None = None,
+    lists_only: bool = False,
 ) -> None:
     """The stage: read each found contact's full entry and decide its write.
 
@@ -97,7 +111,7 @@ async def merge_lists(
                     continue
                 stats.busy += 1
                 try:
-                    result = await _decide_found(found, account, skip_removed)
+                    result = await _decide_found(found, account, skip_removed, lists_only)
                 finally:
                     stats.busy -= 1
                 stats.done += 1
@@ -110,7 +124,9 @@ async def merge_lists(
         await fan_out(worker, receive_found, send_writes, limit=limit)
 
 
-async def _decide_found(found: Found, account: Account, skip_removed: bool) -> Write | Outcome:
+async def _decide_found(
+    found: Found, account: Account, skip_removed: bool, lists_only: bool = False
+) -> Write | Outcome:
     contact, summary = found.contact, found.summary
     if summary is None:
         return decide(contact, None, skip_removed=skip_removed)
@@ -122,6 +138,12 @@ async def _decide_found(found: Found, account: Account, skip_removed: bool) -> W
         return Outcome(contact.email, "skipped", rows, "removed", (), "contact", targets)
     try:
         entry = await account.get_contact(summary.key)
-        return decide(contact, entry, skip_removed=skip_removed, fetched_at=anyio.current_time())
+        return decide(
+            contact,
+            entry,
+            skip_removed=skip_removed,
+            fetched_at=anyio.current_time(),
+            lists_only=lists_only,
+        )
     except Exception as exc:
         return outcome_for_error(contact, exc, "contact")

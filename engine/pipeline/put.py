@@ -16,7 +16,7 @@ from engine.api.retry import SINGLE_ATTEMPT
 from engine.crashpoints import crash_point
 from engine.errors import ConflictError, RetryableApiError
 from engine.pipeline.merge import Write, decide
-from engine.pipeline.models import REACTIVATED, Outcome
+from engine.pipeline.models import REACTIVATED, Outcome, join_notes
 from engine.pipeline.stats import StageStats, outcome_for_error
 
 __all__ = ["put_contacts", "send_write"]
@@ -38,6 +38,7 @@ async def send_write(
     verify: str = "stale",
     stale_after: float = 2.0,
     intend: Intend | None = None,
+    lists_only: bool = False,
 ) -> Outcome:
     """Send one write and return its outcome (API errors become outcomes or propagate).
 
@@ -59,7 +60,9 @@ async def send_write(
     try:
         for _ in range(MAX_CONFLICTS):
             if write.entry is not None and write.body is not None:
-                sent = await _put(write, account, skip_removed, verify, stale_after, intend)
+                sent = await _put(
+                    write, account, skip_removed, verify, stale_after, intend, lists_only
+                )
                 if isinstance(sent, Outcome):
                     return sent
                 write = sent
@@ -79,7 +82,10 @@ async def send_write(
                     "contact",
                     targets,
                     before,
-                    note=REACTIVATED if write.reactivates else "",
+                    note=join_notes(
+                        REACTIVATED if write.reactivates else "",
+                        f"fields written: {', '.join(write.fields)}" if write.fields else "",
+                    ),
                 )
             try:
                 if intend is not None:
@@ -98,7 +104,11 @@ async def send_write(
                 if entry is None:
                     continue  # gone again: try the POST once more
                 result = decide(
-                    contact, entry, skip_removed=skip_removed, fetched_at=anyio.current_time()
+                    contact,
+                    entry,
+                    skip_removed=skip_removed,
+                    fetched_at=anyio.current_time(),
+                    lists_only=lists_only,
                 )
                 if isinstance(result, Outcome):
                     ours = entry.list_keys == frozenset(contact.targets)
@@ -138,6 +148,7 @@ async def _put(
     verify: str,
     stale_after: float,
     intend: Intend | None,
+    lists_only: bool = False,
 ) -> Write | Outcome:
     """PUT a merged entry; returns the write sent (or what a fresh read turned it into).
 
@@ -155,7 +166,7 @@ async def _put(
         await account.governor.take_turn()
         stale = anyio.current_time() - write.fetched_at > stale_after
         if verify == "all" or (verify == "stale" and stale):
-            refreshed = await _refresh(write, account, skip_removed)
+            refreshed = await _refresh(write, account, skip_removed, lists_only)
             if isinstance(refreshed, Outcome):
                 return refreshed
             write = refreshed
@@ -171,13 +182,21 @@ async def _put(
             await account.back_off(attempt, error, started)
 
 
-async def _refresh(write: Write, account: Account, skip_removed: bool) -> Write | Outcome:
+async def _refresh(
+    write: Write, account: Account, skip_removed: bool, lists_only: bool = False
+) -> Write | Outcome:
     """The write rebuilt from a fresh read when the entry changed since it was fetched."""
     assert write.entry is not None
     fresh = await account.get_contact(write.entry.key)
     if fresh.raw == write.entry.raw:
         return write
-    return decide(write.contact, fresh, skip_removed=skip_removed, fetched_at=anyio.current_time())
+    return decide(
+        write.contact,
+        fresh,
+        skip_removed=skip_removed,
+        fetched_at=anyio.current_time(),
+        lists_only=lists_only,
+    )
 
 
 async def _read_back(write: Write, account: Account) -> bool:
@@ -208,6 +227,7 @@ async def put_contacts(
     verify: str = "stale",
     stale_after: float = 2.0,
     intend: Intend | None = None,
+    lists_only: bool = False,
 ) -> None:
     """One put worker: one write at a time; once `stop` is set, writes are not sent."""
     async with receive_writes, send_outcomes:
@@ -223,6 +243,7 @@ async def put_contacts(
                     verify=verify,
                     stale_after=stale_after,
                     intend=intend,
+                    lists_only=lists_only,
                 )
             finally:
                 stats.busy -= 1

@@ -31,6 +31,7 @@ import anyio.lowlevel
 import anyio.to_thread
 
 from engine.errors import ConfigError, SourceError
+from engine.fields import field_text
 from engine.pipeline.models import Rejected, SourceRow
 
 __all__ = [
@@ -309,6 +310,7 @@ def _row(
         if element == EMAIL:
             raw_email = text
         elif text:
+            text = field_text(text)  # what every path writes; the limit applies to it
             limit = FIELD_LIMITS.get(element, _DEFAULT_LIMIT)
             if len(text) > limit:
                 # Lists are the job: the contact goes to them without this field (or with it

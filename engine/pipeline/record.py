@@ -197,6 +197,8 @@ async def record_outcomes(
             if outcome.path:
                 outcome = _settled(outcome, notes, row_notes, intents, maybe_added)
             stats.outcomes[outcome.kind] += len(outcome.rows)
+            if outcome.path:
+                stats.path_rows[outcome.path] += len(outcome.rows)
             if REACTIVATED in outcome.note:
                 stats.reactivated += 1
             stats.emails += 1

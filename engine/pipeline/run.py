@@ -247,7 +247,7 @@ async def migrate(
     _check_writable(report, journal)
     if reader.path is None and not config.lists and not config.read.lists_column:
         raise ConfigError("no target lists: pass lists=[...] or a lists column")
-    stats = RunStats()
+    stats = RunStats(activity_seconds=config.activity_seconds, bulk_limit=config.limits.bulk)
     scan = await reader.scan()
     stats.rows_total = scan.rows if reader.path is not None else None
     if reader.path is not None and scan.rows == 0:
@@ -358,6 +358,9 @@ def _identity(config: MigrationConfig) -> dict[str, object]:
         "lists_column": read.lists_column,
         "separator": read.list_separator,
         "encoding": read.encoding,
+        # What a row writes: a resume must write the rest the way the start wrote the first.
+        # (Present only when set, so journals of the default mode keep their identity.)
+        **({"lists_only": True} if config.lists_only else {}),
     }
 
 
@@ -403,11 +406,14 @@ class _Run:
             stats.stages[name].queued = stream.statistics().current_buffer_used  # type: ignore[index]
         gov = self.account.governor.stats()
         requests, retries, throttles = self.started
+        elapsed = time.monotonic() - stats.started
+        rows_done = sum(stats.outcomes.values()) + self.resumed_rows
+        now = anyio.current_time()
         return Progress(
-            elapsed=time.monotonic() - stats.started,
+            elapsed=elapsed,
             rows_read=stats.rows_read,
             rows_total=stats.rows_total,
-            rows_done=sum(stats.outcomes.values()) + self.resumed_rows,
+            rows_done=rows_done,
             outcomes=dict(stats.outcomes),
             stages={k: (s.busy, s.queued) for k, s in stats.stages.items()},
             requests=self.account.requests_sent - requests,
@@ -416,8 +422,9 @@ class _Run:
             rate=gov.rate,
             activities=stats.activities,
             final=final,
-            waiting=stats.waiting_now(anyio.current_time()),
+            waiting=stats.waiting_now(now),
             polls=stats.polls,
+            eta_by_path=stats.eta(now, rows_done, elapsed),
         )
 
     async def read(self, send: MemoryObjectSendStream[SourceRow | Rejected]) -> None:
@@ -613,6 +620,7 @@ class _Run:
             stats=self.stats.stages["merge"],
             limit=self.config.limits.put,
             stop=self.stop,
+            lists_only=self.config.lists_only,
         )
 
     async def _put(
@@ -631,6 +639,7 @@ class _Run:
                 verify=self.config.verify_writes,
                 stale_after=self.config.stale_after,
                 intend=self.journal.intend if self.journal is not None else None,
+                lists_only=self.config.lists_only,
             )
 
         await fan_out(worker, receive, send, limit=self.config.limits.put)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from collections import Counter
 from collections.abc import Callable, Coroutine
@@ -60,12 +61,14 @@ class ActivityWait:
         status: its last status.
         since: when polling started.
         changed: when its status (or transaction count) last changed.
+        rows: the source rows of its contacts.
     """
 
     key: str
     status: str
     since: float
     changed: float
+    rows: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +103,11 @@ class RunStats:
         reactivated: Removed contacts this run made Active again.
         waiting: activity id -> the activity being polled.
         started: monotonic start time.
+        path_rows: path (`contact`, `bulk`) -> rows with an outcome from it.
+        activity_seconds: how long an activity is expected to take on the server, until
+            this run has timed its own (`activity_time`).
+        activity_time: (activities finished, their total seconds from submission).
+        bulk_limit: activities in flight at once.
     """
 
     stages: dict[Stage, StageStats] = field(
@@ -117,6 +125,44 @@ class RunStats:
     reactivated: int = 0
     waiting: dict[str, ActivityWait] = field(default_factory=dict)
     started: float = field(default_factory=time.monotonic)
+    path_rows: Counter[str] = field(default_factory=Counter)
+    activity_seconds: float = 120.0
+    activity_time: tuple[int, float] = (0, 0.0)
+    bulk_limit: int = 4
+
+    def activity_finished(self, seconds: float) -> None:
+        """Time one more activity: it took `seconds` from submission to its end."""
+        count, total = self.activity_time
+        self.activity_time = (count + 1, total + seconds)
+
+    def eta(self, now: float, rows_done: int, elapsed: float) -> float | None:
+        """Seconds left, path by path, when the total is known (None before any outcome).
+
+        The rows left are split between the paths as the rows so far were. The per-contact
+        path goes at its own pace so far; the bulk path waits for the activities in flight
+        (each expected to take as long as this run's activities took on average, or
+        `activity_seconds` before any finished), then for activities of its remaining rows,
+        `bulk_limit` at a time, each as large as its activities so far.
+        """
+        if self.rows_total is None or rows_done == 0 or elapsed <= 0:
+            return None
+        left = max(0, self.rows_total - rows_done)
+        in_flight = sum(w.rows for w in self.waiting.values())
+        contact, bulk = self.path_rows["contact"], self.path_rows["bulk"] + in_flight
+        if not bulk:  # no activity yet: the pace so far is the whole story
+            return left / (rows_done / elapsed)
+        count, total = self.activity_time
+        expected = total / count if count else self.activity_seconds
+        share = bulk / max(1, contact + bulk)
+        bulk_left = left * share
+        contact_left = left - bulk_left
+        contact_eta = contact_left / (contact / elapsed) if contact else 0.0
+        waits = [max(0.0, expected - (now - w.since)) for w in self.waiting.values()]
+        per_activity = bulk / max(1, self.activities)
+        later = max(0.0, bulk_left - in_flight)
+        waves = math.ceil(later / max(1.0, per_activity) / max(1, self.bulk_limit))
+        bulk_eta = max(waits, default=0.0) + waves * expected
+        return max(contact_eta, bulk_eta)
 
     def waiting_now(self, now: float) -> tuple[WaitingActivity, ...]:
         """The activities being polled, oldest first, as of `now` (`anyio.current_time`)."""
@@ -145,6 +191,8 @@ class Progress:
         final: True for the last event of the run.
         waiting: the activities being polled, oldest first: status, age, time unchanged.
         polls: activity status polls sent.
+        eta_by_path: the run's own estimate of the seconds left (`RunStats.eta`), which
+            `eta` prefers.
     """
 
     elapsed: float
@@ -161,6 +209,7 @@ class Progress:
     final: bool = False
     waiting: tuple[WaitingActivity, ...] = ()
     polls: int = 0
+    eta_by_path: float | None = None
 
     @property
     def rows_per_second(self) -> float:
@@ -169,7 +218,10 @@ class Progress:
 
     @property
     def eta(self) -> float | None:
-        """Seconds left at the current pace, when the total is known."""
+        """Seconds left, when the total is known: the run's estimate path by path, or else
+        the rows left at the pace so far."""
+        if self.eta_by_path is not None:
+            return self.eta_by_path
         if self.rows_total is None or self.rows_done == 0:
             return None
         return max(0.0, (self.rows_total - self.rows_done) / self.rows_per_second)

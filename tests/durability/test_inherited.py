@@ -72,7 +72,8 @@ async def run(
 
 
 async def leave_three_activities_pending(scenario: Scenario, tmp_path: Path) -> AccountStore:
-    """A first run that stops with its three bulk activities submitted and still pending."""
+    """A first run that stops with its bulk activities (three batches; a batch whose rows give
+    different sets of fields makes one activity per set) submitted and still pending."""
     store = AccountStore.load(scenario.seed, sim_config())
     first = await run(
         store,
@@ -83,7 +84,7 @@ async def leave_three_activities_pending(scenario: Scenario, tmp_path: Path) -> 
         activity_delay=10_000.0,
     )
     assert first.stopped
-    assert len(store.unfinished_activities()) == 3
+    assert len(store.unfinished_activities()) >= 3
     return store
 
 

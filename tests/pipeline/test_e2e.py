@@ -93,7 +93,8 @@ def seed_mixed(store: AccountStore, per_group: int = 30) -> dict[str, list[str]]
         )
         groups["existing"].append(email)
         email = f"ontarget{i}@example.com"
-        store.add_contact(email, lists=[customers, target])
+        # Named as its row names it: nothing to write (`mixed_rows`).
+        store.add_contact(email, lists=[customers, target], fields={"FirstName": f"on_target-{i}"})
         groups["on_target"].append(email)
         groups["new"].append(f"new{i}@example.org")
     for i in range(3):
@@ -423,7 +424,7 @@ async def test_conflict_on_create_refetches_and_merges(
     ) -> str:
         if email == "race@example.com" and not raced:
             raced.append(email)  # another writer (a signup form) wins the race
-            store.add_contact(email, lists=[other])
+            store.add_contact(email, lists=[other], fields={"FirstName": "R"})
         return await create_contact(self, email, list_uris, fields)
 
     monkeypatch.setattr(Account, "create_contact", racing_create)

@@ -149,3 +149,43 @@ def test_the_put_body_never_says_action_by_contact(store: AccountStore) -> None:
     assert b"ACTION_BY_CONTACT" not in result.body
     assert b"<OptInSource>ACTION_BY_CUSTOMER</OptInSource>" in result.body
     assert parse_contact_entry(result.body).list_keys == {"1", "2"}
+
+
+def test_source_fields_are_written_over_the_contacts_and_empty_ones_change_nothing(
+    store: AccountStore,
+) -> None:
+    """An existing contact's differing fields are written, a missing one added, the rest kept."""
+    store.add_contact(
+        "jane@example.com", lists=[1], fields={"FirstName": "Jane", "LastName": "Doe"}
+    )
+    entry = entry_of(store, "jane@example.com")
+    source = Contact(
+        "jane@example.com",
+        {"1": f"{ID_BASE}1"},
+        {"FirstName": "Janet", "LastName": "Doe", "City": "Lyon & Co"},
+        [3],
+    )
+
+    write = write_of(decide(source, entry, skip_removed=False))
+
+    assert write.fields == ("City", "FirstName")
+    assert write.added == ()
+    assert write.body is not None
+    after = parse_contact_entry(write.body)
+    assert dict(after.fields) == {**dict(entry.fields), "FirstName": "Janet", "City": "Lyon & Co"}
+    assert after.lists == entry.lists
+
+
+def test_lists_only_leaves_the_fields_and_an_equal_row_needs_no_write(store: AccountStore) -> None:
+    """With `lists_only` a differing field is not written; equal fields need no request."""
+    store.add_contact("jane@example.com", lists=[1], fields={"FirstName": "Jane"})
+    entry = entry_of(store, "jane@example.com")
+    renamed = Contact("jane@example.com", {"1": f"{ID_BASE}1"}, {"FirstName": "Janet"}, [3])
+    same = Contact("jane@example.com", {"1": f"{ID_BASE}1"}, {"FirstName": "Jane"}, [3])
+
+    assert decide(renamed, entry, skip_removed=False, lists_only=True) == Outcome(
+        "jane@example.com", "unchanged", (3,), "", (), "contact", ("1",), ("1",)
+    )
+    outcome = decide(same, entry, skip_removed=False)
+    assert isinstance(outcome, Outcome)
+    assert outcome.kind == "unchanged"

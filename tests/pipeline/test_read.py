@@ -205,7 +205,8 @@ async def test_latin1_file_reads_with_its_encoding(tmp_path: Path) -> None:
 
 
 async def test_quotes_commas_and_embedded_newlines(tmp_path: Path) -> None:
-    """Quoted commas, quotes and line breaks survive; line numbers count physical lines."""
+    """Quoted commas and quotes survive, a line break becomes a space (what every path
+    writes); line numbers count physical lines."""
     path = write_text(
         tmp_path / "in.csv",
         'Email,City,Note\na@example.com,"Boston, MA","line one\nline two"\n'
@@ -215,7 +216,7 @@ async def test_quotes_commas_and_embedded_newlines(tmp_path: Path) -> None:
     items = await read_all(path)
 
     assert items == [
-        SourceRow((2,), "a@example.com", {"City": "Boston, MA", "Note": "line one\nline two"}),
+        SourceRow((2,), "a@example.com", {"City": "Boston, MA", "Note": "line one line two"}),
         SourceRow((4,), "b@example.com", {"City": 'Say "hi"', "Note": "plain"}),
     ]
 
