@@ -121,6 +121,9 @@ async def run_demo(*, contacts: int = 5000, keep: Path | None = None) -> int:
                             poll_max=2.0,
                             linger=0.2,
                             progress_interval=0.5,
+                            # The simulator's activities take about a second (the real
+                            # API's, minutes): the ETA's guess until one has finished.
+                            activity_seconds=config.activity_delay,
                         ),
                         report=folder / "report.jsonl",
                         on_progress=display,

@@ -125,33 +125,46 @@ def test_the_panel_and_the_line_show_activities_polls_and_elapsed_time() -> None
 
 def test_the_eta_of_a_per_contact_run_is_the_rows_left_at_its_pace() -> None:
     """With no activity, the ETA is the rows left at the pace so far."""
-    stats = RunStats(rows_total=100)
+    stats = RunStats(rows_total=100, rows_read=100)
     stats.path_rows["contact"] = 20
+    stats.stages["fetch"].busy = 80
     assert stats.eta(now=50.0, rows_done=20, elapsed=10.0) == pytest.approx(40.0)
 
 
-def test_the_eta_of_a_bulk_run_waits_for_its_activity_not_for_the_first_rows_pace() -> None:
-    """One activity of 975 rows in flight for 30 s, expected to take 120 s: 90 s are left,
-    not the 975 rows at the pace of the 25 the probe settled (over 10 minutes)."""
-    stats = RunStats(rows_total=1000, activity_seconds=120.0)
+def test_the_eta_of_a_bulk_run_waits_for_its_activities_not_for_the_first_rows_pace() -> None:
+    """The probe's 25 rows settled, one activity of 975 rows in flight for 10 s: the ETA is
+    what is left of its expected time, not the 975 rows at the probe's pace (minutes)."""
+    stats = RunStats(rows_total=1000, rows_read=1000, activity_seconds=120.0, bulk_verified=True)
     stats.path_rows["bulk"] = 25
-    stats.activities = 2
-    stats.activity_finished(20.0)  # the probe's activity took 20 s: that is what is expected
+    stats.stages["bulk"].busy = 975
+    stats.batches_open = stats.batches_seen = 1
     stats.waiting["a1"] = ActivityWait("a1", "RUNNING", since=70.0, changed=70.0, rows=975)
+    stats.activity_finished(20.0)  # the probe's activity took 20 s: so will this one
     assert stats.eta(now=80.0, rows_done=25, elapsed=40.0) == pytest.approx(10.0)
 
     stats.activity_time = (0, 0.0)  # nothing timed yet: `activity_seconds` is expected
     assert stats.eta(now=80.0, rows_done=25, elapsed=40.0) == pytest.approx(110.0)
 
 
+def test_while_the_probe_runs_the_rest_of_its_batch_is_an_activity_still_to_come() -> None:
+    """The probe activity in flight (10 s of an expected 120) and its batch's rest after it."""
+    stats = RunStats(rows_total=1000, rows_read=1000, activity_seconds=120.0)
+    stats.stages["bulk"].busy = 1000
+    stats.batches_open = stats.batches_seen = 1
+    stats.waiting["probe"] = ActivityWait("probe", "RUNNING", since=0.0, changed=0.0, rows=25)
+    stats.path_rows["contact"] = 5  # a small list set, done
+    assert stats.eta(now=10.0, rows_done=5, elapsed=10.0) == pytest.approx(110.0 + 120.0)
+
+
 def test_the_eta_of_a_mixed_run_is_the_slower_path() -> None:
-    """Rows left split as so far; the per-contact path at its pace, the bulk path in waves of
-    activities as large as its activities so far, `bulk_limit` at a time."""
-    stats = RunStats(rows_total=2000, activity_seconds=60.0, bulk_limit=1)
+    """The per-contact path at its pace; the bulk path's open batches in waves of
+    `bulk_limit` activities, each as long as expected."""
+    stats = RunStats(rows_total=2000, rows_read=2000, activity_seconds=60.0, bulk_limit=1)
     stats.path_rows.update(contact=100, bulk=900)
-    stats.activities = 3  # 300 rows each
-    # 1,000 rows left: 100 per-contact at 10/s = 10 s; 900 bulk = 3 activities one at a
-    # time = 180 s.
+    stats.stages["put"].busy = 100
+    stats.stages["bulk"].busy = 900
+    stats.batches_open, stats.batches_seen = 3, 6
+    # Per-contact: 100 left at 10/s = 10 s; bulk: three activities, one at a time = 180 s.
     assert stats.eta(now=100.0, rows_done=1000, elapsed=10.0) == pytest.approx(180.0)
     events = dataclasses.replace(progress(500), eta_by_path=180.0)
     assert events.eta == 180.0

@@ -150,6 +150,8 @@ class BulkPath:
 
             async def one(batch: Batch) -> None:
                 stage.busy += len(batch.contacts)
+                self.stats.batches_open += 1
+                self.stats.batches_seen += 1
                 try:
                     if self._stop is not None and self._stop.is_set():
                         return  # not sent: these contacts are redone by a resumed run
@@ -160,6 +162,7 @@ class BulkPath:
                 finally:
                     stage.busy -= len(batch.contacts)
                     stage.done += len(batch.contacts)
+                    self.stats.batches_open -= 1
                     slots.release()
 
             async with anyio.create_task_group() as tg:
@@ -292,8 +295,7 @@ class BulkPath:
             return [], f"inconclusive (its activity could not be submitted: {exc})"
         try:
             finished = [
-                await self._poll(a, rows=sum(len(c.rows) for c in group))
-                for a, group in activities
+                await self._poll(a, rows=sum(len(c.rows) for c in group)) for a, group in activities
             ]
         except (FatalApiError, ConnectionLostError, QuotaExhaustedError, _Stopped):
             raise
@@ -311,7 +313,7 @@ class BulkPath:
                     repaired = await self._switch_off(lost, before, contacts, targets)
                     return repaired, "failed"
                 if checked:
-                    self.verified = True
+                    self.verified = self.stats.bulk_verified = True
                     verdict = "passed"
                 else:
                     verdict = "inconclusive (no probed contact could be read back)"
@@ -654,7 +656,7 @@ class BulkPath:
         to, so `updated`, with the lists they had before); one that cannot be repaired here
         goes contact by contact."""
         self.enabled = False
-        self.verified = True
+        self.verified = self.stats.bulk_verified = True
         message = (
             f"bulk activities did NOT keep existing memberships: {len(lost)} of {len(before)} "
             "probed contacts lost lists. They were repaired, the bulk path is switched off "

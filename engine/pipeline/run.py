@@ -247,7 +247,11 @@ async def migrate(
     _check_writable(report, journal)
     if reader.path is None and not config.lists and not config.read.lists_column:
         raise ConfigError("no target lists: pass lists=[...] or a lists column")
-    stats = RunStats(activity_seconds=config.activity_seconds, bulk_limit=config.limits.bulk)
+    stats = RunStats(
+        activity_seconds=config.activity_seconds,
+        bulk_limit=config.limits.bulk,
+        bulk_verified=config.probe_size == 0,
+    )
     scan = await reader.scan()
     stats.rows_total = scan.rows if reader.path is not None else None
     if reader.path is not None and scan.rows == 0:

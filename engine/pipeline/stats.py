@@ -108,6 +108,9 @@ class RunStats:
             this run has timed its own (`activity_time`).
         activity_time: (activities finished, their total seconds from submission).
         bulk_limit: activities in flight at once.
+        batches_open: batches the bulk path holds and has not finished.
+        batches_seen: batches the bulk path has taken.
+        bulk_verified: the bulk probe has passed (no probe activity is still to come).
     """
 
     stages: dict[Stage, StageStats] = field(
@@ -129,6 +132,9 @@ class RunStats:
     activity_seconds: float = 120.0
     activity_time: tuple[int, float] = (0, 0.0)
     bulk_limit: int = 4
+    batches_open: int = 0
+    batches_seen: int = 0
+    bulk_verified: bool = False
 
     def activity_finished(self, seconds: float) -> None:
         """Time one more activity: it took `seconds` from submission to its end."""
@@ -138,29 +144,37 @@ class RunStats:
     def eta(self, now: float, rows_done: int, elapsed: float) -> float | None:
         """Seconds left, path by path, when the total is known (None before any outcome).
 
-        The rows left are split between the paths as the rows so far were. The per-contact
-        path goes at its own pace so far; the bulk path waits for the activities in flight
-        (each expected to take as long as this run's activities took on average, or
-        `activity_seconds` before any finished), then for activities of its remaining rows,
-        `bulk_limit` at a time, each as large as its activities so far.
+        The per-contact path has its contacts in its stages to finish, at its pace so far.
+        The bulk path waits for its activities in flight, then for one activity per batch
+        it holds that has none in flight yet (plus the rest of the batch whose probe is in
+        flight), `bulk_limit` at a time; each activity is expected to take as long as this
+        run's activities took on average (`activity_seconds` before one has finished). Rows
+        not read yet are shared between the paths as the rows read so far were.
         """
         if self.rows_total is None or rows_done == 0 or elapsed <= 0:
             return None
-        left = max(0, self.rows_total - rows_done)
-        in_flight = sum(w.rows for w in self.waiting.values())
-        contact, bulk = self.path_rows["contact"], self.path_rows["bulk"] + in_flight
-        if not bulk:  # no activity yet: the pace so far is the whole story
+        stages = self.stages
+        contact_open = sum(stages[s].busy + stages[s].queued for s in ("fetch", "merge", "put"))
+        bulk_open = stages["bulk"].busy + stages["bulk"].queued
+        contact_seen = self.path_rows["contact"] + contact_open
+        bulk_seen = self.path_rows["bulk"] + bulk_open
+        unread = max(0, self.rows_total - self.rows_read)
+        share = bulk_seen / max(1, contact_seen + bulk_seen)
+        contact_left = contact_open + unread * (1 - share)
+        if not bulk_seen:  # no activity yet: the pace so far is the whole story
+            left = max(0, self.rows_total - rows_done)
             return left / (rows_done / elapsed)
+        done = self.path_rows["contact"]
+        contact_eta = contact_left / (done / elapsed) if done else 0.0
         count, total = self.activity_time
         expected = total / count if count else self.activity_seconds
-        share = bulk / max(1, contact + bulk)
-        bulk_left = left * share
-        contact_left = left - bulk_left
-        contact_eta = contact_left / (contact / elapsed) if contact else 0.0
         waits = [max(0.0, expected - (now - w.since)) for w in self.waiting.values()]
-        per_activity = bulk / max(1, self.activities)
-        later = max(0.0, bulk_left - in_flight)
-        waves = math.ceil(later / max(1.0, per_activity) / max(1, self.bulk_limit))
+        batch_rows = bulk_seen / max(1, self.batches_seen)
+        to_come = max(0, self.batches_open - len(self.waiting)) + int(
+            not self.bulk_verified and bool(self.waiting)
+        )
+        to_come += math.ceil(unread * share / max(1.0, batch_rows))
+        waves = math.ceil(to_come / max(1, self.bulk_limit))
         bulk_eta = max(waits, default=0.0) + waves * expected
         return max(contact_eta, bulk_eta)
 
