@@ -8,8 +8,8 @@ bulk-added, the audit reads the contact's full entry again and checks:
   lists it read before writing (`lists_before` in the report); for the bulk path, a
   snapshot of the lists' members taken before the run (`migrate --snapshot`) gives them.
 
-It reports each violation and returns a non-zero status if there is any. It only sends
-GETs: 50 emails a search, then one GET per contact found.
+It reports each violation and returns a non-zero status if there is any. It only reads:
+on v1, 50 emails a search, then one GET per contact found.
 """
 
 from __future__ import annotations
@@ -21,7 +21,9 @@ from pathlib import Path
 
 import anyio.to_thread
 
-from engine.api.client import SEARCH_BATCH, Account
+from engine.api.client import Account
+from engine.backend import as_backend
+from engine.backend.protocol import Backend, ContactState
 from engine.errors import SourceError
 
 __all__ = ["AuditFinding", "AuditReport", "audit"]
@@ -37,7 +39,8 @@ class AuditFinding:
         email: the contact.
         missing_targets: target list names it is not on.
         lost_lists: list names it was on before the run and is not on now.
-        status: its status now ("" when it no longer exists).
+        status: its status now, in the engine's words (`active`, `opted out`, `removed`,
+            …; "" when it no longer exists).
     """
 
     email: str
@@ -102,7 +105,7 @@ def _read_claims(report: Path) -> list[_Claim]:
 
 
 async def audit(
-    account: Account,
+    account: Account | Backend,
     report: str | Path,
     *,
     snapshot: Mapping[str, Iterable[str]] | None = None,
@@ -110,7 +113,7 @@ async def audit(
     """Audit the contacts of a migration report.
 
     Args:
-        account: an opened `Account`.
+        account: an opened `Account` (v1), or a `Backend` over an opened client.
         report: the migration's JSON Lines report.
         snapshot: email -> list names before the run (from `migrate --snapshot`), used
             where the report has no `lists_before` (the bulk path).
@@ -118,31 +121,34 @@ async def audit(
     Returns:
         the findings; `ok` is False when any contact lost a list or misses a target.
     """
+    backend = as_backend(account)
     claims = await anyio.to_thread.run_sync(_read_claims, Path(report))
-    names = {item.key: item.name for item in await account.lists()}
+    names = {item.id: item.name for item in await backend.lists()}
     result = AuditReport()
-    sent = account.requests_sent
-    for start in range(0, len(claims), SEARCH_BATCH):
-        chunk = claims[start : start + SEARCH_BATCH]
-        found = await account.search_contacts([c.email for c in chunk])
+    sent = backend.stats().requests
+    step = backend.capabilities.lookup_batch
+    for start in range(0, len(claims), step):
+        chunk = claims[start : start + step]
+        found = await backend.find([c.email for c in chunk])
         for claim in chunk:
-            summary = found.get(claim.email)
+            hit = found.get(claim.email)
             before = claim.before
             if before is None and snapshot is not None:
                 before = tuple(snapshot.get(claim.email, ()))
-            if summary is None:
+            if hit is None:
                 result.findings.append(
                     AuditFinding(claim.email, claim.targets, tuple(before or ()), "")
                 )
                 result.checked += 1
                 continue
-            entry = await account.get_contact(summary.key)
-            now = {names.get(key, key) for key in entry.list_keys}
+            state = hit if isinstance(hit, ContactState) else await backend.read(hit)
+            now = {names.get(key, key) for key in state.list_ids}
             result.checked += 1
             result.with_before += before is not None
             missing = tuple(t for t in claim.targets if t not in now)
             lost = tuple(b for b in (before or ()) if b not in now)
             if missing or lost:
-                result.findings.append(AuditFinding(claim.email, missing, lost, entry.status))
-    result.requests = account.requests_sent - sent
+                status = state.ref.status.replace("_", " ")  # "opted out", for people
+                result.findings.append(AuditFinding(claim.email, missing, lost, status))
+    result.requests = backend.stats().requests - sent
     return result

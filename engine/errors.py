@@ -30,8 +30,11 @@ excerpts of what the server sent.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
+
 __all__ = [
     "AccessDeniedError",
+    "ActivityTooLargeError",
     "ApiError",
     "AuthenticationError",
     "BadRequestError",
@@ -51,7 +54,9 @@ __all__ = [
     "SkippableApiError",
     "SourceError",
     "ThrottledError",
+    "UnsafeMergeError",
     "UnsupportedMediaError",
+    "unknown_lists_message",
 ]
 
 
@@ -61,6 +66,14 @@ class EngineError(Exception):
 
 class ConfigError(EngineError):
     """Raised when the configuration cannot work; nothing has been written."""
+
+
+class UnsafeMergeError(EngineError):
+    """Raised when a write would not keep every membership; it is never sent."""
+
+
+class ActivityTooLargeError(ConfigError):
+    """Raised before sending when a bulk request exceeds the row or byte cap."""
 
 
 class SourceError(EngineError):
@@ -215,3 +228,22 @@ class PipelineError(EngineError):
     def __init__(self, stage: str, cause: BaseException) -> None:
         super().__init__(f"the {stage} stage failed: {cause}")
         self.stage = stage
+
+
+def unknown_lists_message(unknown: Sequence[str], have: Iterable[str]) -> str:
+    """Why `unknown` list names cannot be used, and what to do: "did you mean" for a name
+    that differs from an existing one only in case (creating it would fail, or make a
+    look-alike), `--create-lists` otherwise."""
+    existing = sorted(have)
+    by_fold = {n.casefold(): n for n in existing}
+    cased = {n: by_fold[n.casefold()] for n in unknown if n.casefold() in by_fold}
+    if cased:
+        return (
+            "; ".join(f"no list {name!r}; did you mean {match!r}?" for name, match in cased.items())
+            + " (list names are matched exactly)"
+        )
+    shown = ", ".join(repr(n) for n in existing) or "none"
+    return (
+        f"unknown list name(s) {', '.join(repr(n) for n in unknown)}; the account has: "
+        f"{shown}. Fix the name, or pass --create-lists to create them."
+    )

@@ -44,7 +44,7 @@ from engine.pipeline.models import Contact, Outcome
 
 __all__ = ["Intent", "Journal", "PendingActivity", "journal_identity"]
 
-SCHEMA_VERSION = "3"
+SCHEMA_VERSION = "4"
 #: Marks a journal of this engine (meta `engine`): no other file is adopted or deleted.
 ENGINE_MARK = "ctct-migration-engine"
 
@@ -71,7 +71,7 @@ CREATE TABLE IF NOT EXISTS activities (
     id TEXT NOT NULL,           -- the API's activity id (a server that lost its state may
                                 -- give one again: never overwritten, told apart by insert_time)
     insert_time TEXT NOT NULL,  -- the server's InsertTime of the activity submitted
-    targets TEXT NOT NULL,      -- JSON {list key: list URI}
+    targets TEXT NOT NULL,      -- JSON list of the target list ids (no dialect's form)
     contacts TEXT NOT NULL,     -- JSON [[email, [rows], {fields}], ...], in data order
     submitted REAL NOT NULL,
     finished INTEGER NOT NULL DEFAULT 0,
@@ -138,13 +138,13 @@ class PendingActivity:
 
     Attributes:
         id: the activity id.
-        targets: list key -> list URI.
+        targets: the ids of its target lists.
         contacts: the contacts it carries, in the order of its data lines.
         insert_time: the server's `InsertTime` when it was submitted ("" when it gave none).
     """
 
     id: str
-    targets: dict[str, str]
+    targets: tuple[str, ...]
     contacts: tuple[Contact, ...]
     insert_time: str = ""
 
@@ -655,7 +655,7 @@ class Journal:
     async def activity_submitted(
         self,
         activity_id: str,
-        targets: Mapping[str, str],
+        targets: Sequence[str],
         contacts: Sequence[Contact],
         insert_time: str = "",
     ) -> None:
@@ -668,7 +668,7 @@ class Journal:
             self._exec,
             "INSERT INTO activities (id, insert_time, targets, contacts, submitted, run) "
             "VALUES (?, ?, ?, ?, ?, ?)",
-            (activity_id, insert_time, json.dumps(dict(targets)), payload, time.time(), self.run),
+            (activity_id, insert_time, json.dumps(list(targets)), payload, time.time(), self.run),
         )
 
     def _exec(self, sql: str, args: tuple[Any, ...]) -> None:
@@ -687,7 +687,7 @@ class Journal:
             "WHERE finished = 0 ORDER BY seq"
         )
         for seq, activity_id, insert_time, targets, contacts in db.execute(query).fetchall():
-            target_map = json.loads(targets)
+            target_ids = tuple(json.loads(targets))
             carried = json.loads(contacts)
             done = self._finished_sync([email for email, _, _ in carried])
             if len(done) == len(carried):  # settled before the stop: nothing to poll
@@ -696,9 +696,9 @@ class Journal:
             pending.append(
                 PendingActivity(
                     activity_id,
-                    target_map,
+                    target_ids,
                     tuple(
-                        Contact(email, dict(target_map), dict(fields), list(rows))
+                        Contact(email, target_ids, dict(fields), list(rows))
                         for email, rows, fields in carried
                     ),
                     insert_time,

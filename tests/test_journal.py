@@ -8,7 +8,7 @@ from pathlib import Path
 import anyio
 import pytest
 
-from engine.errors import OutputError
+from engine.errors import ConfigError, OutputError
 from engine.journal import Journal, journal_identity
 
 
@@ -41,3 +41,24 @@ async def test_every_write_whose_intent_commit_failed_is_refused(
     assert set(outcomes.values()) == {"refused"}, outcomes
     assert len(outcomes) == 6
     await journal.aclose()
+
+
+async def test_a_journal_of_the_previous_format_is_refused_saying_how_to_go_on(
+    tmp_path: Path,
+) -> None:
+    """A format-3 journal (list URIs in its activities, no backend in its key) is refused with
+    a message naming both formats and the way on (`--restart`, or another journal)."""
+    path = tmp_path / "j.sqlite"
+    journal = await Journal.open(path, identity=journal_identity("digest", ["A"], {}))
+    await journal.aclose()
+    with sqlite3.connect(path) as db:
+        db.execute("UPDATE meta SET value = '3' WHERE name = 'version'")
+    db.close()
+
+    with pytest.raises(ConfigError) as refused:
+        await Journal.open(path, identity=journal_identity("digest", ["A"], {}))
+
+    message = str(refused.value)
+    assert "journal format 3, this one reads 4" in message
+    assert "--restart" in message
+    assert "another --journal" in message

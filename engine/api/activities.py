@@ -13,7 +13,7 @@ import io
 from collections.abc import Mapping, Sequence
 from urllib.parse import urlencode
 
-from engine.errors import ConfigError
+from engine.errors import ActivityTooLargeError
 from engine.fields import field_text
 
 __all__ = [
@@ -52,10 +52,6 @@ COLUMN_NAMES: dict[str, str] = {
     "Note": "Notes",
     **{f"CustomField{n}": f"Custom field {n}" for n in range(1, 16)},
 }
-
-
-class ActivityTooLargeError(ConfigError):
-    """Raised before sending when an activity exceeds the row or byte cap."""
 
 
 def line_number(row_index: int) -> int:

@@ -60,6 +60,7 @@ from engine.errors import (
     ServerError,
     ThrottledError,
     UnsupportedMediaError,
+    unknown_lists_message,
 )
 
 __all__ = ["DEFAULT_HOST", "Account", "Credentials", "RequestKind", "classify"]
@@ -270,25 +271,6 @@ def classify(
             "the API refused the request's content type or method: a bug in the engine", **ctx
         )
     return FatalApiError(f"unexpected answer {status}", **ctx)
-
-
-def unknown_lists_message(unknown: Sequence[str], have: Iterable[str]) -> str:
-    """Why `unknown` list names cannot be used, and what to do: "did you mean" for a name
-    that differs from an existing one only in case (creating it would fail, or make a
-    look-alike), `--create-lists` otherwise."""
-    existing = sorted(have)
-    by_fold = {n.casefold(): n for n in existing}
-    cased = {n: by_fold[n.casefold()] for n in unknown if n.casefold() in by_fold}
-    if cased:
-        return (
-            "; ".join(f"no list {name!r}; did you mean {match!r}?" for name, match in cased.items())
-            + " (list names are matched exactly)"
-        )
-    shown = ", ".join(repr(n) for n in existing) or "none"
-    return (
-        f"unknown list name(s) {', '.join(repr(n) for n in unknown)}; the account has: "
-        f"{shown}. Fix the name, or pass --create-lists to create them."
-    )
 
 
 class Account:

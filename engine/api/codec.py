@@ -38,7 +38,7 @@ from engine.api.records import (
     Page,
     uri_key,
 )
-from engine.errors import EngineError, MalformedResponseError
+from engine.errors import MalformedResponseError, UnsafeMergeError
 
 __all__ = [
     "ATOM_NS",
@@ -66,10 +66,6 @@ _DECLARATION = re.compile(rb"<!\s*(DOCTYPE|ENTITY)", re.IGNORECASE)
 # multiple_contacts_by_emails.xml), which no XML parser accepts as it stands.
 _BARE_AMPERSAND = re.compile(rb"&(?!(?:amp|lt|gt|quot|apos|#[0-9]+|#x[0-9a-fA-F]+);)")
 _FORCE_LIST = ("entry", "link", "Error", "collection")
-
-
-class UnsafeMergeError(EngineError):
-    """Raised when a merge result would not keep every membership; it is never sent."""
 
 
 def check_document(body: bytes) -> bytes:

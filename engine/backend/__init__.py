@@ -5,6 +5,7 @@ audit and the dry run are written against; each dialect implements it in its own
 (`v1`: the legacy XML API over `engine.api`).
 """
 
+from engine.api.client import Account
 from engine.backend.protocol import (
     Backend,
     BackendStats,
@@ -20,6 +21,13 @@ from engine.backend.protocol import (
 )
 from engine.backend.v1 import V1_CAPABILITIES, V1Backend
 
+
+def as_backend(api: Account | Backend) -> Backend:
+    """The backend of `api`: a v1 `Account` is wrapped in a `V1Backend` (the public v1
+    names keep working wherever a backend is expected)."""
+    return V1Backend(api) if isinstance(api, Account) else api
+
+
 __all__ = [
     "V1_CAPABILITIES",
     "Backend",
@@ -34,4 +42,5 @@ __all__ = [
     "ListInfo",
     "ListWrite",
     "V1Backend",
+    "as_backend",
 ]

@@ -111,12 +111,14 @@ class V1Backend:
 
     Args:
         account: the v1 client (opened and closed by its owner).
+        lists: lists its caller has read already (their URIs are what writes send);
+            `lists()` and `create_list` add the others.
     """
 
-    def __init__(self, account: Account) -> None:
+    def __init__(self, account: Account, lists: Sequence[ContactList] = ()) -> None:
         self.account = account
         #: list id -> its URI, from every list read or created.
-        self._uris: dict[ListId, str] = {}
+        self._uris: dict[ListId, str] = {item.key: item.id for item in lists}
 
     def __repr__(self) -> str:
         return f"V1Backend({self.identity!r})"

@@ -1,49 +1,44 @@
-"""The bulk path: `ADD_CONTACTS` activities for batches of 25 or more contacts.
+"""The bulk path: bulk activities for batches of 25 or more contacts.
 
-Each batch is encoded (≤ 20,000 rows, ≤ 4 MB), submitted under the rate governor, polled
-with backoff until `COMPLETE` or `ERROR`, and its line errors are mapped back to rows.
+Each batch is encoded by the backend within its caps (v1: `ADD_CONTACTS`, ≤ 20,000 rows,
+≤ 4 MB), submitted under the rate governor, polled with backoff until it is complete or has
+failed, and settled contact by contact by the backend (v1 maps its line errors back to rows);
+what the backend cannot vouch for goes through the per-contact path.
 
-Bulk add is documented to *append* memberships, but that is inferred for v1, not confirmed
+That bulk add *appends* memberships is documented for v3 and inferred, not confirmed, for v1
 (API doc §6.3). So bulk is trusted only after a probe has completed and passed: the batch is
-searched (50 emails a request) until `probe_size` *witnesses* are found, existing contacts on
-lists other than the targets, each read in full; they go first, in an activity of their
-own, and are read again after it. If any lost a list, each witness is repaired, the bulk path
-is switched off for the run, and everything goes contact by contact. Until the probe has
-passed, nothing unverified goes out in bulk: when it cannot conclude (its activity ended
-`ERROR`, a search or a read failed), the batch goes contact by contact and the next batch
-probes again. A batch with no witness at all, every existing contact of it read and found on
-no other list, cannot lose a membership even on a replacing server, so it is submitted.
-Other batches wait for the probe before they submit.
+looked up until `probe_size` *witnesses* are found, existing contacts on lists other than the
+targets, each read in full; they go first, in an activity of their own, and are read again
+after it. If any lost a list, each witness is repaired, the bulk path is switched off for the
+run, and everything goes contact by contact. Until the probe has passed, nothing unverified
+goes out in bulk: when it cannot conclude (its activity failed, a lookup or a read failed),
+the batch goes contact by contact and the next batch probes again. A batch with no witness at
+all, every existing contact of it read and found on no other list, cannot lose a membership
+even on a replacing server, so it is submitted. Other batches wait for the probe before they
+submit.
 
-An activity that ends in `ERROR`, cannot be submitted, shows no change of status for
-`stall_timeout` (stuck), or does not finish within `poll_timeout` sends its contacts through
-the per-contact path, which is safe to repeat (the union is idempotent); each of those
-contacts' outcomes carries a note saying why. While activities are polled, the run's stats
-show each one's status and how long it has not changed, and a warning is logged when one
-has not moved for a third of `stall_timeout`.
+An activity that fails, cannot be submitted, shows no change of status for `stall_timeout`
+(stuck), or does not finish within `poll_timeout` sends its contacts through the per-contact
+path, which is safe to repeat (the union is idempotent); each of those contacts' outcomes
+carries a note saying why. While activities are polled, the run's stats show each one's status
+and how long it has not changed, and a warning is logged when one has not moved for a third of
+`stall_timeout`.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection, Sequence
 
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from engine.api.activities import (
-    COLUMN_NAMES,
-    ActivityTooLargeError,
-    encode_add_contacts,
-    line_number,
-)
-from engine.api.client import SEARCH_BATCH, Account
-from engine.api.codec import merge_contact_lists
-from engine.api.records import Activity, ContactEntry, uri_key
 from engine.api.retry import SINGLE_ATTEMPT
+from engine.backend.protocol import Backend, BulkActivity, ContactRef, ContactState
 from engine.crashpoints import crash_point
 from engine.errors import (
+    ActivityTooLargeError,
     ApiError,
     ConnectionLostError,
     FatalApiError,
@@ -59,18 +54,22 @@ __all__ = ["BulkPath", "field_groups"]
 
 log = logging.getLogger("engine.bulk")
 
-#: The fields an activity can carry (its columns besides the email).
-_COLUMNS = frozenset(COLUMN_NAMES) - {"EmailAddress"}
 
-
-def field_groups(contacts: tuple[Contact, ...]) -> dict[tuple[str, ...], list[Contact]]:
-    """The contacts by the activity columns they give (one activity each): a contact is sent
-    with exactly its row's fields, since an empty cell may clear a field (see `_submit`)."""
+def field_groups(
+    contacts: tuple[Contact, ...], writable: Collection[str]
+) -> dict[tuple[str, ...], list[Contact]]:
+    """The contacts by the `writable` fields they give (one activity each): a contact is
+    sent with exactly its row's fields, since an empty cell may clear a field (see
+    `_submit`)."""
     groups: dict[tuple[str, ...], list[Contact]] = {}
     for contact in contacts:
-        columns = tuple(sorted(f for f in contact.fields if f in _COLUMNS))
+        columns = tuple(sorted(f for f in contact.fields if f in writable))
         groups.setdefault(columns, []).append(contact)
     return groups
+
+
+def _ref(hit: ContactRef | ContactState) -> ContactRef:
+    return hit.ref if isinstance(hit, ContactState) else hit
 
 
 class _Stopped(Exception):
@@ -89,23 +88,24 @@ class BulkPath:
     """Runs bulk batches; falls back to the per-contact path when bulk cannot be trusted.
 
     Args:
-        account: the API.
+        backend: the API.
         config: poll timing, caps and sample size.
         stats: the run's counters.
         send_contacts: the per-contact path's input, for fallbacks.
         on_submitted: called with each activity and its batch as soon as its id is known.
+        stop: set when the run is stopping: no more activities are submitted.
     """
 
     def __init__(
         self,
-        account: Account,
+        backend: Backend,
         config: MigrationConfig,
         stats: RunStats,
         send_contacts: MemoryObjectSendStream[Contact],
-        on_submitted: Callable[[Activity, Batch], Awaitable[None]] | None = None,
+        on_submitted: Callable[[BulkActivity, Batch], Awaitable[None]] | None = None,
         stop: anyio.Event | None = None,
     ) -> None:
-        self.account = account
+        self.backend = backend
         self.config = config
         self.stats = stats
         self._send_contacts = send_contacts
@@ -206,17 +206,18 @@ class BulkPath:
         contacts = batch.contacts
         found: dict[str, str] = {}  # email -> status, of the contacts that exist
         unknown: list[Contact] = []
-        for start in range(0, len(contacts), SEARCH_BATCH):
-            chunk = contacts[start : start + SEARCH_BATCH]
+        size = self.backend.capabilities.lookup_batch
+        for start in range(0, len(contacts), size):
+            chunk = contacts[start : start + size]
             try:
-                page = await self.account.search_contacts([c.email for c in chunk], strict=True)
+                page = await self.backend.find([c.email for c in chunk], strict=True)
             except (FatalApiError, ConnectionLostError, QuotaExhaustedError):
                 raise
             except ApiError as exc:
-                log.info("a status search failed (%s): its contacts go contact by contact", exc)
+                log.info("a status lookup failed (%s): its contacts go contact by contact", exc)
                 unknown += chunk
                 continue
-            found.update((e, s.status.strip().lower()) for e, s in page.items())
+            found.update((e, _ref(hit).status) for e, hit in page.items())
         if unknown:
             await self._fall_back(tuple(unknown), "their status could not be looked up")
         removed = (
@@ -260,7 +261,7 @@ class BulkPath:
                 return (await self._submit_and_settle(batch.contacts, batch.targets))[0]
             await self._fall_back(batch.contacts, "bulk not verified yet: a probe read failed")
             return []
-        chosen = {entry.email.strip().lower() for entry in witnesses.values()}
+        chosen = {state.ref.email for state in witnesses.values()}
         probe = tuple(c for c in batch.contacts if c.email in chosen)
         rest = tuple(c for c in batch.contacts if c.email not in chosen)
         outcomes, verdict = await self._submit_and_settle(probe, batch.targets, before=witnesses)
@@ -276,9 +277,9 @@ class BulkPath:
     async def _submit_and_settle(
         self,
         contacts: tuple[Contact, ...],
-        targets: dict[str, str],
+        targets: tuple[str, ...],
         *,
-        before: dict[str, ContactEntry] | None = None,
+        before: dict[str, ContactState] | None = None,
     ) -> tuple[list[Outcome], str]:
         """Submit, poll, check (with `before`) and map outcomes.
 
@@ -304,10 +305,10 @@ class BulkPath:
             return [], f"inconclusive (its activity failed: {exc})"
         crash_point("activity-complete")
         verdict = "unchecked"
-        # Only a completed activity proves anything: one that ended in ERROR applied
-        # nothing, so its contacts lack the targets without having lost a list.
+        # Only a completed activity proves anything: one that failed applied nothing, so
+        # its contacts lack the targets without having lost a list.
         if before is not None:
-            if all(a.status.upper() == "COMPLETE" for a in finished):
+            if all(a.state == "complete" for a in finished):
                 lost, checked = await self._check(before, targets)
                 if lost:
                     repaired = await self._switch_off(lost, before, contacts, targets)
@@ -323,16 +324,21 @@ class BulkPath:
 
     async def _settle(
         self,
-        finished: list[Activity],
-        activities: list[tuple[Activity, tuple[Contact, ...]]],
-        targets: dict[str, str],
+        finished: list[BulkActivity],
+        activities: list[tuple[BulkActivity, tuple[Contact, ...]]],
+        targets: tuple[str, ...],
     ) -> list[Outcome]:
         outcomes: list[Outcome] = []
         for activity, (_, contacts) in zip(finished, activities, strict=True):
-            if activity.status.upper() != "COMPLETE":
-                await self._fall_back(contacts, f"activity {activity.key} ended {activity.status}")
+            if activity.state != "complete":
+                await self._fall_back(contacts, f"activity {activity.id} ended {activity.status}")
                 continue
-            outcomes += self._outcomes(activity, contacts, tuple(targets))
+            settled, unknown = self._outcomes(activity, contacts, targets)
+            outcomes += settled
+            if unknown:
+                await self._fall_back(
+                    unknown, f"activity {activity.id} did not say what it did to them"
+                )
         return outcomes
 
     async def resume(
@@ -354,7 +360,7 @@ class BulkPath:
     ) -> None:
         async with send_outcomes:
             for item in pending:
-                activity = Activity(item.id, item.id, "", "PENDING", None, ())
+                activity = BulkActivity(item.id, "pending", "PENDING")
                 try:
                     finished = await self._poll(
                         activity,
@@ -376,8 +382,8 @@ class BulkPath:
                     await send_outcomes.send(outcome)
 
     async def _submit(
-        self, contacts: tuple[Contact, ...], targets: dict[str, str]
-    ) -> list[tuple[Activity, tuple[Contact, ...]]]:
+        self, contacts: tuple[Contact, ...], targets: tuple[str, ...]
+    ) -> list[tuple[BulkActivity, tuple[Contact, ...]]]:
         """Submit the contacts in one activity per set of fields they give.
 
         A contact is sent with exactly the fields its row gives: an activity's columns are
@@ -385,22 +391,22 @@ class BulkPath:
         ([U] API doc §6.3), which the per-contact path never does. So contacts are grouped
         by the fields they give (a typical export has a few such groups).
         """
-        submitted: list[tuple[Activity, tuple[Contact, ...]]] = []
-        for columns, group in field_groups(contacts).items():
+        submitted: list[tuple[BulkActivity, tuple[Contact, ...]]] = []
+        writable = self.backend.capabilities.fields
+        for columns, group in field_groups(contacts, writable).items():
             submitted += await self._submit_group(tuple(group), targets, columns)
         return submitted
 
     async def _submit_group(
-        self, contacts: tuple[Contact, ...], targets: dict[str, str], columns: tuple[str, ...]
-    ) -> list[tuple[Activity, tuple[Contact, ...]]]:
-        rows = [{"EmailAddress": c.email, **c.fields} for c in contacts]
+        self, contacts: tuple[Contact, ...], targets: tuple[str, ...], columns: tuple[str, ...]
+    ) -> list[tuple[BulkActivity, tuple[Contact, ...]]]:
         try:
-            body = encode_add_contacts(
-                rows,
-                list(targets.values()),
-                fields=columns,
-                max_rows=self.config.bulk_max_rows,
-                max_bytes=self.config.bulk_max_bytes,
+            request = self.backend.encode_bulk(
+                [(c.email, c.fields) for c in contacts],
+                targets,
+                columns,
+                max_rows=self.config.max_rows,
+                max_bytes=self.config.max_bytes,
             )
         except ActivityTooLargeError:
             if len(contacts) == 1:
@@ -412,16 +418,16 @@ class BulkPath:
             ]
         if self._stop is not None and self._stop.is_set():
             raise _Stopped
-        activity = await self._post_activity(body)
+        activity = await self._post_activity(request)
         self.stats.activities += 1
         crash_point("activity-submitted")
         if self._on_submitted is not None:
             await self._on_submitted(activity, Batch(contacts, targets))
         crash_point("activity-journaled")
-        log.info("activity %s submitted with %d contacts", activity.key, len(contacts))
+        log.info("activity %s submitted with %d contacts", activity.id, len(contacts))
         return [(activity, contacts)]
 
-    async def _post_activity(self, body: bytes) -> Activity:
+    async def _post_activity(self, request: object) -> BulkActivity:
         """POST an activity; after a lost answer, adopt the activity the server made of it
         instead of posting it again.
 
@@ -436,33 +442,31 @@ class BulkPath:
         """
         started = time.monotonic()
         async with self._post_lock:
-            known = {a.key for a in await self.account.recent_activities()}
+            known = {a.id for a in await self.backend.recent_activities()}
             attempt = 0
             while True:
                 attempt += 1
                 try:
-                    return await self.account.submit_activity(body, retry=SINGLE_ATTEMPT)
+                    return await self.backend.submit(request, retry=SINGLE_ATTEMPT)
                 except RetryableApiError as error:
-                    new = [
-                        a
-                        for a in await self.account.recent_activities()
-                        if a.key not in known and a.type.upper().startswith("ADD_CONTACT")
-                    ]
+                    new = [a for a in await self.backend.recent_activities() if a.id not in known]
                     if len(new) == 1:
                         log.warning(
                             "the answer to an activity POST was lost (%s); the server had "
                             "made it activity %s: adopted, not posted again",
                             error,
-                            new[0].key,
+                            new[0].id,
                         )
                         return new[0]
-                    known.update(a.key for a in new)
-                    await self.account.back_off(attempt, error, started)
+                    known.update(a.id for a in new)
+                    await self.backend.back_off(attempt, error, started)
 
-    async def _poll(self, activity: Activity, *, expected: str = "", rows: int = 0) -> Activity:
+    async def _poll(
+        self, activity: BulkActivity, *, expected: str = "", rows: int = 0
+    ) -> BulkActivity:
         """Poll until the activity finishes.
 
-        `expected` is the `InsertTime` the server gave when the activity was submitted: an
+        `expected` is the creation stamp the server gave when the activity was submitted: an
         answer with another one is not the activity the journal knows (a server that lost
         its state gives ids again), so it is never used to settle anything.
 
@@ -475,31 +479,31 @@ class BulkPath:
         config = self.config
         delay = config.poll_initial
         now = anyio.current_time()
-        wait = ActivityWait(activity.key, activity.status, since=now, changed=now, rows=rows)
-        self.stats.waiting[activity.key] = wait
+        wait = ActivityWait(activity.id, activity.status, since=now, changed=now, rows=rows)
+        self.stats.waiting[activity.id] = wait
         warned = False
         try:
             with anyio.move_on_after(config.poll_timeout) as scope:
                 while not activity.finished:
                     await self._sleep_unless_stopped(delay)
                     delay = min(config.poll_max, max(delay * 2, 0.01))
-                    seen = (activity.status, activity.transaction_count)
-                    activity = await self.account.get_activity(activity.key)
+                    seen = (activity.status, activity.progress)
+                    activity = await self.backend.poll(activity.id)
                     self.stats.polls += 1
-                    if expected and activity.insert_time and activity.insert_time != expected:
+                    if expected and activity.created and activity.created != expected:
                         raise ForeignActivityError(
-                            f"activity {activity.key} is not the one submitted (inserted "
-                            f"{activity.insert_time}, not {expected}): the server is not "
+                            f"activity {activity.id} is not the one submitted (created "
+                            f"{activity.created}, not {expected}): the server is not "
                             "the one the journal talked to"
                         )
                     now = anyio.current_time()
-                    if (activity.status, activity.transaction_count) != seen:
+                    if (activity.status, activity.progress) != seen:
                         wait.status, wait.changed, warned = activity.status, now, False
                         continue
                     unchanged = now - wait.changed
                     if unchanged >= config.stall_timeout:
                         raise ActivityStuckError(
-                            f"activity {activity.key} is stuck: {activity.status or 'no status'} "
+                            f"activity {activity.id} is stuck: {activity.status or 'no status'} "
                             f"with no change for {unchanged:.0f} s"
                         )
                     if not warned and unchanged >= config.stall_timeout / 3:
@@ -507,14 +511,14 @@ class BulkPath:
                         log.warning(
                             "activity %s has been %s with no change for %.0f s; its contacts "
                             "go contact by contact if it has not moved after %.0f s",
-                            activity.key,
+                            activity.id,
                             activity.status,
                             unchanged,
                             config.stall_timeout,
                         )
             if scope.cancelled_caught:
                 raise TimeoutError(
-                    f"activity {activity.key} did not finish within {config.poll_timeout:.0f} s"
+                    f"activity {activity.id} did not finish within {config.poll_timeout:.0f} s"
                 )
             self.stats.activity_finished(anyio.current_time() - wait.since)  # for the ETA
         finally:
@@ -531,41 +535,31 @@ class BulkPath:
             raise _Stopped  # the journal knows the activity: a resumed run polls it
 
     def _outcomes(
-        self, activity: Activity, contacts: tuple[Contact, ...], targets: tuple[str, ...]
-    ) -> list[Outcome]:
-        by_line = {line_number(i): c for i, c in enumerate(contacts)}
-        by_email = {c.email: c for c in contacts}
-        settled: dict[str, Outcome] = {}
-        for error in activity.errors:
-            contact = by_line.get(error.line_number)
-            if contact is None or contact.email != error.email.strip().lower():
-                contact = by_email.get(error.email.strip().lower(), contact)
-            if contact is None:
-                log.warning("activity %s: an error names no row: %s", activity.key, error)
-                continue
-            message = error.message.lower()
+        self, activity: BulkActivity, contacts: tuple[Contact, ...], targets: tuple[str, ...]
+    ) -> tuple[list[Outcome], tuple[Contact, ...]]:
+        """The outcomes of a completed activity's contacts, as the backend settles them, and
+        the contacts it cannot vouch for (they go contact by contact)."""
+        results = self.backend.settle(activity, [c.email for c in contacts])
+        outcomes: list[Outcome] = []
+        unknown: list[Contact] = []
+        for contact, result in zip(contacts, results, strict=True):
             rows = tuple(contact.rows)
-            kind: OutcomeKind
-            if "do not mail" in message or "do-not-mail" in message or "opted out" in message:
-                kind, reason = "skipped", "opted-out"
-            elif "invalid" in message:
-                kind, reason = "rejected", error.message
+            if result.kind == "added":
+                outcomes.append(
+                    Outcome(contact.email, "bulk_added", rows, "", targets, "bulk", targets)
+                )
+            elif result.kind == "unknown":
+                unknown.append(contact)
             else:
-                kind, reason = "failed", error.message
-            settled[contact.email] = Outcome(
-                contact.email,
-                kind,
-                rows,
-                reason,
-                (),
-                "bulk",
-                targets,
-            )
-        return [
-            settled.get(c.email)
-            or Outcome(c.email, "bulk_added", tuple(c.rows), "", targets, "bulk", targets)
-            for c in contacts
-        ]
+                kind: OutcomeKind
+                if result.kind == "opted_out":
+                    kind, reason = "skipped", "opted-out"
+                elif result.kind == "invalid":
+                    kind, reason = "rejected", result.reason
+                else:
+                    kind, reason = "failed", result.reason
+                outcomes.append(Outcome(contact.email, kind, rows, reason, (), "bulk", targets))
+        return outcomes, tuple(unknown)
 
     async def _fall_back(
         self, contacts: tuple[Contact, ...], why: str, *, maybe_applied: bool = False
@@ -586,70 +580,71 @@ class BulkPath:
 
     # --- the membership check -------------------------------------------------------
 
-    async def _witnesses(self, batch: Batch) -> tuple[dict[str, ContactEntry], bool]:
-        """Up to `probe_size` witnesses of the batch (contact key -> entry read now), and
+    async def _witnesses(self, batch: Batch) -> tuple[dict[str, ContactState], bool]:
+        """Up to `probe_size` witnesses of the batch (contact id -> state read now), and
         whether the whole batch was looked at with every existing contact read.
 
-        The batch is searched 50 emails at a time until enough witnesses are found: existing
-        contacts on lists other than the targets, which a replacing server would make lose a
-        list. A failed search raises (an email not found must really be absent); a contact
-        that cannot be read (gone since the search, a broken entry) is no witness, and then
-        the batch cannot count as fully looked at.
+        The batch is looked up (50 emails a request on v1) until enough witnesses are found:
+        existing contacts on lists other than the targets, which a replacing server would
+        make lose a list. A failed lookup raises (an email not found must really be absent);
+        a contact that cannot be read (gone since the lookup, a broken entry) is no witness,
+        and then the batch cannot count as fully looked at.
         """
         size = self.config.probe_size
-        witnesses: dict[str, ContactEntry] = {}
+        witnesses: dict[str, ContactState] = {}
         unread = 0
         contacts = batch.contacts
-        for start in range(0, len(contacts), SEARCH_BATCH):
-            chunk = contacts[start : start + SEARCH_BATCH]
-            found = await self.account.search_contacts([c.email for c in chunk], strict=True)
-            keys = [s.key for s in found.values() if s.status.strip().lower() != "do not mail"]
-            entries = await self._read_all(keys)
-            unread += len(keys) - len(entries)
-            for entry in entries:
-                if entry.list_keys - set(batch.targets):
-                    witnesses[entry.key] = entry
+        step = self.backend.capabilities.lookup_batch
+        for start in range(0, len(contacts), step):
+            chunk = contacts[start : start + step]
+            found = await self.backend.find([c.email for c in chunk], strict=True)
+            hits = [hit for hit in found.values() if _ref(hit).status != "opted_out"]
+            states = await self._read_all(hits)
+            unread += len(hits) - len(states)
+            for state in states:
+                if state.list_ids - set(batch.targets):
+                    witnesses[state.ref.id] = state
                     if len(witnesses) >= size:
                         return witnesses, False
         return witnesses, unread == 0
 
-    async def _read_all(self, keys: list[str]) -> list[ContactEntry]:
-        """The full entries of `keys` that could be read, read concurrently (the governor
-        bounds them); a contact that cannot be read (404, a broken entry) is left out."""
-        entries: dict[str, ContactEntry] = {}
+    async def _read_all(self, hits: Sequence[ContactRef | ContactState]) -> list[ContactState]:
+        """The contacts of `hits` that could be read, read concurrently (the governor bounds
+        them); one that cannot be read (404, a broken entry) is left out."""
+        states: dict[str, ContactState] = {}
 
-        async def read(key: str) -> None:
+        async def read(ref: ContactRef) -> None:
             try:
-                entries[key] = await self.account.get_contact(key)
+                states[ref.id] = await self.backend.read(ref)
             except (FatalApiError, ConnectionLostError, QuotaExhaustedError):
                 raise
             except ApiError as exc:
-                log.info("contact %s cannot be read for the bulk check: %s", key, exc)
+                log.info("contact %s cannot be read for the bulk check: %s", ref.id, exc)
 
         async with anyio.create_task_group() as tg:
-            for key in keys:
-                tg.start_soon(read, key)
-        return [entries[key] for key in keys if key in entries]
+            for hit in hits:
+                tg.start_soon(read, _ref(hit))
+        return [states[_ref(hit).id] for hit in hits if _ref(hit).id in states]
 
     async def _check(
-        self, before: dict[str, ContactEntry], targets: dict[str, str]
+        self, before: dict[str, ContactState], targets: tuple[str, ...]
     ) -> tuple[dict[str, frozenset[str]], int]:
-        """Probed contact key -> lists it lost (before ∪ targets minus after), and how many
+        """Probed contact id -> lists it lost (before ∪ targets minus after), and how many
         probed contacts could be read back."""
         lost: dict[str, frozenset[str]] = {}
-        after_all = await self._read_all(list(before))
+        after_all = await self._read_all([state.ref for state in before.values()])
         for after in after_all:
-            missing = (before[after.key].list_keys | set(targets)) - after.list_keys
+            missing = (before[after.ref.id].list_ids | set(targets)) - after.list_ids
             if missing:
-                lost[after.key] = missing
+                lost[after.ref.id] = missing
         return lost, len(after_all)
 
     async def _switch_off(
         self,
         lost: dict[str, frozenset[str]],
-        before: dict[str, ContactEntry],
+        before: dict[str, ContactState],
         probe: tuple[Contact, ...],
-        targets: dict[str, str],
+        targets: tuple[str, ...],
     ) -> list[Outcome]:
         """Switch bulk off and repair each probed contact: the union of the lists it had and
         the targets, PUT from a fresh read. Returns the repaired contacts' outcomes (written
@@ -666,15 +661,15 @@ class BulkPath:
         log.error(message)
         by_email = {c.email: c for c in probe}
         outcomes: list[Outcome] = []
-        for key, entry in before.items():
-            contact = by_email.pop(entry.email.strip().lower(), None)
+        for key, state in before.items():
+            contact = by_email.pop(state.ref.email, None)
             try:
-                current = await self.account.get_contact(key)
-                wanted = {uri_key(uri): uri for uri in entry.lists}
-                wanted.update(targets)
-                body = merge_contact_lists(current, wanted)
-                if body is not None:
-                    await self.account.put_contact(current, body)
+                current = await self.backend.read(state.ref)
+                update = self.backend.add_lists(
+                    current, tuple(dict.fromkeys((*state.lists, *targets)))
+                )
+                if update is not None:
+                    await self.backend.update(update)
             except (FatalApiError, ConnectionLostError, QuotaExhaustedError):
                 raise
             except ApiError as exc:  # its email goes contact by contact below, read afresh
@@ -689,10 +684,10 @@ class BulkPath:
                         "updated",
                         tuple(contact.rows),
                         "",
-                        tuple(sorted(set(targets) - entry.list_keys)),
+                        tuple(sorted(set(targets) - state.list_ids)),
                         "contact",
-                        tuple(targets),
-                        tuple(sorted(entry.list_keys)),
+                        targets,
+                        tuple(sorted(state.list_ids)),
                         note="probed in bulk: the activity dropped lists, repaired contact "
                         "by contact",
                     )

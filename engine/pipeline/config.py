@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Literal
 
-from engine.api.activities import MAX_ACTIVITY_BYTES, MAX_ACTIVITY_ROWS
+from engine.backend.protocol import Capabilities
 from engine.errors import ConfigError
 from engine.pipeline.read import ReadOptions
 
@@ -41,8 +42,8 @@ class MigrationConfig:
         read: how to read the source (columns, lists column, encoding).
         bulk_threshold: a flushed batch of at least this many contacts goes to a bulk
             activity (the API's own rule is 25); None never uses bulk.
-        bulk_max_rows: rows per activity (the API allows 20,000).
-        bulk_max_bytes: encoded bytes per activity (4 MB, a precaution).
+        bulk_max_rows: rows per activity; None: the backend's cap (v1: 20,000).
+        bulk_max_bytes: encoded bytes per activity; None: the backend's cap (4 MB).
         create_lists: create target lists the account lacks instead of stopping.
         skip_removed: leave contacts in `Removed` status alone (`skipped`, reason `removed`)
             instead of re-adding them, which makes them Active again.
@@ -84,8 +85,8 @@ class MigrationConfig:
     lists: tuple[str, ...] = ()
     read: ReadOptions = field(default_factory=ReadOptions)
     bulk_threshold: int | None = 25
-    bulk_max_rows: int = MAX_ACTIVITY_ROWS
-    bulk_max_bytes: int = MAX_ACTIVITY_BYTES
+    bulk_max_rows: int | None = None
+    bulk_max_bytes: int | None = None
     create_lists: bool = False
     skip_removed: bool = False
     lists_only: bool = False
@@ -106,9 +107,9 @@ class MigrationConfig:
     def __post_init__(self) -> None:
         if self.bulk_threshold is not None and self.bulk_threshold < 1:
             raise ConfigError("bulk_threshold must be at least 1 (or None to never use bulk)")
-        if not 1 <= self.bulk_max_rows <= MAX_ACTIVITY_ROWS:
-            raise ConfigError(f"bulk_max_rows must be between 1 and {MAX_ACTIVITY_ROWS}")
-        if self.bulk_max_bytes < 10_000:
+        if self.bulk_max_rows is not None and self.bulk_max_rows < 1:
+            raise ConfigError("bulk_max_rows must be at least 1")
+        if self.bulk_max_bytes is not None and self.bulk_max_bytes < 10_000:
             raise ConfigError("bulk_max_bytes must be at least 10,000")
         if self.queue_size < 1 or self.max_pending < 1:
             raise ConfigError("queue_size and max_pending must be at least 1")
@@ -130,3 +131,38 @@ class MigrationConfig:
             raise ConfigError("probe_size cannot be negative")
         if any(not name.strip() for name in self.lists):
             raise ConfigError("a list name is empty")
+
+    def for_backend(self, capabilities: Capabilities) -> MigrationConfig:
+        """This configuration with the backend's caps where it leaves them to the backend,
+        checked against them.
+
+        Raises:
+            ConfigError: a cap above what the backend's API allows.
+        """
+        rows = self.bulk_max_rows or capabilities.bulk_max_rows
+        size = self.bulk_max_bytes or capabilities.bulk_max_bytes
+        if rows > capabilities.bulk_max_rows:
+            raise ConfigError(
+                f"bulk_max_rows is {rows}; the {capabilities.dialect} API takes at most "
+                f"{capabilities.bulk_max_rows} contacts a request"
+            )
+        if size > capabilities.bulk_max_bytes:
+            raise ConfigError(
+                f"bulk_max_bytes is {size}; the {capabilities.dialect} API takes at most "
+                f"{capabilities.bulk_max_bytes} bytes a request"
+            )
+        return dataclasses.replace(self, bulk_max_rows=rows, bulk_max_bytes=size)
+
+    @property
+    def max_rows(self) -> int:
+        """`bulk_max_rows`, once set (by `for_backend`)."""
+        if self.bulk_max_rows is None:
+            raise ConfigError("bulk_max_rows is not set: use config.for_backend(capabilities)")
+        return self.bulk_max_rows
+
+    @property
+    def max_bytes(self) -> int:
+        """`bulk_max_bytes`, once set (by `for_backend`)."""
+        if self.bulk_max_bytes is None:
+            raise ConfigError("bulk_max_bytes is not set: use config.for_backend(capabilities)")
+        return self.bulk_max_bytes

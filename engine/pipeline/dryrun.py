@@ -33,14 +33,16 @@ from dataclasses import dataclass
 
 import anyio
 
-from engine.api.client import SEARCH_BATCH, Account
-from engine.api.records import ContactList, ContactSummary
+from engine.api.client import Account
+from engine.backend import as_backend
+from engine.backend.protocol import Backend, ContactRef, ContactState, ListInfo
 from engine.errors import ConfigError
 from engine.pipeline.bulk import field_groups
 from engine.pipeline.config import MigrationConfig
 from engine.pipeline.models import Batch, Contact, Outcome, Rejected, SourceRow
 from engine.pipeline.plan import Planner
 from engine.pipeline.read import Source, SourceReader
+from engine.pipeline.run import check_lists
 
 __all__ = ["DryRunPlan", "plan_migration", "polls_for"]
 
@@ -166,8 +168,9 @@ class DryRunPlan:
 class _Estimate:
     """Counts the requests of each path as the planner hands it contacts and batches."""
 
-    def __init__(self, account: Account, config: MigrationConfig, lookup: bool) -> None:
-        self.account = account
+    def __init__(self, backend: Backend, config: MigrationConfig, lookup: bool) -> None:
+        self.backend = backend
+        self.step = backend.capabilities.lookup_batch
         self.config = config
         self.lookup = lookup
         self.per_contact: list[Contact] = []
@@ -176,11 +179,12 @@ class _Estimate:
         self.bulk_requests = 0
         self.verified = config.probe_size == 0
 
-    async def _statuses(self, emails: Sequence[str]) -> dict[str, ContactSummary]:
-        found: dict[str, ContactSummary] = {}
-        for start in range(0, len(emails), SEARCH_BATCH):
-            chunk = list(emails[start : start + SEARCH_BATCH])
-            found.update(await self.account.search_contacts(chunk))
+    async def _statuses(self, emails: Sequence[str]) -> dict[str, ContactRef]:
+        found: dict[str, ContactRef] = {}
+        for start in range(0, len(emails), self.step):
+            chunk = list(emails[start : start + self.step])
+            hits = await self.backend.find(chunk)
+            found.update((e, h.ref if isinstance(h, ContactState) else h) for e, h in hits.items())
         return found
 
     async def batch(self, batch: Batch) -> None:
@@ -188,9 +192,9 @@ class _Estimate:
         config = self.config
         contacts = batch.contacts
         self.bulk_contacts += len(contacts)
-        searches = math.ceil(len(contacts) / SEARCH_BATCH)
+        searches = math.ceil(len(contacts) / self.step)
         requests = 0
-        found: dict[str, ContactSummary] | None = None
+        found: dict[str, ContactRef] | None = None
         if config.skip_removed or config.lists_only:
             requests += searches
             if self.lookup:
@@ -199,7 +203,7 @@ class _Estimate:
                     contacts = tuple(
                         c
                         for c in contacts
-                        if c.email not in found or found[c.email].status.lower() != "removed"
+                        if c.email not in found or found[c.email].status != "removed"
                     )
             if config.lists_only:
                 contacts = tuple(
@@ -225,25 +229,28 @@ class _Estimate:
         self.bulk_requests += requests
 
     async def _probe_scan(
-        self, contacts: tuple[Contact, ...], targets: dict[str, str]
+        self, contacts: tuple[Contact, ...], targets: tuple[str, ...]
     ) -> tuple[int, set[str]]:
         """The requests of the probe's scan, and the witnesses' emails."""
         size = self.config.probe_size
         if not self.lookup:
-            # Assumed: the first 50 contacts exist, all on other lists.
-            first = contacts[:SEARCH_BATCH]
+            # Assumed: the first lookup's contacts exist, all on other lists.
+            first = contacts[: self.step]
             return 1 + len(first), {c.email for c in first[:size]}
         requests, witnesses = 0, set[str]()
-        for start in range(0, len(contacts), SEARCH_BATCH):
-            chunk = contacts[start : start + SEARCH_BATCH]
-            found = await self.account.search_contacts([c.email for c in chunk])
+        for start in range(0, len(contacts), self.step):
+            chunk = contacts[start : start + self.step]
+            found = await self.backend.find([c.email for c in chunk])
             requests += 1
-            for email, summary in found.items():
-                if summary.status.strip().lower() == "do not mail":
+            for email, hit in found.items():
+                if isinstance(hit, ContactState):
+                    state = hit
+                elif hit.status == "opted_out":
                     continue
-                entry = await self.account.get_contact(summary.key)
-                requests += 1
-                if entry.list_keys - set(targets):
+                else:
+                    state = await self.backend.read(hit)
+                    requests += 1
+                if state.ref.status != "opted_out" and state.list_ids - set(targets):
                     witnesses.add(email)
             if len(witnesses) >= size:
                 break
@@ -253,8 +260,8 @@ class _Estimate:
 
     def _activities(self, contacts: tuple[Contact, ...]) -> int:
         """Activities for these contacts: one per set of fields given, per `bulk_max_rows`."""
-        groups = field_groups(contacts).values()
-        return sum(math.ceil(len(group) / self.config.bulk_max_rows) for group in groups)
+        groups = field_groups(contacts, self.backend.capabilities.fields).values()
+        return sum(math.ceil(len(group) / self.config.max_rows) for group in groups)
 
     async def contact_path(self, targets_members: dict[str, set[str]] | None) -> tuple[int, int]:
         """The per-contact path's requests, and how many of its contacts exist (all, unless
@@ -262,7 +269,7 @@ class _Estimate:
         config = self.config
         contacts = self.per_contact
         n = len(contacts)
-        requests = math.ceil(n / SEARCH_BATCH)
+        requests = math.ceil(n / self.step)
         found = await self._statuses([c.email for c in contacts]) if self.lookup else None
         existing = 0
         for contact in contacts:
@@ -271,10 +278,10 @@ class _Estimate:
                 requests += 1  # POST
                 continue
             existing += 1
-            status = "active" if summary is None else summary.status.strip().lower()
-            if status == "do not mail" or (status == "removed" and config.skip_removed):
+            status = "active" if summary is None else summary.status
+            if status == "opted_out" or (status == "removed" and config.skip_removed):
                 continue  # settled from its search entry
-            requests += 1  # GET
+            requests += 0 if self.backend.capabilities.lookup_has_lists else 1  # the read
             on_targets = targets_members is not None and all(
                 contact.email in targets_members.get(key, ()) for key in contact.targets
             )
@@ -285,7 +292,7 @@ class _Estimate:
 
 
 async def plan_migration(
-    account: Account,
+    account: Account | Backend,
     source: Source,
     *,
     lists: Sequence[str] = (),
@@ -299,28 +306,27 @@ async def plan_migration(
     Raises:
         ConfigError: unknown lists (without `create_lists`), as a real run would.
     """
-    config = config or MigrationConfig()
+    backend = as_backend(account)
+    config = (config or MigrationConfig()).for_backend(backend.capabilities)
     if lists:
         config = dataclasses.replace(config, lists=tuple(dict.fromkeys((*config.lists, *lists))))
     reader = SourceReader(source, config.read)
     scan = await reader.scan()
-    sent_before = account.requests_sent
-    await account.verify()
-    all_lists = await account.lists()
-    by_name = {item.name: item for item in all_lists if not item.is_system}
+    sent_before = backend.stats().requests
+    await backend.verify()
     names = list(dict.fromkeys([*config.lists, *sorted(scan.list_names)]))
-    missing = tuple(n for n in names if n not in by_name)
-    if missing and not config.create_lists:
-        await account.resolve_lists(names)  # raises the ConfigError naming what exists
+    # Raises the run's ConfigError for an unknown list, naming what exists.
+    by_name, missing_names = await check_lists(backend, names, create=config.create_lists)
+    missing = tuple(missing_names)
     if not names and reader.path is not None:
         raise ConfigError("no target lists: pass --list NAME or a lists column with names")
-    setup = 1 + _pages(len(all_lists)) + len(missing)
+    setup = 1 + _pages(len(by_name)) + len(missing)
     if snapshot:
-        setup += sum(_pages(item.contact_count or 0) for item in by_name.values())
+        setup += sum(_pages(item.members or 0) for item in by_name.values())
     for number, name in enumerate(missing):  # stand-ins, so the planner can plan them
-        by_name[name] = ContactList(id=f"planned:{number}", key=f"planned:{number}", name=name)
+        by_name[name] = ListInfo(f"planned:{number}", name)
     planner = Planner(dataclasses.replace(config, linger=0), by_name)
-    estimate = _Estimate(account, config, lookup)
+    estimate = _Estimate(backend, config, lookup)
     rows = rejected = 0
 
     send_rows, receive_rows = anyio.create_memory_object_stream[SourceRow | Rejected](1024)
@@ -368,7 +374,7 @@ async def plan_migration(
         members = {}
         for key in sorted({k for c in estimate.per_contact for k in c.targets}):
             if not key.startswith("planned:"):
-                members[key] = {m.email.lower() async for m in account.list_members(key)}
+                members[key] = {email async for email in backend.members(key)}
     contact_requests, existing = await estimate.contact_path(members)
     return DryRunPlan(
         rows=rows,
@@ -378,8 +384,8 @@ async def plan_migration(
         activities=estimate.activities,
         existing=existing if lookup else None,
         requests=setup + contact_requests + estimate.bulk_requests,
-        lookup_requests=account.requests_sent - sent_before,
-        rate=account.governor.stats().rate,
+        lookup_requests=backend.stats().requests - sent_before,
+        rate=backend.stats().rate,
         daily_budget=daily_budget,
         lists_to_create=missing,
         setup_requests=setup,

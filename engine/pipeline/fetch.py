@@ -1,4 +1,5 @@
-"""The fetch stage: find each contact, 50 emails a search.
+"""The fetch stage: look each contact up, as many emails a request as the backend's lookup
+takes (`Capabilities.lookup_batch`: 50 on v1).
 
 Only the search happens here; the full entry is read by the merge stage right before the
 union is built, so the GET→PUT window (in which another writer's change would be lost,
@@ -12,8 +13,7 @@ from dataclasses import dataclass
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from engine.api.client import SEARCH_BATCH, Account
-from engine.api.records import ContactSummary
+from engine.backend.protocol import Backend, ContactRef, ContactState
 from engine.crashpoints import crash_point
 from engine.pipeline.models import Contact, Outcome
 from engine.pipeline.stats import StageStats, outcome_for_error
@@ -23,15 +23,16 @@ __all__ = ["Found", "fetch_contacts", "receive_batch"]
 
 @dataclass(frozen=True, slots=True)
 class Found:
-    """A contact with what the search said of it.
+    """A contact with what the lookup said of it.
 
     Attributes:
         contact: what to do.
-        summary: the search entry (id and status); None when no contact has this email.
+        hit: who it is and its status (with its lists, when the lookup gives them); None
+            when no contact has this email.
     """
 
     contact: Contact
-    summary: ContactSummary | None
+    hit: ContactRef | ContactState | None
 
 
 async def receive_batch(
@@ -65,13 +66,14 @@ async def fetch_contacts(
     receive_contacts: MemoryObjectReceiveStream[Contact],
     send_found: MemoryObjectSendStream[Found],
     *,
-    account: Account,
+    backend: Backend,
     send_outcomes: MemoryObjectSendStream[Outcome],
     stats: StageStats,
     limit: int,
     stop: anyio.Event | None = None,
 ) -> None:
-    """The stage: one task forms batches of up to 50 emails, `limit` searches in flight.
+    """The stage: one task forms batches of up to `lookup_batch` emails, `limit` lookups in
+    flight.
 
     Batching in a single task keeps the searches full: idle workers each taking what is
     queued would search a few emails at a time whenever the queue fills slowly. Once `stop`
@@ -82,14 +84,15 @@ async def fetch_contacts(
     async def work(batch: list[Contact]) -> None:
         stats.busy += len(batch)
         try:
-            await _search(batch, account, send_found, send_outcomes)
+            await _search(batch, backend, send_found, send_outcomes)
         finally:
             stats.busy -= len(batch)
             stats.done += len(batch)
             slots.release()
 
     async with receive_contacts, send_found, send_outcomes, anyio.create_task_group() as tg:
-        while batch := await receive_batch(receive_contacts, SEARCH_BATCH):
+        size = backend.capabilities.lookup_batch
+        while batch := await receive_batch(receive_contacts, size):
             if stop is not None and stop.is_set():
                 continue
             await slots.acquire()
@@ -98,12 +101,12 @@ async def fetch_contacts(
 
 async def _search(
     batch: list[Contact],
-    account: Account,
+    backend: Backend,
     send_found: MemoryObjectSendStream[Found],
     send_outcomes: MemoryObjectSendStream[Outcome],
 ) -> None:
     try:
-        found = await account.search_contacts([c.email for c in batch])
+        found = await backend.find([c.email for c in batch])
         crash_point("search")
     except Exception as exc:
         for contact in batch:

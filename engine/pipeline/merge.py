@@ -8,17 +8,12 @@ from dataclasses import dataclass
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from engine.api.client import Account
-from engine.api.codec import merge_contact_lists
-from engine.api.records import ContactEntry
+from engine.backend.protocol import Backend, ContactRef, ContactState, ListWrite
 from engine.pipeline.fetch import Found
 from engine.pipeline.models import Contact, Outcome
 from engine.pipeline.stats import StageStats, fan_out, outcome_for_error
 
 __all__ = ["Write", "decide", "merge_lists"]
-
-DO_NOT_MAIL = "do not mail"
-REMOVED = "removed"
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,66 +22,88 @@ class Write:
 
     Attributes:
         contact: the contact.
-        entry: the entry fetched; None means POST a new contact.
-        body: the PUT body (the fetched entry with the union of lists); None for a POST.
-        added: keys of the lists this write adds.
-        fetched_at: when `entry` was read (`anyio.current_time()`).
+        update: the backend's write for an existing contact; None means create it.
+        added: ids of the lists this write adds.
+        fetched_at: when the contact was read (`anyio.current_time()`).
         reactivates: the contact is Removed: the write makes it Active again.
-        fields: the names of the fields the write changes (an existing contact's fields the
-            source gives other values for; none with `lists_only`).
     """
 
     contact: Contact
-    entry: ContactEntry | None
-    body: bytes | None
+    update: ListWrite | None
     added: tuple[str, ...]
     fetched_at: float = 0.0
     reactivates: bool = False
-    fields: tuple[str, ...] = ()
+
+    @property
+    def state(self) -> ContactState | None:
+        """The contact as read (None for a new one)."""
+        return None if self.update is None else self.update.state
+
+    @property
+    def fields(self) -> tuple[str, ...]:
+        """The names of the fields the write changes (an existing contact's fields the
+        source gives other values for; none with `lists_only`)."""
+        return () if self.update is None else self.update.fields
 
 
 def decide(
     contact: Contact,
-    entry: ContactEntry | None,
+    state: ContactState | None,
     *,
+    backend: Backend,
     skip_removed: bool,
     fetched_at: float = 0.0,
     lists_only: bool = False,
 ) -> Write | Outcome:
     """The write a fetched contact needs, or its outcome when it needs none.
 
-    - no entry: POST it with its fields (`created`);
-    - Do Not Mail: `skipped`, reason `opted-out` (invariant I2: never changed);
+    - no contact: create it with its fields (`created`);
+    - opted out: `skipped`, reason `opted-out` (invariant I2: never changed);
     - Removed with `skip_removed`: `skipped`, reason `removed`;
     - the union adds nothing and no field changes: `unchanged`, no request;
-    - otherwise PUT the fetched entry with the union of lists and the source's non-empty
+    - otherwise the backend's write of the union of lists and the source's non-empty
       fields (`updated`); with `lists_only`, the lists only.
 
     The fields follow the bulk path's rule, so a row gives the same contact on both paths:
     a non-empty source value is written over the contact's, an empty one changes nothing.
     """
     rows = tuple(contact.rows)
-    if entry is None:
-        return Write(contact, None, None, tuple(contact.targets))
-    status = entry.status.strip().lower()
-    targets, before = tuple(contact.targets), tuple(sorted(entry.list_keys))
-    if status == DO_NOT_MAIL:
-        return Outcome(contact.email, "skipped", rows, "opted-out", (), "contact", targets, before)
-    if status == REMOVED and skip_removed:
-        return Outcome(contact.email, "skipped", rows, "removed", (), "contact", targets, before)
-    fields = {} if lists_only else entry.changed_fields(contact.fields)
-    body = merge_contact_lists(entry, contact.targets, fields)
-    if body is None:
+    if state is None:
+        return Write(contact, None, contact.targets)
+    targets, before = contact.targets, tuple(sorted(state.list_ids))
+    settled = settled_by_status(contact, state.ref, skip_removed, before)
+    if settled is not None:
+        return settled
+    fields = {} if lists_only else state.changed_fields(contact.fields)
+    update = backend.add_lists(state, targets, fields)
+    if update is None:
         return Outcome(contact.email, "unchanged", rows, "", (), "contact", targets, before)
-    added = tuple(k for k in contact.targets if k not in entry.list_keys)
-    return Write(contact, entry, body, added, fetched_at, status == REMOVED, tuple(sorted(fields)))
+    return Write(contact, update, update.added, fetched_at, state.ref.status == "removed")
+
+
+def settled_by_status(
+    contact: Contact,
+    ref: ContactRef,
+    skip_removed: bool,
+    before: tuple[str, ...] | None = None,
+) -> Outcome | None:
+    """The `skipped` outcome of a contact its status settles without a write (opted out:
+    I2; Removed with `skip_removed`), else None. `before`: its lists, when it was read."""
+    if ref.status == "opted_out":
+        reason = "opted-out"
+    elif ref.status == "removed" and skip_removed:
+        reason = "removed"
+    else:
+        return None
+    rows = tuple(contact.rows)
+    return Outcome(contact.email, "skipped", rows, reason, (), "contact", contact.targets, before)
 
 
 async def merge_lists(
     receive_found: MemoryObjectReceiveStream[Found],
     send_writes: MemoryObjectSendStream[Write],
     *,
-    account: Account,
+    backend: Backend,
     send_outcomes: MemoryObjectSendStream[Outcome],
     skip_removed: bool,
     stats: StageStats,
@@ -98,8 +115,8 @@ async def merge_lists(
 
     `limit` workers, each holding at most one decided write until a put worker takes it
     (the queue to the put stage has no buffer), so an entry is read just before it is used.
-    A Do Not Mail contact (and a Removed one with `skip_removed`) is settled from its search
-    entry, without reading it.
+    An opted-out contact (and a Removed one with `skip_removed`) is settled from its lookup,
+    without reading it.
     """
 
     async def worker(
@@ -111,7 +128,7 @@ async def merge_lists(
                     continue
                 stats.busy += 1
                 try:
-                    result = await _decide_found(found, account, skip_removed, lists_only)
+                    result = await _decide_found(found, backend, skip_removed, lists_only)
                 finally:
                     stats.busy -= 1
                 stats.done += 1
@@ -125,22 +142,21 @@ async def merge_lists(
 
 
 async def _decide_found(
-    found: Found, account: Account, skip_removed: bool, lists_only: bool = False
+    found: Found, backend: Backend, skip_removed: bool, lists_only: bool = False
 ) -> Write | Outcome:
-    contact, summary = found.contact, found.summary
-    if summary is None:
-        return decide(contact, None, skip_removed=skip_removed)
-    status = summary.status.strip().lower()
-    rows, targets = tuple(contact.rows), tuple(contact.targets)
-    if status == DO_NOT_MAIL:
-        return Outcome(contact.email, "skipped", rows, "opted-out", (), "contact", targets)
-    if status == REMOVED and skip_removed:
-        return Outcome(contact.email, "skipped", rows, "removed", (), "contact", targets)
+    contact, hit = found.contact, found.hit
+    if hit is None:
+        return decide(contact, None, backend=backend, skip_removed=skip_removed)
+    ref = hit.ref if isinstance(hit, ContactState) else hit
+    settled = settled_by_status(contact, ref, skip_removed)
+    if settled is not None:  # from the lookup, unread
+        return settled
     try:
-        entry = await account.get_contact(summary.key)
+        state = hit if isinstance(hit, ContactState) else await backend.read(ref)
         return decide(
             contact,
-            entry,
+            state,
+            backend=backend,
             skip_removed=skip_removed,
             fetched_at=anyio.current_time(),
             lists_only=lists_only,

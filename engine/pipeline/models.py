@@ -79,22 +79,22 @@ class Contact:
 
     Attributes:
         email: the normalised email.
-        targets: list key -> list id URI of the lists it must end up on (shared between
-            contacts with the same target set: never mutated in place).
+        targets: the ids of the lists it must end up on, in order (shared between contacts
+            with the same target set: a tuple, never changed in place).
         fields: v1 element name -> value; later non-empty values win.
         rows: the source lines that named this email.
     """
 
     email: str
-    targets: dict[str, str]
+    targets: tuple[str, ...]
     fields: dict[str, str] = field(default_factory=dict)
     rows: list[int] = field(default_factory=list)
 
     def absorb(self, other: Contact) -> None:
         """Coalesce a duplicate: union of targets, later non-empty fields win."""
-        # A new dict: contacts with the same target set share one (the planner interns
-        # them, which keeps a million pending contacts small), so it must not be mutated.
-        self.targets = {**self.targets, **other.targets}
+        # A new tuple: contacts with the same target set share one (the planner interns
+        # them, which keeps a million pending contacts small).
+        self.targets = tuple(dict.fromkeys((*self.targets, *other.targets)))
         self.fields.update(other.fields)
         self.rows.extend(other.rows)
 
@@ -110,11 +110,11 @@ class Batch:
 
     Attributes:
         contacts: the contacts, each email once.
-        targets: list key -> list id URI, common to all of them.
+        targets: the ids of the lists common to all of them.
     """
 
     contacts: tuple[Contact, ...]
-    targets: dict[str, str]
+    targets: tuple[str, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,10 +126,10 @@ class Outcome:
         kind: the outcome.
         rows: the source lines it covers.
         reason: why, when not a success (`opted-out`, `removed`, an API message, …).
-        lists_added: keys of the lists the engine added (or asked bulk to add).
+        lists_added: ids of the lists the engine added (or asked bulk to add).
         path: "contact", "bulk" or "" (rejected before planning).
-        targets: keys of the lists the contact had to end up on.
-        lists_before: keys of the lists the engine read before writing (per-contact path;
+        targets: ids of the lists the contact had to end up on.
+        lists_before: ids of the lists the engine read before writing (per-contact path;
             None when it did not read them, as on the bulk path). The audit proves I1 with it.
         note: what the user should know about how it got there (e.g. that its bulk activity
             was stuck and it was sent contact by contact).

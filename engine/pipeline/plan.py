@@ -19,7 +19,7 @@ from collections.abc import Mapping
 import anyio
 from anyio.abc import ObjectReceiveStream, ObjectSendStream
 
-from engine.api.records import ContactList
+from engine.backend.protocol import ListInfo
 from engine.pipeline.config import MigrationConfig
 from engine.pipeline.models import Batch, Contact, Outcome, Rejected, SourceRow
 
@@ -56,7 +56,7 @@ class Planner:
     def __init__(
         self,
         config: MigrationConfig,
-        lists_by_name: Mapping[str, ContactList],
+        lists_by_name: Mapping[str, ListInfo],
         *,
         stop: anyio.Event | None = None,
         coalesced: bool = False,
@@ -65,8 +65,8 @@ class Planner:
         self._stop = stop
         self._coalesced = coalesced
         self.lists_by_name = dict(lists_by_name)
-        self._common = {lists_by_name[n].key: lists_by_name[n].id for n in config.lists}
-        self._targets: dict[tuple[str, ...], dict[str, str]] = {}
+        self._common = tuple(dict.fromkeys(lists_by_name[n].id for n in config.lists))
+        self._targets: dict[tuple[str, ...], tuple[str, ...]] = {}
         self._pending: dict[frozenset[str], _Pending] = {}
         self._where: dict[str, frozenset[str]] = {}  # email -> key of its pending batch
         self._held = 0
@@ -97,13 +97,14 @@ class Planner:
         """The contact of a row with its targets resolved, or a rejection."""
         targets = self._targets.get(row.lists)
         if targets is None:
-            targets = dict(self._common)
+            ids = dict.fromkeys(self._common)
             for name in row.lists:
                 found = self.lists_by_name.get(name)
                 if found is None:
                     return Rejected(row.lines[0], row.email, f"unknown list {name!r}")
-                targets[found.key] = found.id
-            if len(self._targets) < 10_000:  # one shared dict per list set (memory)
+                ids[found.id] = None
+            targets = tuple(ids)
+            if len(self._targets) < 10_000:  # one shared tuple per list set (memory)
                 self._targets[row.lists] = targets
         if not targets:
             return Rejected(row.lines[0], row.email, "no target list for this row")
@@ -198,8 +199,8 @@ class Planner:
         pending.bytes += estimate_bytes(contact)
         self._held += 1
         if (
-            len(pending.contacts) >= self.config.bulk_max_rows
-            or pending.bytes >= self.config.bulk_max_bytes * 0.9
+            len(pending.contacts) >= self.config.max_rows
+            or pending.bytes >= self.config.max_bytes * 0.9
         ):
             await self._flush(key)
         elif self._held >= self.config.max_pending:
@@ -228,7 +229,7 @@ class Planner:
         send_contacts, send_batches = self._out
         threshold = self.config.bulk_threshold
         if threshold is not None and len(contacts) >= threshold:
-            await send_batches.send(Batch(contacts, dict(contacts[0].targets)))
+            await send_batches.send(Batch(contacts, contacts[0].targets))
         else:
             for contact in contacts:
                 await send_contacts.send(contact)

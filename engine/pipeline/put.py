@@ -1,4 +1,5 @@
-"""The put stage: PUT merged entries, POST new contacts; a 409 goes back through merge."""
+"""The put stage: send the backend's writes, create new contacts; a 409 goes back through
+merge."""
 
 from __future__ import annotations
 
@@ -9,10 +10,8 @@ from collections.abc import Awaitable, Callable, Iterable
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from engine.api.client import Account
-from engine.api.codec import merge_contact_lists
-from engine.api.records import uri_key
 from engine.api.retry import SINGLE_ATTEMPT
+from engine.backend.protocol import Backend, ContactState
 from engine.crashpoints import crash_point
 from engine.errors import ConflictError, RetryableApiError
 from engine.pipeline.merge import Write, decide
@@ -32,7 +31,7 @@ MAX_CONFLICTS = 3
 
 async def send_write(
     write: Write,
-    account: Account,
+    backend: Backend,
     *,
     skip_removed: bool,
     verify: str = "stale",
@@ -46,32 +45,33 @@ async def send_write(
     lists before, lists added) before it is sent, so a run killed before the outcome is
     journaled leaves the truth for the next run.
 
-    A POST answered 409 means the email appeared meanwhile (or a search missed it): the
-    contact is fetched again and merged, and the merge's write is sent instead. Before a
-    PUT, an entry older than `stale_after` (every entry with `verify="all"`) is read again
-    and the union rebuilt if it changed, so a concurrent writer's change is not dropped;
-    with `verify="all"` the contact is also read back after the PUT and the union
-    re-applied if a concurrent write removed a list. The PUT's rate turn is taken before
-    that check, so the GET→PUT window is one round trip whatever the rate (see `_put`).
+    A create answered 409 means the email appeared meanwhile (or a lookup missed it): the
+    contact is looked up and read again and merged, and the merge's write is sent instead.
+    Before an update, a read older than `stale_after` (every read with `verify="all"`) is
+    done again and the union rebuilt if the contact changed, so a concurrent writer's change
+    is not dropped; with `verify="all"` the contact is also read back after the update and
+    the union re-applied if a concurrent write removed a list. The update's rate turn is
+    taken before that check, so the read→write window is one round trip whatever the rate
+    (see `_update`).
     """
     contact = write.contact
     rows = tuple(contact.rows)
-    targets = tuple(contact.targets)
+    targets = contact.targets
     try:
         for _ in range(MAX_CONFLICTS):
-            if write.entry is not None and write.body is not None:
-                sent = await _put(
-                    write, account, skip_removed, verify, stale_after, intend, lists_only
+            if write.update is not None:
+                sent = await _update(
+                    write, backend, skip_removed, verify, stale_after, intend, lists_only
                 )
                 if isinstance(sent, Outcome):
                     return sent
                 write = sent
-                if write.entry is None or write.body is None:
+                if write.update is None:
                     continue  # the fresh read turned it into another kind of write
                 crash_point("put")
-                before = tuple(sorted(write.entry.list_keys))
+                before = tuple(sorted(write.update.state.list_ids))
                 reason = ""
-                if verify == "all" and await _read_back(write, account):
+                if verify == "all" and await _read_back(write, backend):
                     reason = "a concurrent write removed lists; the union was applied again"
                 return Outcome(
                     contact.email,
@@ -90,37 +90,35 @@ async def send_write(
             try:
                 if intend is not None:
                     await intend(contact.email, "created", (), write.added)
-                await account.create_contact(
-                    contact.email, list(contact.targets.values()), contact.fields
-                )
+                await backend.create(contact.email, contact.targets, contact.fields)
                 crash_point("put")
                 return Outcome(
                     contact.email, "created", rows, "", write.added, "contact", targets, ()
                 )
             except ConflictError as conflict:
-                found = await account.search_contacts([contact.email])
-                summary = found.get(contact.email)
-                entry = await account.get_contact(summary.key) if summary else None
-                if entry is None:
-                    continue  # gone again: try the POST once more
+                found = (await backend.find([contact.email])).get(contact.email)
+                if found is None:
+                    continue  # gone again: try the create once more
+                state = found if isinstance(found, ContactState) else await backend.read(found)
                 result = decide(
                     contact,
-                    entry,
+                    state,
+                    backend=backend,
                     skip_removed=skip_removed,
                     fetched_at=anyio.current_time(),
                     lists_only=lists_only,
                 )
                 if isinstance(result, Outcome):
-                    ours = entry.list_keys == frozenset(contact.targets)
+                    ours = state.list_ids == frozenset(contact.targets)
                     if conflict.after_retry and result.kind == "unchanged" and ours:
-                        # The first POST was applied and its answer lost: the contact found,
-                        # on exactly its targets, is the one it created.
+                        # The first create was applied and its answer lost: the contact
+                        # found, on exactly its targets, is the one it created.
                         return Outcome(
                             contact.email,
                             "created",
                             rows,
                             "",
-                            tuple(contact.targets),
+                            contact.targets,
                             "contact",
                             targets,
                             (),
@@ -135,83 +133,85 @@ async def send_write(
             rows,
             "409 on create, yet no contact found",
             path="contact",
-            retryable=True,  # the search that should have found it may have failed
+            retryable=True,  # the lookup that should have found it may have failed
         )
     except Exception as exc:
         return outcome_for_error(contact, exc, "contact")
 
 
-async def _put(
+async def _update(
     write: Write,
-    account: Account,
+    backend: Backend,
     skip_removed: bool,
     verify: str,
     stale_after: float,
     intend: Intend | None,
     lists_only: bool = False,
 ) -> Write | Outcome:
-    """PUT a merged entry; returns the write sent (or what a fresh read turned it into).
+    """Send an update; returns the write sent (or what a fresh read turned it into).
 
-    The API has no ETags: whatever another writer changes between the GET the body was
-    built from and the PUT is overwritten. So each attempt first takes the PUT's rate turn,
-    then checks the entry's age (every entry with `verify="all"`) and reads it again when
-    stale, then sends the PUT at once: the window is one round trip at any rate, instead of
-    the wait for a rate token (seconds at 4 requests/s). A retry (5xx, throttling) goes
-    through the same steps after its backoff, since its entry has aged meanwhile.
+    The API has no ETags: whatever another writer changes between the read the write was
+    built from and the write is overwritten. So each attempt first takes the write's rate
+    turn, then checks the read's age (every read with `verify="all"`) and reads again when
+    stale, then sends the write at once: the window is one round trip at any rate, instead
+    of the wait for a rate token (seconds at 4 requests/s). A retry (5xx, throttling) goes
+    through the same steps after its backoff, since its read has aged meanwhile.
     """
     started = time.monotonic()
     attempt = 0
     while True:
         attempt += 1
-        await account.governor.take_turn()
+        await backend.take_turn()
         stale = anyio.current_time() - write.fetched_at > stale_after
         if verify == "all" or (verify == "stale" and stale):
-            refreshed = await _refresh(write, account, skip_removed, lists_only)
+            refreshed = await _refresh(write, backend, skip_removed, lists_only)
             if isinstance(refreshed, Outcome):
                 return refreshed
             write = refreshed
-        entry, body = write.entry, write.body
-        if entry is None or body is None:
+        update = write.update
+        if update is None:
             return write  # the fresh read turned it into another kind of write
         if intend is not None and attempt == 1:
-            await intend(write.contact.email, "updated", entry.list_keys, write.added)
+            await intend(write.contact.email, "updated", update.state.list_ids, write.added)
         try:
-            await account.put_contact(entry, body, prepaid=True, retry=SINGLE_ATTEMPT)
+            await backend.update(update, prepaid=True, retry=SINGLE_ATTEMPT)
             return write
         except RetryableApiError as error:
-            await account.back_off(attempt, error, started)
+            await backend.back_off(attempt, error, started)
 
 
 async def _refresh(
-    write: Write, account: Account, skip_removed: bool, lists_only: bool = False
+    write: Write, backend: Backend, skip_removed: bool, lists_only: bool = False
 ) -> Write | Outcome:
-    """The write rebuilt from a fresh read when the entry changed since it was fetched."""
-    assert write.entry is not None
-    fresh = await account.get_contact(write.entry.key)
-    if fresh.raw == write.entry.raw:
+    """The write rebuilt from a fresh read when the contact changed since it was read."""
+    assert write.update is not None
+    fresh = await backend.read(write.update.state.ref)
+    if fresh.version == write.update.state.version:
         return write
     return decide(
         write.contact,
         fresh,
+        backend=backend,
         skip_removed=skip_removed,
         fetched_at=anyio.current_time(),
         lists_only=lists_only,
     )
 
 
-async def _read_back(write: Write, account: Account) -> bool:
-    """Re-read after the PUT; re-apply the union if a list is missing. True if it was."""
-    assert write.entry is not None
-    wanted = {uri_key(uri): uri for uri in write.entry.lists}
-    wanted.update(write.contact.targets)
+async def _read_back(write: Write, backend: Backend) -> bool:
+    """Re-read after the update; re-apply the union if a list is missing. True if it was."""
+    assert write.update is not None
+    wanted = tuple(dict.fromkeys((*write.update.state.lists, *write.contact.targets)))
     repaired = False
     for _ in range(MAX_CONFLICTS):
-        after = await account.get_contact(write.entry.key)
-        body = merge_contact_lists(after, wanted)
-        if body is None:
+        after = await backend.read(write.update.state.ref)
+        update = backend.add_lists(after, wanted)
+        if update is None:
             return repaired
-        log.warning("%s lost lists to a concurrent write: applying the union again", after.email)
-        await account.put_contact(after, body)
+        log.warning(
+            "%s lost lists to a concurrent write: applying the union again", after.ref.email
+        )
+        await backend.update(update)
         repaired = True
     return repaired
 
@@ -220,7 +220,7 @@ async def put_contacts(
     receive_writes: MemoryObjectReceiveStream[Write],
     send_outcomes: MemoryObjectSendStream[Outcome],
     *,
-    account: Account,
+    backend: Backend,
     skip_removed: bool,
     stats: StageStats,
     stop: anyio.Event | None = None,
@@ -238,7 +238,7 @@ async def put_contacts(
             try:
                 outcome = await send_write(
                     write,
-                    account,
+                    backend,
                     skip_removed=skip_removed,
                     verify=verify,
                     stale_after=stale_after,

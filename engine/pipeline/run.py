@@ -22,15 +22,22 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from engine.api.client import Account, unknown_lists_message
-from engine.api.records import Activity, ContactList
+from engine.api.client import Account
+from engine.backend import as_backend
+from engine.backend.protocol import Backend, BulkActivity, ListInfo
 from engine.crashpoints import crash_point
-from engine.errors import ConfigError, EngineError, OutputError, PipelineError, SourceError
+from engine.errors import (
+    ConfigError,
+    EngineError,
+    OutputError,
+    PipelineError,
+    SourceError,
+    unknown_lists_message,
+)
 from engine.journal import Intent, Journal, journal_identity
 from engine.pipeline.bulk import BulkPath
 from engine.pipeline.config import MigrationConfig
@@ -137,16 +144,18 @@ class MigrationReport:
 
 
 async def check_lists(
-    account: Account, names: Sequence[str], *, create: bool
-) -> tuple[dict[str, ContactList], list[str]]:
+    backend: Backend, names: Sequence[str], *, create: bool
+) -> tuple[dict[str, ListInfo], list[str]]:
     """The account's user lists by name and the `names` it lacks; writes nothing.
 
     Raises:
         ConfigError: a name in `names` is a system list, is missing (and `create` is off),
             or differs from an existing list only in case (which is never created).
     """
-    lists = {item.name: item for item in await account.lists() if not item.is_system}
-    system = [n for n in names if n.lower() in ("active", "do not mail", "removed")]
+    every = await backend.lists()
+    lists = {item.name: item for item in every if not item.is_system}
+    system_names = {item.name.casefold() for item in every if item.is_system}
+    system = [n for n in names if n.casefold() in system_names]
     if system:
         raise ConfigError(f"{', '.join(map(repr, system))}: system lists cannot be targets")
     missing = [n for n in dict.fromkeys(names) if n not in lists]
@@ -159,42 +168,42 @@ async def check_lists(
 
 
 async def create_lists(
-    account: Account, lists: dict[str, ContactList], missing: Sequence[str]
-) -> dict[str, ContactList]:
+    backend: Backend, lists: dict[str, ListInfo], missing: Sequence[str]
+) -> dict[str, ListInfo]:
     """`lists` with the `missing` ones created (checked by `check_lists` first)."""
     for name in missing:
-        lists[name] = await account.create_list(name)
+        lists[name] = await backend.create_list(name)
         log.info("created list %r (%s)", name, lists[name].id)
     return lists
 
 
 async def prepare_lists(
-    account: Account, names: Sequence[str], *, create: bool
-) -> dict[str, ContactList]:
+    backend: Backend, names: Sequence[str], *, create: bool
+) -> dict[str, ListInfo]:
     """Every user list of the account by name, after creating missing `names` if asked.
 
     Raises:
         ConfigError: see `check_lists`.
     """
-    existing, missing = await check_lists(account, names, create=create)
-    return await create_lists(account, existing, missing)
+    existing, missing = await check_lists(backend, names, create=create)
+    return await create_lists(backend, existing, missing)
 
 
-async def snapshot_members(account: Account) -> list[tuple[str, str]]:
+async def snapshot_members(backend: Backend) -> list[tuple[str, str]]:
     """(email, list name) for every member of every user list: the state before a run.
 
     Costs one request per 50 members of each list; the audit uses it to prove I1 for
     contacts the bulk path touched.
     """
     members: list[tuple[str, str]] = []
-    for item in await account.lists():
+    for item in await backend.lists():
         if not item.is_system:
-            members += [(m.email.lower(), item.name) async for m in account.list_members(item.key)]
+            members += [(email, item.name) async for email in backend.members(item.id)]
     return members
 
 
 async def migrate(
-    account: Account,
+    account: Account | Backend,
     source: Source,
     *,
     lists: Sequence[str] = (),
@@ -211,7 +220,7 @@ async def migrate(
     """Put every contact of `source` on its target lists, keeping every membership it has.
 
     Args:
-        account: an opened `Account`.
+        account: an opened `Account` (v1), or a `Backend` over an opened client.
         source: a CSV or JSON Lines path, or an (async) iterable of mappings.
         lists: list names every contact must be on (added to `config.lists`).
         config: the rest of the settings; defaults suit the real API.
@@ -237,7 +246,8 @@ async def migrate(
         FatalApiError: authentication, access, or quota; the journal and report hold what
             was done.
     """
-    config = config or MigrationConfig()
+    backend = as_backend(account)
+    config = (config or MigrationConfig()).for_backend(backend.capabilities)
     if lists:
         config = dataclasses.replace(config, lists=tuple(dict.fromkeys((*config.lists, *lists))))
     if snapshot and journal is None:
@@ -262,18 +272,18 @@ async def migrate(
     names = [*config.lists, *sorted(scan.list_names)]
     # Every check before the journal is created: a mistake (a list name, the account) must
     # not leave a journal behind that would refuse the corrected command.
-    await account.verify()
-    existing, missing = await check_lists(account, names, create=config.create_lists)
+    await backend.verify()
+    existing, missing = await check_lists(backend, names, create=config.create_lists)
     opened: Journal | None = None
     if journal is not None:
-        settings = {**_identity(config), "account": _account_identity(account)}
+        settings = {**_identity(config), "account": backend.identity}
         identity = journal_identity(scan.digest or "iterable", names, settings)
         opened = await Journal.open(journal, identity=identity, restart=restart)
     try:
-        by_name = await create_lists(account, existing, missing)
+        by_name = await create_lists(backend, existing, missing)
         if opened is not None and snapshot and not await opened.has_snapshot():
-            await opened.record_snapshot(await snapshot_members(account))
-        run = _Run(account, config, reader, stats, by_name, opened, stop or anyio.Event())
+            await opened.record_snapshot(await snapshot_members(backend))
+        run = _Run(backend, config, reader, stats, by_name, opened, stop or anyio.Event())
         result = await run.execute(report, grace, on_progress, on_outcome)
     except BaseException:
         if opened is not None:  # closed quietly: the first error is the one to tell
@@ -344,13 +354,6 @@ def _check_writable(report: str | Path | None, journal: str | Path | None) -> No
             ) from exc
 
 
-def _account_identity(account: Account) -> str:
-    """The account a journal belongs to: username and host (not the port: a local simulator
-    gets a new one at each start, and its account may be the same)."""
-    host = urlsplit(account.base_url).hostname or ""
-    return f"{account.credentials.username}@{host}"
-
-
 def _identity(config: MigrationConfig) -> dict[str, object]:
     """The settings that decide what a row means: part of the journal's key."""
     read = config.read
@@ -373,15 +376,15 @@ class _Run:
 
     def __init__(
         self,
-        account: Account,
+        backend: Backend,
         config: MigrationConfig,
         reader: SourceReader,
         stats: RunStats,
-        by_name: dict[str, ContactList],
+        by_name: dict[str, ListInfo],
         journal: Journal | None,
         stop: anyio.Event,
     ) -> None:
-        self.account = account
+        self.backend = backend
         self.config = config
         self.reader = reader
         self.stats = stats
@@ -399,8 +402,8 @@ class _Run:
         self.planner = Planner(
             planner_config, by_name, stop=stop, coalesced=reader.path is not None
         )
-        self.names = {c.key: n for n, c in by_name.items()}
-        self.started = (account.requests_sent, account.retries, account.governor.stats().throttles)
+        self.names = {c.id: n for n, c in by_name.items()}
+        self.started = backend.stats()
 
     def progress(
         self, queues: dict[str, MemoryObjectReceiveStream[object]], final: bool
@@ -408,8 +411,7 @@ class _Run:
         stats = self.stats
         for name, stream in queues.items():
             stats.stages[name].queued = stream.statistics().current_buffer_used  # type: ignore[index]
-        gov = self.account.governor.stats()
-        requests, retries, throttles = self.started
+        now_stats, started = self.backend.stats(), self.started
         elapsed = time.monotonic() - stats.started
         rows_done = sum(stats.outcomes.values()) + self.resumed_rows
         now = anyio.current_time()
@@ -420,10 +422,10 @@ class _Run:
             rows_done=rows_done,
             outcomes=dict(stats.outcomes),
             stages={k: (s.busy, s.queued) for k, s in stats.stages.items()},
-            requests=self.account.requests_sent - requests,
-            retries=self.account.retries - retries,
-            throttles=gov.throttles - throttles,
-            rate=gov.rate,
+            requests=now_stats.requests - started.requests,
+            retries=now_stats.retries - started.retries,
+            throttles=now_stats.throttles - started.throttles,
+            rate=now_stats.rate,
             activities=stats.activities,
             final=final,
             waiting=stats.waiting_now(now),
@@ -467,11 +469,11 @@ class _Run:
                 self.row_notes[item.email] = join_notes(earlier, *item.warnings)
             await send.send(item)
 
-    async def on_submitted(self, activity: Activity, batch: Batch) -> None:
+    async def on_submitted(self, activity: BulkActivity, batch: Batch) -> None:
         """Journal an activity as soon as its id is known, before it is relied on."""
         if self.journal is not None:
             await self.journal.activity_submitted(
-                activity.key, batch.targets, batch.contacts, activity.insert_time
+                activity.id, batch.targets, batch.contacts, activity.created
             )
 
     async def execute(
@@ -481,7 +483,7 @@ class _Run:
         on_progress: Callable[[Progress], None] | None,
         on_outcome: Callable[[Outcome], None] | None,
     ) -> MigrationReport:
-        config, stats, account = self.config, self.stats, self.account
+        config, stats, backend = self.config, self.stats, self.backend
         pending = await self.journal.pending_activities() if self.journal else []
         self.earlier_intents = (
             await self.journal.earlier_intents()
@@ -508,7 +510,7 @@ class _Run:
         send_writes, receive_writes = anyio.create_memory_object_stream[Write](0)
         send_outcomes, receive_outcomes = anyio.create_memory_object_stream[Outcome](size)
         bulk = BulkPath(
-            account,
+            backend,
             config,
             stats,
             send_contacts.clone(),
@@ -602,7 +604,7 @@ class _Run:
         await fetch_contacts(
             receive,
             send,
-            account=self.account,
+            backend=self.backend,
             send_outcomes=send_outcomes,
             stats=self.stats.stages["fetch"],
             limit=self.config.limits.fetch,
@@ -618,7 +620,7 @@ class _Run:
         await merge_lists(
             receive,
             send,
-            account=self.account,
+            backend=self.backend,
             send_outcomes=send_outcomes,
             skip_removed=self.config.skip_removed,
             stats=self.stats.stages["merge"],
@@ -636,7 +638,7 @@ class _Run:
             await put_contacts(
                 receive,
                 send,
-                account=self.account,
+                backend=self.backend,
                 skip_removed=self.config.skip_removed,
                 stats=self.stats.stages["put"],
                 stop=self.stop,
@@ -669,22 +671,21 @@ class _Run:
         )
 
     async def _summary(self, report_path: Path | None, bulk: BulkPath) -> MigrationReport:
-        stats, account = self.stats, self.account
+        stats, started, now_stats = self.stats, self.started, self.backend.stats()
         outcomes: dict[str, int] = {k: stats.outcomes.get(k, 0) for k in OUTCOMES}
         emails = stats.emails
         if self.journal is not None:
             counts, emails = await self.journal.counts()
             outcomes = {k: counts.get(k, 0) for k in OUTCOMES}
         rows = stats.rows_read
-        requests, retries, throttles = self.started
         return MigrationReport(
             rows=rows,
             emails=emails,
             outcomes=outcomes,
             merged_rows=max(0, sum(outcomes.values()) - emails),
-            requests=account.requests_sent - requests,
-            retries=account.retries - retries,
-            throttles=account.governor.stats().throttles - throttles,
+            requests=now_stats.requests - started.requests,
+            retries=now_stats.retries - started.retries,
+            throttles=now_stats.throttles - started.throttles,
             activities=stats.activities,
             polls=stats.polls,
             elapsed=time.monotonic() - stats.started,

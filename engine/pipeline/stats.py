@@ -12,7 +12,6 @@ from typing import Any, TypeVar
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from engine.api.codec import UnsafeMergeError
 from engine.errors import (
     ApiError,
     ConnectionLostError,
@@ -20,6 +19,7 @@ from engine.errors import (
     FatalApiError,
     QuotaExhaustedError,
     RetryableApiError,
+    UnsafeMergeError,
 )
 from engine.pipeline.models import Contact, Outcome, Stage
 

@@ -165,9 +165,9 @@ def test_tampering_is_reported_per_contact(
     assert status == 1, out
     assert "6 violation(s)" in out
     for email, name in lost_target.items():
-        assert f"{email}: missing targets {name} (status Active)" in out
+        assert f"{email}: missing targets {name} (status active)" in out
     for email, name in lost_before.items():
-        assert f"{email}: LOST lists {name} (status Active)" in out
+        assert f"{email}: LOST lists {name} (status active)" in out
 
 
 @pytest.mark.usefixtures("credentials")
@@ -188,7 +188,7 @@ def test_snapshot_proves_i1_for_the_bulk_path(
     assert status == 1, out
     assert "2 violation(s)" in out
     for email, name in victims.items():
-        assert f"{email}: LOST lists {name} (status Active)" in out
+        assert f"{email}: LOST lists {name} (status active)" in out
     assert NOTE not in out
 
 

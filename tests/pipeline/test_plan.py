@@ -14,21 +14,18 @@ from anyio.abc import TaskGroup
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from engine.api.activities import encode_add_contacts
-from engine.api.records import ContactList
+from engine.backend import V1_CAPABILITIES
+from engine.backend.protocol import ListInfo
 from engine.pipeline.config import MigrationConfig
 from engine.pipeline.models import Batch, Contact, Outcome, Rejected, SourceRow
 from engine.pipeline.plan import Planner, estimate_bytes
 from engine.pipeline.record import ReportWriter, record_outcomes
 from engine.pipeline.stats import RunStats
 
-LISTS = {
-    name: ContactList(
-        id=f"http://api.constantcontact.com/ws/customers/demo/lists/{key}", key=key, name=name
-    )
-    for key, name in (("1", "A"), ("2", "B"), ("3", "C"))
-}
-#: Planner settings of these tests: common list A, no linger (flushes are explicit).
-BASE = MigrationConfig(lists=("A",), linger=0)
+LISTS = {name: ListInfo(key, name) for key, name in (("1", "A"), ("2", "B"), ("3", "C"))}
+#: Planner settings of these tests: common list A, no linger (flushes are explicit), the
+#: v1 API's caps.
+BASE = MigrationConfig(lists=("A",), linger=0).for_backend(V1_CAPABILITIES)
 
 
 def row(line: int, email: str, *lists: str, **fields: str) -> SourceRow:
@@ -122,7 +119,7 @@ async def planning(config: MigrationConfig, *, record: bool = False) -> AsyncIte
 
 def targets_of(item: Contact | Batch) -> set[str]:
     """The list names a contact or batch targets."""
-    by_key = {c.key: n for n, c in LISTS.items()}
+    by_key = {c.id: n for n, c in LISTS.items()}
     return {by_key[k] for k in item.targets}
 
 
@@ -200,7 +197,10 @@ async def test_byte_cap_splits_batches() -> None:
         # Flushed as soon as the estimate crossed 90% of the cap, and the real body fits.
         assert sum(estimate_bytes(c) for c in batch.contacts[:-1]) < 9_000
         rows = [{"EmailAddress": c.email, **c.fields} for c in batch.contacts]
-        body = encode_add_contacts(rows, list(batch.targets.values()), fields=["Note"])
+        uris = [
+            f"http://api.constantcontact.com/ws/customers/demo/lists/{t}" for t in batch.targets
+        ]
+        body = encode_add_contacts(rows, uris, fields=["Note"])
         assert len(body) <= 10_000
 
 

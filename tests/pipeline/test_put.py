@@ -10,16 +10,19 @@ import pytest
 
 from engine.api import Account
 from engine.api.records import ContactEntry
+from engine.backend import ContactState, V1Backend
+from engine.backend.v1 import contact_state
 from engine.pipeline.merge import Write, decide
 from engine.pipeline.models import Contact
 from engine.pipeline.put import send_write
 from engine.simulator import RunningSimulator
 
-ID_BASE = "http://api.constantcontact.com/ws/customers/demo/lists/"
 
-
-def _write(contact: Contact, entry: ContactEntry, fetched_at: float) -> Write:
-    result = decide(contact, entry, skip_removed=False, fetched_at=fetched_at)
+async def _write(
+    backend: V1Backend, contact: Contact, state: ContactState, fetched_at: float
+) -> Write:
+    await backend.lists()  # the run reads the lists first: their ids are what writes send
+    result = decide(contact, state, backend=backend, skip_removed=False, fetched_at=fetched_at)
     assert isinstance(result, Write)
     return result
 
@@ -30,10 +33,10 @@ def _lists(sim: RunningSimulator, email: str) -> set[int]:
     return set(stored.lists)
 
 
-async def _fetch(account: Account, sim: RunningSimulator, email: str) -> ContactEntry:
+async def _fetch(account: Account, sim: RunningSimulator, email: str) -> ContactState:
     stored = sim.store.contact_by_email(email)
     assert stored is not None
-    return await account.get_contact(str(stored.id))
+    return contact_state(await account.get_contact(str(stored.id)))
 
 
 def _other_writer_adds(sim: RunningSimulator, email: str, list_id: int) -> None:
@@ -62,14 +65,16 @@ async def test_a_stale_entry_is_re_read_before_the_put(
     a, b, c = store.create_list("A"), store.create_list("B"), store.create_list("C")
     store.add_contact("jane@example.com", lists=[a])
     entry = await _fetch(account, simulator, "jane@example.com")
-    write = _write(
-        Contact("jane@example.com", {str(b): f"{ID_BASE}{b}"}, {}, [2]),
+    backend = V1Backend(account)
+    write = await _write(
+        backend,
+        Contact("jane@example.com", (str(b),), {}, [2]),
         entry,
         anyio.current_time() - age,
     )
     _other_writer_adds(simulator, "jane@example.com", c)
 
-    outcome = await send_write(write, account, skip_removed=False, verify=verify)
+    outcome = await send_write(write, backend, skip_removed=False, verify=verify)
 
     assert outcome.kind == "updated"
     assert _lists(simulator, "jane@example.com") == ({a, b, c} if kept else {a, b})
@@ -84,7 +89,8 @@ async def test_verify_all_re_applies_the_union_after_a_concurrent_stale_put(
     a, b, c = store.create_list("A"), store.create_list("B"), store.create_list("C")
     store.add_contact("jane@example.com", lists=[a])
     entry = await _fetch(account, simulator, "jane@example.com")
-    write = _write(Contact("jane@example.com", {str(b): f"{ID_BASE}{b}"}, {}, [2]), entry, 0.0)
+    backend = V1Backend(account)
+    write = await _write(backend, Contact("jane@example.com", (str(b),), {}, [2]), entry, 0.0)
     original: Callable[..., object] = Account.put_contact
     calls = 0
 
@@ -102,7 +108,7 @@ async def test_verify_all_re_applies_the_union_after_a_concurrent_stale_put(
 
     monkeypatch.setattr(Account, "put_contact", put_then_clobber)
 
-    outcome = await send_write(write, account, skip_removed=False, verify="all")
+    outcome = await send_write(write, backend, skip_removed=False, verify="all")
 
     assert outcome.kind == "updated"
     assert "concurrent write" in outcome.reason
