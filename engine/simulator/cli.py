@@ -3,6 +3,9 @@
 The command line is a public contract. On start it prints exactly one line to stdout,
 `serving <base URL> ca=<CA file>` (without ` ca=…` when TLS is off), and nothing else; logs go
 to stderr. The password and API key are never printed.
+
+`--api v3` runs the V3 simulator instead (`engine.simulator.v3.cli`), whose line is
+`serving <base URL> auth=<auth URL> ca=<CA file>`; the default is `--api v1`.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from pathlib import Path
 from .config import SimulatorConfig
 from .server import serve
 from .store import AccountStore
+from .v3 import cli as v3_cli
 
 __all__ = ["add_arguments", "main", "run"]
 
@@ -47,6 +51,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         parser: The (sub)parser of the `simulate` command.
     """
     defaults = SimulatorConfig()
+    parser.add_argument(
+        "--api",
+        choices=("v1", "v3"),
+        default="v1",
+        help="which API to simulate: the v1 XML API (default) or the V3 REST API",
+    )
     net = parser.add_argument_group("listening")
     net.add_argument("--host", default=defaults.host, help="address to bind (default %(default)s)")
     net.add_argument("--port", type=int, default=0, help="https port; 0 picks a free one")
@@ -104,7 +114,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     faults.add_argument("--seed", type=int, default=defaults.seed)
 
     bulk = parser.add_argument_group("activities")
-    bulk.add_argument("--activity-delay", type=_non_negative, default=defaults.activity_delay)
+    bulk.add_argument(
+        "--activity-delay",
+        type=_non_negative,
+        default=None,
+        help=f"mean seconds to an activity's end (default {defaults.activity_delay}; v3: "
+        "seconds to processing, default 2)",
+    )
     bulk.add_argument("--activity-jitter", type=_probability, default=defaults.activity_jitter)
     bulk.add_argument("--activity-error-rate", type=_probability, default=0.0)
     bulk.add_argument(
@@ -129,6 +145,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "response has it; default: the namespaced form of the lists feed)",
     )
     variants.add_argument("--no-location-headers", action="store_true")
+
+    v3_cli.add_arguments(parser)
 
 
 def config_from_args(args: argparse.Namespace) -> SimulatorConfig:
@@ -159,7 +177,9 @@ def config_from_args(args: argparse.Namespace) -> SimulatorConfig:
         search_miss_500=args.search_miss_500,
         lose_answer_rate=args.lose_answer_rate,
         seed=args.seed,
-        activity_delay=args.activity_delay,
+        activity_delay=(
+            SimulatorConfig().activity_delay if args.activity_delay is None else args.activity_delay
+        ),
         activity_jitter=args.activity_jitter,
         activity_error_rate=args.activity_error_rate,
         unfinished_activities=args.unfinished_activities,
@@ -232,6 +252,8 @@ def run(args: argparse.Namespace) -> int:
     Returns:
         The exit status: 0 after a clean stop, 2 for an invalid setting or state file.
     """
+    if getattr(args, "api", "v1") == "v3":
+        return v3_cli.run(args)
     if not logging.getLogger().handlers:
         logging.basicConfig(
             stream=sys.stderr, level=logging.INFO, format="%(levelname)s %(message)s"
@@ -271,7 +293,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         The exit status.
     """
     parser = argparse.ArgumentParser(
-        prog="engine-simulate", description="Run the Constant Contact v1 API simulator."
+        prog="engine-simulate",
+        description="Run the Constant Contact v1 (or, with --api v3, V3) API simulator.",
     )
     add_arguments(parser)
     return run(parser.parse_args(argv))

@@ -19,7 +19,7 @@ from .app import STORE_KEY, create_app
 from .config import SimulatorConfig
 from .store import AccountStore
 
-__all__ = ["RunningSimulator", "serve"]
+__all__ = ["RunningSimulator", "serve", "server_tls"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,6 +108,25 @@ def _server_tls(host: str, ca_dir: Path, *, keep: bool = False) -> tuple[ssl.SSL
     return context, ca_path
 
 
+def server_tls(
+    stack: contextlib.ExitStack, host: str, tls: bool, ca_dir: Path | None
+) -> tuple[ssl.SSLContext | None, Path | None]:
+    """The server's TLS context and the CA file clients trust, for either simulator.
+
+    Args:
+        stack: Owns the temporary CA folder (removed when it closes) when `ca_dir` is `None`.
+        host: The address served, named in the certificate besides the loopback names.
+        tls: `False` gives `(None, None)`: plain http.
+        ca_dir: The folder of a kept CA (made there the first time), or `None`.
+    """
+    if not tls:
+        return None, None
+    if ca_dir is not None:
+        return _server_tls(host, Path(ca_dir), keep=True)
+    tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="ctct-sim-"))
+    return _server_tls(host, Path(tmp), keep=False)
+
+
 @asynccontextmanager
 async def serve(
     config: SimulatorConfig, store: AccountStore | None = None
@@ -130,17 +149,7 @@ async def serve(
     await runner.setup()
     with contextlib.ExitStack() as stack:
         try:
-            ca_path: Path | None = None
-            ssl_context: ssl.SSLContext | None = None
-            if config.tls:
-                if config.ca_dir is not None:
-                    ca_dir = Path(config.ca_dir)
-                else:
-                    tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="ctct-sim-"))
-                    ca_dir = Path(tmp)
-                ssl_context, ca_path = _server_tls(
-                    config.host, ca_dir, keep=config.ca_dir is not None
-                )
+            ssl_context, ca_path = server_tls(stack, config.host, config.tls, config.ca_dir)
             sock = stack.enter_context(_bind(config.host, config.port))
             await web.SockSite(runner, sock, ssl_context=ssl_context).start()
             host = _url_host(config.host)
