@@ -25,8 +25,8 @@ import aiohttp
 import anyio
 from yarl import URL
 
-from engine.api import Account, Credentials, RateGovernor, RetryPolicy
-from engine.api.client import _Answer
+from engine.backend.v1 import Account, Credentials, RateGovernor, RetryPolicy
+from engine.backend.v1.client import _Answer
 from engine.pipeline.config import MigrationConfig, StageLimits
 from engine.pipeline.read import ReadOptions
 from engine.pipeline.run import migrate

@@ -21,11 +21,11 @@ import random
 import tempfile
 from pathlib import Path
 
-from engine.api import Account, Credentials, RateGovernor
+from engine.backend.v1 import Account, Credentials, RateGovernor
 from engine.pipeline.config import MigrationConfig
 from engine.pipeline.run import migrate
 from engine.simulator import AccountStore, SimulatorConfig, serve
-from engine.simulator.store import ContactInput
+from engine.simulator.v1.store import ContactInput
 
 __all__ = ["measure"]
 

@@ -5,13 +5,13 @@ without ever removing a membership they already have.
         report = await migrate(account, "contacts.csv", lists=["Newsletter"])
 """
 
-from engine.api import (
+from engine.audit import AuditFinding, AuditReport, audit
+from engine.backend.v1 import (
     Account,
     Credentials,
     RateGovernor,
     RetryPolicy,
 )
-from engine.audit import AuditFinding, AuditReport, audit
 from engine.errors import (
     ApiError,
     ConfigError,

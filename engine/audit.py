@@ -21,9 +21,9 @@ from pathlib import Path
 
 import anyio.to_thread
 
-from engine.api.client import Account
 from engine.backend import as_backend
 from engine.backend.protocol import Backend, ContactState
+from engine.backend.v1.client import Account
 from engine.errors import SourceError
 
 __all__ = ["AuditFinding", "AuditReport", "audit"]

@@ -23,8 +23,8 @@ from typing import Any
 
 import anyio
 
-from engine.api import Account, Credentials, RateGovernor, RetryPolicy
 from engine.audit import audit
+from engine.backend.v1 import Account, Credentials, RateGovernor, RetryPolicy
 from engine.errors import (
     AccessDeniedError,
     AuthenticationError,

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from engine.api.client import Account
+from engine.backend.v1.client import Account
 from engine.simulator import AccountStore, SimulatorConfig
 
 __all__ = ["CopySummary", "copy_account"]

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from engine.api import Account, Credentials, RateGovernor, RetryPolicy
+from engine.backend.v1 import Account, Credentials, RateGovernor, RetryPolicy
 from engine.pipeline.config import MigrationConfig
 from engine.pipeline.read import ReadOptions
 from engine.pipeline.run import migrate

@@ -176,7 +176,8 @@ class Intent:
     """A write an earlier run was about to send (journaled before it was sent).
 
     Attributes:
-        kind: "created" (a POST) or "updated" (a PUT).
+        kind: "created" (a create), "updated" (an update) or "bulk_added" (a bulk activity,
+            posted before its id could be journaled).
         lists_before: the list keys the contact was on before that write.
         lists_added: the list keys the write added.
     """
@@ -575,9 +576,18 @@ class Journal:
         lists it was on *after* the write as "before". Commits are grouped: writes waiting
         at the same moment share one transaction.
         """
-        self._intents.append(
-            (email, kind, json.dumps(sorted(lists_before)), json.dumps(list(lists_added)), self.run)
-        )
+        await self.intend_many([(email, kind, lists_before, lists_added)])
+
+    async def intend_many(
+        self, writes: Iterable[tuple[str, str, Iterable[str], Iterable[str]]]
+    ) -> None:
+        """`intend` for many contacts at once, in one commit: (email, kind, lists before,
+        lists added) each; a bulk activity's contacts, before it is posted, are
+        `bulk_added` with no lists before (none were read)."""
+        self._intents += [
+            (email, kind, json.dumps(sorted(before)), json.dumps(list(added)), self.run)
+            for email, kind, before, added in writes
+        ]
         async with self._intent_lock:
             if self._intent_error is not None:
                 # A commit failed (a full disk), ours perhaps with it: the write must not go.

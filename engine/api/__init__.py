@@ -1,17 +1,23 @@
-"""The Constant Contact v1 API layer: client, XML codec, activity encoding, retries, rate."""
+"""The v1 API's public names, where they were before the backend seam (`engine.backend.v1`
+holds them now, `engine.backend` the governor and the retry policy both APIs share)."""
 
-from engine.api.activities import ActivityTooLargeError, encode_add_contacts
-from engine.api.client import Account, Credentials, classify
-from engine.api.governor import GovernorStats, RateGovernor
-from engine.api.records import (
+from engine.backend.v1 import (
+    Account,
     Activity,
     ActivityError,
+    ActivityTooLargeError,
     ContactEntry,
     ContactList,
     ContactSummary,
+    Credentials,
+    GovernorStats,
     ListMember,
+    RateGovernor,
+    RetryPolicy,
+    classify,
+    codec,
+    encode_add_contacts,
 )
-from engine.api.retry import RetryPolicy
 
 __all__ = [
     "Account",
@@ -27,5 +33,6 @@ __all__ = [
     "RateGovernor",
     "RetryPolicy",
     "classify",
+    "codec",
     "encode_add_contacts",
 ]

@@ -2,10 +2,10 @@
 
 `protocol` holds the neutral records and the `Backend` protocol the pipeline, the journal, the
 audit and the dry run are written against; each dialect implements it in its own module
-(`v1`: the legacy XML API over `engine.api`).
+(`v1/`: the legacy XML API, its client and `V1Backend`). `governor` and `retry` are
+shared by both APIs.
 """
 
-from engine.api.client import Account
 from engine.backend.protocol import (
     Backend,
     BackendStats,
@@ -20,6 +20,7 @@ from engine.backend.protocol import (
     ListWrite,
 )
 from engine.backend.v1 import V1_CAPABILITIES, V1Backend
+from engine.backend.v1.client import Account
 
 
 def as_backend(api: Account | Backend) -> Backend:

@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol, runtime_checkable
 
-from engine.api.retry import RetryPolicy
+from engine.backend.retry import RetryPolicy
 from engine.errors import RetryableApiError
 
 __all__ = [

@@ -34,8 +34,8 @@ from collections.abc import Awaitable, Callable, Collection, Sequence
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from engine.api.retry import SINGLE_ATTEMPT
 from engine.backend.protocol import Backend, BulkActivity, ContactRef, ContactState
+from engine.backend.retry import SINGLE_ATTEMPT
 from engine.crashpoints import crash_point
 from engine.errors import (
     ActivityTooLargeError,
@@ -94,6 +94,9 @@ class BulkPath:
         send_contacts: the per-contact path's input, for fallbacks.
         on_submitted: called with each activity and its batch as soon as its id is known.
         stop: set when the run is stopping: no more activities are submitted.
+        intend: awaited with each activity's contacts and targets before it is posted (the
+            journal's record of a write about to go, for a run killed before it learns the
+            activity's id).
     """
 
     def __init__(
@@ -104,8 +107,10 @@ class BulkPath:
         send_contacts: MemoryObjectSendStream[Contact],
         on_submitted: Callable[[BulkActivity, Batch], Awaitable[None]] | None = None,
         stop: anyio.Event | None = None,
+        intend: Callable[[Batch], Awaitable[None]] | None = None,
     ) -> None:
         self.backend = backend
+        self._intend = intend
         self.config = config
         self.stats = stats
         self._send_contacts = send_contacts
@@ -418,6 +423,8 @@ class BulkPath:
             ]
         if self._stop is not None and self._stop.is_set():
             raise _Stopped
+        if self._intend is not None:
+            await self._intend(Batch(contacts, targets))
         activity = await self._post_activity(request)
         self.stats.activities += 1
         crash_point("activity-submitted")

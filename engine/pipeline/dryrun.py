@@ -33,9 +33,9 @@ from dataclasses import dataclass
 
 import anyio
 
-from engine.api.client import Account
 from engine.backend import as_backend
 from engine.backend.protocol import Backend, ContactRef, ContactState, ListInfo
+from engine.backend.v1.client import Account
 from engine.errors import ConfigError
 from engine.pipeline.bulk import field_groups
 from engine.pipeline.config import MigrationConfig

@@ -10,8 +10,8 @@ from collections.abc import Awaitable, Callable, Iterable
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from engine.api.retry import SINGLE_ATTEMPT
 from engine.backend.protocol import Backend, ContactState
+from engine.backend.retry import SINGLE_ATTEMPT
 from engine.crashpoints import crash_point
 from engine.errors import ConflictError, RetryableApiError
 from engine.pipeline.merge import Write, decide

@@ -153,16 +153,22 @@ def _settled(
 def _with_intent(outcome: Outcome, intent: Intent) -> Outcome:
     """The outcome of a contact whose write an earlier run sent but never recorded."""
     before = intent.lists_before
+    bulk = intent.kind == "bulk_added"
     if outcome.kind == "unchanged":  # that write was applied: it is what happened
-        note = "its write was sent by an earlier run, stopped before recording it"
-        kind = intent.kind
+        note = (
+            "its activity was posted by an earlier run, stopped before recording it"
+            if bulk
+            else "its write was sent by an earlier run, stopped before recording it"
+        )
         return dataclasses.replace(
             outcome,
-            kind=kind,  # type: ignore[arg-type]
+            kind=intent.kind,  # type: ignore[arg-type]
             lists_added=intent.lists_added,
-            lists_before=before,
+            lists_before=None if bulk else before,  # an activity reads nothing first
             note=join_notes(outcome.note, note),
         )
+    if bulk:  # its activity may not have run: this run's own read stands
+        return outcome
     if outcome.lists_before is not None:  # before the engine's writes: the earlier run's read
         return dataclasses.replace(outcome, lists_before=before)
     return outcome

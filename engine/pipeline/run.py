@@ -26,9 +26,9 @@ from pathlib import Path
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from engine.api.client import Account
 from engine.backend import as_backend
 from engine.backend.protocol import Backend, BulkActivity, ListInfo
+from engine.backend.v1.client import Account
 from engine.crashpoints import crash_point
 from engine.errors import (
     ConfigError,
@@ -469,6 +469,14 @@ class _Run:
                 self.row_notes[item.email] = join_notes(earlier, *item.warnings)
             await send.send(item)
 
+    async def intend_activity(self, batch: Batch) -> None:
+        """Journal an activity's contacts before it is posted: a run killed after the POST
+        but before its id is journaled leaves them as writes that may have been applied."""
+        if self.journal is not None:
+            await self.journal.intend_many(
+                (c.email, "bulk_added", (), batch.targets) for c in batch.contacts
+            )
+
     async def on_submitted(self, activity: BulkActivity, batch: Batch) -> None:
         """Journal an activity as soon as its id is known, before it is relied on."""
         if self.journal is not None:
@@ -516,6 +524,7 @@ class _Run:
             send_contacts.clone(),
             on_submitted=self.on_submitted,
             stop=self.stop,
+            intend=self.intend_activity,
         )
         queues: dict[str, MemoryObjectReceiveStream[object]] = {
             "read": receive_rows,

@@ -1,15 +1,16 @@
-"""A faithful local simulator of the retired Constant Contact v1 XML API.
+"""Faithful local simulators of Constant Contact's APIs, one folder per dialect.
 
-`serve(config)` runs it on real sockets (https with a private CA); `create_app(config)` builds
-the bare aiohttp application; `AccountStore` is the account it serves, for seeding and
-inspection.
+`v1/` simulates the retired v1 XML API and `v3/` today's V3 REST API with its OAuth2 server;
+`_server` (sockets, https from a private CA) and `testing` (helpers for tests that serve a
+simulator from a thread) are shared, and `cli` runs either (`simulate --api v1|v3`).
+
+The v1 names stay here, as before: `serve(config)` runs it on real sockets (https with a
+private CA); `create_app(config)` builds the bare aiohttp application; `AccountStore` is the
+account it serves, for seeding and inspection.
 """
 
 from __future__ import annotations
 
-from .app import create_app
-from .config import SimulatorConfig
-from .server import RunningSimulator, serve
-from .store import AccountStore
+from .v1 import AccountStore, RunningSimulator, SimulatorConfig, create_app, serve
 
 __all__ = ["AccountStore", "RunningSimulator", "SimulatorConfig", "create_app", "serve"]

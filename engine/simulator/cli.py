@@ -20,9 +20,9 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from .config import SimulatorConfig
-from .server import serve
-from .store import AccountStore
+from .v1.config import SimulatorConfig
+from .v1.server import serve
+from .v1.store import AccountStore
 from .v3 import cli as v3_cli
 
 __all__ = ["add_arguments", "main", "run"]

@@ -18,9 +18,9 @@ from contextlib import AbstractAsyncContextManager, contextmanager
 from typing import Any, TypeVar
 
 from . import v3
-from .config import SimulatorConfig
-from .server import RunningSimulator, serve
-from .store import AccountStore
+from .v1.config import SimulatorConfig
+from .v1.server import RunningSimulator, serve
+from .v1.store import AccountStore
 
 __all__ = ["read_stats", "serve_in_thread", "serve_v3_in_thread"]
 

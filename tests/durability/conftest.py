@@ -31,11 +31,11 @@ from typing import Any
 import aiohttp
 
 from engine.simulator import AccountStore, RunningSimulator, SimulatorConfig
-from engine.simulator.store import ContactInput
 from engine.simulator.testing import (  # re-exported for the test modules
     read_stats as sim_stats_sync,  # noqa: F401
     serve_in_thread as simulator_in_thread,  # noqa: F401
 )
+from engine.simulator.v1.store import ContactInput
 
 USERNAME = "durable"
 API_KEY = "dur-key-5e1"

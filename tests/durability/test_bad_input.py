@@ -15,7 +15,7 @@ import pytest
 
 from engine.cli import main
 from engine.simulator import AccountStore, RunningSimulator, SimulatorConfig
-from engine.simulator.store import StoredActivity
+from engine.simulator.v1.store import StoredActivity
 
 from .conftest import (
     API_KEY,

@@ -193,6 +193,26 @@ def test_killed_run_resumes_to_the_same_account(
     assert writes <= uninterrupted + EXTRA_WRITES_PER_KILL * crash.kills
 
 
+@pytest.mark.timeout(240)
+def test_an_activity_posted_but_not_journaled_is_not_called_unchanged(
+    scenario: Scenario, tmp_path: Path
+) -> None:
+    """Killed after an activity's POST, before its id is journaled, then resumed contact by
+    contact: the contacts that activity added are `bulk_added`, not `unchanged` (I3)."""
+    report = tmp_path / "report.jsonl"
+    with simulator_process(tmp_path / "sim", scenario.seed, *SIM_FAST) as sim:
+        args = scenario.migrate_args(sim, report)
+        assert run_engine(args, crash_at="activity-submitted:1").killed
+        time.sleep(1.0)  # the simulator finishes the activity the engine never journaled
+        final = run_engine([*args, "--no-bulk"])
+        after = sim.stop()
+    assert final.returncode == 1, final.output
+    lines = check_migration(scenario, after, report)
+    noted = [line for line in lines if "posted by an earlier run" in line.get("note", "")]
+    assert noted, "no contact was settled from the unjournaled activity"
+    assert {line["outcome"] for line in noted} == {"bulk_added"}
+
+
 def test_restart_starts_over(scenario: Scenario, tmp_path: Path) -> None:
     """--restart after a kill deletes the journal, plans every row again; the account converges."""
     report = tmp_path / "report.jsonl"

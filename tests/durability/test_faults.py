@@ -17,13 +17,13 @@ from typing import Any
 import anyio
 import pytest
 
-from engine.api import Account, Credentials, RateGovernor, RetryPolicy
-from engine.api.records import ContactEntry
+from engine.backend.v1 import Account, Credentials, RateGovernor, RetryPolicy
+from engine.backend.v1.records import ContactEntry
 from engine.cli import main
 from engine.pipeline.config import MigrationConfig
 from engine.pipeline.run import MigrationReport, migrate
 from engine.simulator import AccountStore, RunningSimulator, SimulatorConfig, serve
-from engine.simulator._xml import Renderer
+from engine.simulator.v1._xml import Renderer
 
 from .conftest import (
     API_KEY,

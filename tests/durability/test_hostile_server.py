@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
-from engine.api import Account, Credentials, RateGovernor, RetryPolicy
+from engine.backend.v1 import Account, Credentials, RateGovernor, RetryPolicy
 from engine.errors import MalformedResponseError
 from engine.pipeline.config import MigrationConfig
 from engine.pipeline.run import migrate

@@ -22,7 +22,7 @@ from engine.pipeline.config import MigrationConfig
 from engine.pipeline.run import MigrationReport, migrate
 from engine.pipeline.stats import Progress
 from engine.simulator import AccountStore, serve
-from engine.simulator.store import StoredActivity, StoredContact, StoreError
+from engine.simulator.v1.store import StoredActivity, StoredContact, StoreError
 
 from .conftest import Scenario, build_scenario, check_migration, memberships, read_report
 from .test_faults import CONFIG, new_account, sim_config
@@ -264,7 +264,7 @@ async def test_a_probed_contact_that_cannot_be_read_does_not_stop_the_run(
         # The first read of a contact of the bulk sets (g…) is the probe's.
         if contact.email.startswith("g") and not hidden:
             hidden.append(contact_id)
-            from engine.simulator.store import NotFound
+            from engine.simulator.v1.store import NotFound
 
             raise NotFound(f"Contact {contact_id} does not exist")
         return contact

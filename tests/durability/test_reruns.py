@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.api import Account, Credentials, RateGovernor, RetryPolicy
+from engine.backend.v1 import Account, Credentials, RateGovernor, RetryPolicy
 from engine.cli import main
 from engine.simulator import AccountStore, RunningSimulator
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
-from engine.api import Account, Credentials, RateGovernor, RetryPolicy
+from engine.backend.v1 import Account, Credentials, RateGovernor, RetryPolicy
 from engine.errors import AuthenticationError, ConfigError, ConnectionLostError, FatalApiError
 from engine.simulator import AccountStore, SimulatorConfig, serve
 

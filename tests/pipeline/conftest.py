@@ -16,17 +16,17 @@ from typing import Any
 import aiohttp
 import pytest
 
-import engine.simulator.app as sim_app
-from engine.api import Account, Credentials, RateGovernor, RetryPolicy
+import engine.simulator.v1.app as sim_app
+from engine.backend.v1 import Account, Credentials, RateGovernor, RetryPolicy
 from engine.pipeline.config import MigrationConfig
 from engine.pipeline.run import MigrationReport
 from engine.simulator import AccountStore, RunningSimulator
-from engine.simulator._xml import read_contact
-from engine.simulator.store import ContactInput, StoredActivity, StoredContact
 from engine.simulator.testing import (  # re-exported for the test modules
     read_stats as sim_stats_sync,  # noqa: F401
     serve_in_thread as simulator_in_thread,  # noqa: F401
 )
+from engine.simulator.v1._xml import read_contact
+from engine.simulator.v1.store import ContactInput, StoredActivity, StoredContact
 
 #: Outcomes that mean "the contact is on its target lists now".
 SUCCESSES = frozenset({"created", "updated", "unchanged", "bulk_added"})

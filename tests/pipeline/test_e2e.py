@@ -14,7 +14,7 @@ from typing import Any
 import anyio
 import pytest
 
-from engine.api import Account, codec
+from engine.backend.v1 import Account, codec
 from engine.errors import AuthenticationError, ConfigError, QuotaExhaustedError
 from engine.pipeline.config import MigrationConfig
 from engine.pipeline.models import Outcome

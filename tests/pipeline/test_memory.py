@@ -13,7 +13,7 @@ from typing import Any
 import anyio
 import pytest
 
-from engine.api import Account
+from engine.backend.v1 import Account
 from engine.pipeline.config import MigrationConfig
 from engine.pipeline.read import SourceReader
 from engine.pipeline.run import migrate

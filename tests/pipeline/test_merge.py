@@ -6,16 +6,15 @@ from typing import Any
 
 import pytest
 
-from engine.api import Account, Credentials
-from engine.api.codec import parse_contact_entry
-from engine.api.records import ContactEntry, ContactList
 from engine.backend import ContactState, V1Backend
-from engine.backend.v1 import contact_state
+from engine.backend.v1 import Account, Credentials, contact_state
+from engine.backend.v1.codec import parse_contact_entry
+from engine.backend.v1.records import ContactEntry, ContactList
 from engine.pipeline import merge
 from engine.pipeline.merge import Write
 from engine.pipeline.models import Contact, Outcome
 from engine.simulator import AccountStore
-from engine.simulator._xml import Renderer
+from engine.simulator.v1._xml import Renderer
 
 ID_BASE = "http://api.constantcontact.com/ws/customers/demo/lists/"
 

@@ -13,9 +13,9 @@ import pytest
 from anyio.abc import TaskGroup
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from engine.api.activities import encode_add_contacts
 from engine.backend import V1_CAPABILITIES
 from engine.backend.protocol import ListInfo
+from engine.backend.v1.activities import encode_add_contacts
 from engine.pipeline.config import MigrationConfig
 from engine.pipeline.models import Batch, Contact, Outcome, Rejected, SourceRow
 from engine.pipeline.plan import Planner, estimate_bytes

@@ -8,10 +8,9 @@ from collections.abc import Callable
 import anyio
 import pytest
 
-from engine.api import Account
-from engine.api.records import ContactEntry
 from engine.backend import ContactState, V1Backend
-from engine.backend.v1 import contact_state
+from engine.backend.v1 import Account, contact_state
+from engine.backend.v1.records import ContactEntry
 from engine.pipeline.merge import Write, decide
 from engine.pipeline.models import Contact
 from engine.pipeline.put import send_write

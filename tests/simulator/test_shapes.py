@@ -182,7 +182,7 @@ async def test_a_single_list_entry_carries_the_namespace_and_id_by_default(
 ) -> None:
     """`GET lists/{id}` answers `atom:content/ns:ContactList` with the v1 namespace and the id,
     as the lists feed does; the engine's parser reads it."""
-    from engine.api.codec import parse_list_entry
+    from engine.backend.v1.codec import parse_list_entry
 
     list_id = simulator.store.create_list("News")
     text = await getter(f"lists/{list_id}")(sim_session)

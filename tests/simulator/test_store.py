@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from engine.simulator import AccountStore, SimulatorConfig
-from engine.simulator.store import (
+from engine.simulator.v1.store import (
     BadRequest,
     Conflict,
     ContactInput,

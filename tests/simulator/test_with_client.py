@@ -11,8 +11,8 @@ from contextlib import asynccontextmanager
 import anyio
 import pytest
 
-from engine.api import Account, Credentials, RateGovernor, RetryPolicy, encode_add_contacts
-from engine.api.codec import merge_contact_lists
+from engine.backend.v1 import Account, Credentials, RateGovernor, RetryPolicy, encode_add_contacts
+from engine.backend.v1.codec import merge_contact_lists
 from engine.errors import (
     AccessDeniedError,
     AuthenticationError,

@@ -32,7 +32,7 @@ from urllib.parse import urlencode
 
 from aiohttp import web
 
-from ..app import Stats
+from .._shared import Stats
 from ._json import (
     ApiError,
     BadRequest,

@@ -10,8 +10,8 @@ from pathlib import Path
 
 from aiohttp import web
 
-# The v1 server's socket and URL helpers: one copy of the listening code for both dialects.
-from ..server import _bind, _url_host, server_tls
+# The shared socket, URL and TLS helpers: one copy of the listening code for both dialects.
+from .._server import bind, server_tls, url_host
 from .app import AUTH_PREFIX, STORE_KEY, create_app
 from .config import SimulatorConfig
 from .oauth import TokenSet
@@ -100,10 +100,10 @@ async def serve(
     with contextlib.ExitStack() as stack:
         try:
             ssl_context, ca_path = server_tls(stack, config.host, config.tls, config.ca_dir)
-            sock = stack.enter_context(_bind(config.host, config.port))
+            sock = stack.enter_context(bind(config.host, config.port))
             await web.SockSite(runner, sock, ssl_context=ssl_context).start()
             scheme = "https" if config.tls else "http"
-            origin = f"{scheme}://{_url_host(config.host)}:{sock.getsockname()[1]}"
+            origin = f"{scheme}://{url_host(config.host)}:{sock.getsockname()[1]}"
             yield RunningSimulator(
                 base_url=f"{origin}/v3/",
                 auth_url=origin + AUTH_PREFIX,

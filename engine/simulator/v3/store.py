@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from ..store import AccountStore as _V1Store
+from .._shared import save_json
 from ._json import (
     ApiError,
     BadRequest,
@@ -1608,7 +1608,7 @@ class AccountStore:
     def save_json(data: Mapping[str, Any], path: str | os.PathLike[str]) -> None:
         """Write `to_json` output atomically (temporary file, fsync, rename); callable from a
         worker thread with a snapshot taken in the event loop."""
-        _V1Store.save_json(data, path)
+        save_json(data, path)
 
     @classmethod
     def load(

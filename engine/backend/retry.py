@@ -29,7 +29,7 @@ from engine.errors import ConfigError, RetryableApiError, ThrottledError
 
 __all__ = ["SINGLE_ATTEMPT", "RetryPolicy"]
 
-log = logging.getLogger("engine.api")
+log = logging.getLogger("engine.backend")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

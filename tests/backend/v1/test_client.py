@@ -19,8 +19,8 @@ from aiohttp.test_utils import TestServer
 from aioresponses import CallbackResult, aioresponses
 from yarl import URL
 
-from engine.api import Account, Credentials, RetryPolicy, classify, encode_add_contacts
-from engine.api.codec import ATOM_NS, CTCT_NS, merge_contact_lists, parse_contact_entry
+from engine.backend.v1 import Account, Credentials, RetryPolicy, classify, encode_add_contacts
+from engine.backend.v1.codec import ATOM_NS, CTCT_NS, merge_contact_lists, parse_contact_entry
 from engine.errors import (
     AccessDeniedError,
     ApiError,

@@ -27,8 +27,8 @@ from xml.sax.saxutils import escape, quoteattr, unescape
 
 import xmltodict
 
-from engine.api.activities import COLUMN_NAMES
-from engine.api.records import (
+from engine.backend.v1.activities import COLUMN_NAMES
+from engine.backend.v1.records import (
     Activity,
     ActivityError,
     ContactEntry,

@@ -1,4 +1,4 @@
-"""`V1Backend`: the `Backend` protocol over the v1 XML client (`engine.api.Account`).
+"""`V1Backend`: the `Backend` protocol over the v1 XML client (`Account`).
 
 Everything the v1 dialect says its own way is translated here and nowhere else: list ids are
 URIs on the wire and their last path segment here; `Do Not Mail` is `opted_out`; a contact's
@@ -13,17 +13,6 @@ import logging
 from collections.abc import AsyncIterator, Mapping, Sequence
 from urllib.parse import urlsplit
 
-from engine.api.activities import (
-    COLUMN_NAMES,
-    MAX_ACTIVITY_BYTES,
-    MAX_ACTIVITY_ROWS,
-    encode_add_contacts,
-    line_number,
-)
-from engine.api.client import SEARCH_BATCH, Account
-from engine.api.codec import merge_contact_lists
-from engine.api.records import Activity, ContactEntry, ContactList, ContactSummary, uri_key
-from engine.api.retry import RetryPolicy
 from engine.backend.protocol import (
     ActivityState,
     BackendStats,
@@ -37,6 +26,17 @@ from engine.backend.protocol import (
     ListInfo,
     ListWrite,
 )
+from engine.backend.retry import RetryPolicy
+from engine.backend.v1.activities import (
+    COLUMN_NAMES,
+    MAX_ACTIVITY_BYTES,
+    MAX_ACTIVITY_ROWS,
+    encode_add_contacts,
+    line_number,
+)
+from engine.backend.v1.client import SEARCH_BATCH, Account
+from engine.backend.v1.codec import merge_contact_lists
+from engine.backend.v1.records import Activity, ContactEntry, ContactList, ContactSummary, uri_key
 from engine.errors import RetryableApiError
 
 __all__ = ["V1_CAPABILITIES", "V1Backend"]

@@ -7,8 +7,8 @@ from xml.etree import ElementTree
 
 import pytest
 
-from engine.api import codec
-from engine.api.codec import (
+from engine.backend.v1 import codec
+from engine.backend.v1.codec import (
     CTCT_NS,
     UnsafeMergeError,
     build_contact_entry,
@@ -22,7 +22,7 @@ from engine.api.codec import (
     parse_members_page,
     parse_service_document,
 )
-from engine.api.records import Page
+from engine.backend.v1.records import Page
 from engine.errors import MalformedResponseError
 
 Captured = Callable[[str], bytes]

@@ -8,7 +8,7 @@ from urllib.parse import parse_qs
 
 import pytest
 
-from engine.api.activities import (
+from engine.backend.v1.activities import (
     COLUMN_NAMES,
     ActivityTooLargeError,
     encode_add_contacts,

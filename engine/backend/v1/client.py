@@ -31,9 +31,10 @@ import aiohttp
 from multidict import CIMultiDictProxy
 from yarl import URL
 
-from engine.api import codec
-from engine.api.governor import RateGovernor
-from engine.api.records import (
+from engine.backend.governor import RateGovernor
+from engine.backend.retry import RetryPolicy
+from engine.backend.v1 import codec
+from engine.backend.v1.records import (
     Activity,
     ContactEntry,
     ContactList,
@@ -42,7 +43,6 @@ from engine.api.records import (
     Page,
     uri_key,
 )
-from engine.api.retry import RetryPolicy
 from engine.errors import (
     AccessDeniedError,
     ApiError,
@@ -65,7 +65,7 @@ from engine.errors import (
 
 __all__ = ["DEFAULT_HOST", "Account", "Credentials", "RequestKind", "classify"]
 
-log = logging.getLogger("engine.api")
+log = logging.getLogger("engine.backend.v1")
 
 DEFAULT_HOST = "https://api.constantcontact.com"
 SEARCH_BATCH = 50  # emails per `?email=` search (API doc §4.2)

@@ -25,7 +25,6 @@ import math
 import random
 import re
 import time
-from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from html import escape as html_escape
@@ -35,6 +34,7 @@ from urllib.parse import urlencode
 from aiohttp import web
 from aiohttp.web_request import FileField
 
+from .._shared import Stats
 from ._xml import FeedLinks, Renderer, XmlBodyError, read_contact, read_list
 from .config import SimulatorConfig
 from .store import SYSTEM_LISTS, AccountStore, BadRequest, Forbidden, StoredList, StoreError
@@ -84,40 +84,6 @@ def _apache_forbidden(path: str) -> web.Response:
 
 # ---------------------------------------------------------------------------------------------
 # Shared state.
-
-
-class Stats:
-    """Request counters by route pattern and by status (served at `/_sim/stats`)."""
-
-    def __init__(self) -> None:
-        self.total = 0
-        self.by_route: Counter[str] = Counter()
-        self.by_status: Counter[str] = Counter()
-        self.by_route_status: Counter[str] = Counter()
-
-    def record(self, route: str, status: str) -> None:
-        """Count one answer."""
-        self.total += 1
-        self.by_route[route] += 1
-        self.by_status[status] += 1
-        self.by_route_status[f"{route} {status}"] += 1
-
-    def reset(self) -> None:
-        """Forget every count."""
-        self.total = 0
-        self.by_route.clear()
-        self.by_status.clear()
-        self.by_route_status.clear()
-
-    def as_json(self) -> dict[str, object]:
-        """`{"total": n, "by_route": {...}, "by_status": {...}, "by_route_status": {...}}`
-        (`by_route_status` keys are "ROUTE STATUS", e.g. "POST activities reset")."""
-        return {
-            "total": self.total,
-            "by_route": dict(sorted(self.by_route.items())),
-            "by_status": dict(sorted(self.by_status.items())),
-            "by_route_status": dict(sorted(self.by_route_status.items())),
-        }
 
 
 class Throttle:

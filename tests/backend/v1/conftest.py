@@ -13,10 +13,10 @@ import pytest
 from aiohttp import ClientResponse
 from aioresponses import aioresponses
 
-from engine.api import Account, Credentials, RateGovernor, RetryPolicy
+from engine.backend.v1 import Account, Credentials, RateGovernor, RetryPolicy
 
 #: Responses of the real v1 server (the gem's MIT fixtures; provenance in their README).
-CAPTURED = Path(__file__).resolve().parents[1] / "fixtures" / "ctct-v1-captured"
+CAPTURED = Path(__file__).resolve().parents[2] / "fixtures" / "ctct-v1-captured"
 
 BASE_URL = "https://api.example.test/ws/customers/acme/"
 

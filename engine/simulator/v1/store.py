@@ -18,14 +18,13 @@ import os
 import random
 import re
 import string
-import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
+from .._shared import save_json
 from .config import SimulatorConfig
 
 __all__ = [
@@ -1352,19 +1351,8 @@ class AccountStore:
 
     @staticmethod
     def save_json(data: Mapping[str, Any], path: str | os.PathLike[str]) -> None:
-        """Write `to_json` output atomically and durably (fsync, then rename); callable from
-        a worker thread with a snapshot taken in the event loop."""
-        target = Path(path)
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                json.dump(data, handle, ensure_ascii=False, separators=(",", ":"))
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp, target)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        """Write `to_json` output atomically and durably (see `.._shared.save_json`)."""
+        save_json(data, path)
 
     @classmethod
     def load(

@@ -8,7 +8,7 @@ from collections.abc import Callable
 import pytest
 import tenacity
 
-from engine.api.retry import RetryPolicy
+from engine.backend.retry import RetryPolicy
 from engine.errors import (
     ApiError,
     AuthenticationError,

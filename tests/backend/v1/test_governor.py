@@ -8,7 +8,7 @@ import time
 import anyio
 import pytest
 
-from engine.api.governor import _SENT_AT, RateGovernor
+from engine.backend.governor import _SENT_AT, RateGovernor
 from engine.errors import ConfigError, QuotaExhaustedError
 
 
