@@ -133,8 +133,8 @@ class MigrationConfig:
             raise ConfigError("a list name is empty")
 
     def for_backend(self, capabilities: Capabilities) -> MigrationConfig:
-        """This configuration with the backend's caps where it leaves them to the backend,
-        checked against them.
+        """This configuration with the backend's caps and field limits where it leaves them
+        to the backend, checked against them.
 
         Raises:
             ConfigError: a cap above what the backend's API allows.
@@ -151,7 +151,10 @@ class MigrationConfig:
                 f"bulk_max_bytes is {size}; the {capabilities.dialect} API takes at most "
                 f"{capabilities.bulk_max_bytes} bytes a request"
             )
-        return dataclasses.replace(self, bulk_max_rows=rows, bulk_max_bytes=size)
+        read = self.read
+        if read.field_limits is None:
+            read = dataclasses.replace(read, field_limits=dict(capabilities.fields))
+        return dataclasses.replace(self, bulk_max_rows=rows, bulk_max_bytes=size, read=read)
 
     @property
     def max_rows(self) -> int:

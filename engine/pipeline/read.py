@@ -158,6 +158,10 @@ class ReadOptions:
         format: "csv", "jsonl", or None to decide by the file extension.
         truncate: cut a field over the API's limit to the limit instead of leaving it out
             (either way the contact goes to its lists, with a warning on its outcome).
+        field_limits: the fields the API writes, with the longest value each accepts (the
+            backend's `Capabilities.fields`, set by `MigrationConfig.for_backend`); a field
+            it does not write is left out with a warning. None: every known field, with
+            `FIELD_LIMITS`.
     """
 
     columns: Mapping[str, str] = field(default_factory=dict)
@@ -166,6 +170,7 @@ class ReadOptions:
     encoding: str = "utf-8"
     format: str | None = None
     truncate: bool = False
+    field_limits: Mapping[str, int] | None = None
 
     def __post_init__(self) -> None:
         for column, element in self.columns.items():
@@ -311,7 +316,13 @@ def _row(
             raw_email = text
         elif text:
             text = field_text(text)  # what every path writes; the limit applies to it
-            limit = FIELD_LIMITS.get(element, _DEFAULT_LIMIT)
+            limits = options.field_limits
+            if limits is not None and element not in limits:
+                # Written by neither path, or by one only: left out, so a row gives the
+                # same contact whichever path it takes.
+                warnings.append(f"{element} left out: the API does not take it on every path")
+                continue
+            limit = (limits or FIELD_LIMITS).get(element, _DEFAULT_LIMIT)
             if len(text) > limit:
                 # Lists are the job: the contact goes to them without this field (or with it
                 # cut, when asked), and the outcome says so.

@@ -553,3 +553,24 @@ def test_the_column_description_names_fed_and_ignored_columns(tmp_path: Path) ->
     )
     items = write_jsonl(tmp_path / "in.jsonl", [{"email": "a@example.com", "misc": {"x": 1}}])
     assert describe_columns(items) == "columns: 'email' -> EmailAddress; ignored: 'misc', 'misc.x'"
+
+
+async def test_the_backends_field_limits_decide_what_is_kept(tmp_path: Path) -> None:
+    """With a backend's limits, a field it does not take is left out and one over its limit
+    is left out, each with a warning; the row is kept."""
+    path = write_text(
+        tmp_path / "in.csv",
+        "Email,First Name,Email Type,City\na@example.com,Anne,HTML,Springfield\n",
+    )
+
+    items = await read_all(path, field_limits={"FirstName": 10, "City": 5})
+
+    assert len(items) == 1
+    row = items[0]
+    assert isinstance(row, SourceRow)
+    assert row.fields == {"FirstName": "Anne"}
+    assert row.warnings == (
+        "EmailType left out: the API does not take it on every path",
+        "City left out: 11 characters, the API's limit is 5 (--truncate-long-fields keeps "
+        "the first 5)",
+    )

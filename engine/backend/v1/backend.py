@@ -43,8 +43,10 @@ __all__ = ["V1_CAPABILITIES", "V1Backend"]
 
 log = logging.getLogger("engine.backend.v1")
 
-#: Field limits: [U] for v1 (API doc §4.4); v2's 50 characters, as the reader applies them.
-_FIELD_LIMIT = 50
+#: Field limits: [U] for v1 (API doc §4.4): v2's 50 characters, with the simulator's longer
+#: or shorter ones; only the fields a bulk activity can carry (the per-contact path could
+#: write `EmailType` and `CountryName` too, but a row must give the same contact on both).
+_FIELD_LIMITS = {"PostalCode": 25, "SubPostalCode": 25, "Note": 500}
 
 V1_CAPABILITIES = Capabilities(
     dialect="v1",
@@ -54,7 +56,9 @@ V1_CAPABILITIES = Capabilities(
     bulk_max_rows=MAX_ACTIVITY_ROWS,
     bulk_max_bytes=MAX_ACTIVITY_BYTES,
     lists_per_contact=None,
-    fields={name: _FIELD_LIMIT for name in COLUMN_NAMES if name != "EmailAddress"},
+    fields={
+        name: _FIELD_LIMITS.get(name, 50) for name in COLUMN_NAMES if name != "EmailAddress"
+    },
 )
 
 _STATUSES: dict[str, ContactStatus] = {
