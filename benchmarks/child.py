@@ -122,8 +122,9 @@ class MeteredAccount(Account):
         url: URL,
         data: bytes | None,
         headers: dict[str, str] | None,
+        prepaid: bool = False,
     ) -> _Answer:
-        answer = await super()._attempt(session, method, url, data, headers)
+        answer = await super()._attempt(session, method, url, data, headers, prepaid)
         self.bytes_sent += len(data) if data else 0
         self.bytes_received += len(answer.body)
         return answer

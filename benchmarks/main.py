@@ -118,6 +118,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         meta["git_end"] = end["git"]
         runs = bench.runs
     _write(out, meta, results, runs, readme=complete)
+    broken = [r.title for r in results if r.title.endswith("(FAILED)")]
+    if broken:  # the figures of the others are written; the run still says it failed
+        _log(f"{len(broken)} scenario(s) failed: {', '.join(broken)}")
+        return 1
     return 0
 
 

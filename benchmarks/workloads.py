@@ -8,7 +8,7 @@ Kinds (contacts are `c{i}@example.com` when they exist, `n{i}@example.com` when 
 
 - `existing`: every contact exists on `Other`; the source puts it on `Target`.
 - `new`: none exists; the source creates them on `Target`.
-- `unchanged`: every contact is already on `Other` and `Target`.
+- `unchanged`: every contact is already on `Other` and `Target`, with the row's fields.
 - `mix70`: 70% exist on `Other` (rows with i % 10 < 7), 30% are new; target `Target`.
 - `seed`: the support thread's case: `List A` has max(2,600, rows) members; the source
   imports `rows` of them into `List B`.
@@ -122,7 +122,14 @@ def _write_simple(workload: Workload, state: Path, source: Path) -> None:
             if exists:
                 email = f"c{i}@example.com"
                 on = [other, target] if kind == "unchanged" else [other]
-                store.add_contact(email, lists=on, fields={"FirstName": "Old"})
+                # An unchanged contact has the row's fields already (a differing field is
+                # written, on both paths): nothing to send but its read.
+                fields = (
+                    {"FirstName": "Bench", "LastName": f"Contact{i}"}
+                    if kind == "unchanged"
+                    else {"FirstName": "Old"}
+                )
+                store.add_contact(email, lists=on, fields=fields)
             else:
                 email = f"n{i}@example.com"
             emails.append(email)
