@@ -25,8 +25,8 @@ import aiohttp
 import anyio
 from yarl import URL
 
+from engine.backend._http import Answer
 from engine.backend.v1 import Account, Credentials, RateGovernor, RetryPolicy
-from engine.backend.v1.client import _Answer
 from engine.pipeline.config import MigrationConfig, StageLimits
 from engine.pipeline.read import ReadOptions
 from engine.pipeline.run import migrate
@@ -123,7 +123,7 @@ class MeteredAccount(Account):
         data: bytes | None,
         headers: dict[str, str] | None,
         prepaid: bool = False,
-    ) -> _Answer:
+    ) -> Answer:
         answer = await super()._attempt(session, method, url, data, headers, prepaid)
         self.bytes_sent += len(data) if data else 0
         self.bytes_received += len(answer.body)

@@ -12,13 +12,11 @@ import asyncio
 import base64
 import email.utils
 import enum
-import ipaddress
 import logging
 import math
 import os
 import posixpath
 import re
-import ssl
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -28,9 +26,10 @@ from typing import Literal, Self, TypedDict, TypeVar
 from urllib.parse import quote, unquote, urljoin, urlsplit
 
 import aiohttp
-from multidict import CIMultiDictProxy
 from yarl import URL
 
+from engine.backend import _http
+from engine.backend._http import Answer, check_base_url, open_session
 from engine.backend.governor import RateGovernor
 from engine.backend.retry import RetryPolicy
 from engine.backend.v1 import codec
@@ -137,22 +136,6 @@ class _State(enum.Enum):
     UNOPENED = 1  # created, no session yet
     OPENED = 2  # inside `async with`
     CLOSED = 3  # closed for good
-
-
-@dataclass(frozen=True, slots=True)
-class _Answer:
-    status: int
-    headers: CIMultiDictProxy[str]
-    body: bytes
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 def _retry_after(value: str | None) -> float | None:
@@ -311,23 +294,9 @@ class Account:
         url = base_url or f"{DEFAULT_HOST}/ws/customers/{quote(credentials.username)}/"
         if not url.endswith("/"):
             url += "/"
-        parts = urlsplit(url)
         # Before any message that quotes the URL: it must never echo a password (I7).
-        if parts.username or parts.password:
-            raise ConfigError("put credentials in the environment, not in the base URL")
-        if parts.scheme not in ("https", "http") or not parts.hostname:
-            raise ConfigError(f"the base URL must be an https:// URL, not {url!r}")
-        if parts.scheme == "http":
-            if not _is_loopback(parts.hostname):
-                raise ConfigError(
-                    "refusing plain http to a non-loopback host: the API accepts credentials "
-                    "over https only; use https://"
-                )
-            if not allow_http:
-                raise ConfigError(
-                    "the base URL is plain http; pass allow_http (--allow-http) to use a "
-                    "loopback simulator without TLS"
-                )
+        check_base_url(url, allow_http=allow_http)
+        parts = urlsplit(url)
         if ca_file is not None and not Path(ca_file).is_file():
             raise ConfigError(f"the CA file {ca_file} does not exist")
         if timeout <= 0:
@@ -359,15 +328,10 @@ class Account:
     async def __aenter__(self) -> Self:
         if self._state is not _State.UNOPENED:
             raise RuntimeError("Cannot reopen an Account once it has been closed.")
-        ssl_context = ssl.create_default_context(
-            cafile=str(self._ca_file) if self._ca_file else None
-        )
-        connector = aiohttp.TCPConnector(ssl=ssl_context, limit=0, keepalive_timeout=30)
-        self._session = aiohttp.ClientSession(
-            connector=connector,
-            timeout=aiohttp.ClientTimeout(total=self._timeout, sock_connect=min(10, self._timeout)),
+        self._session = open_session(
+            ca_file=self._ca_file,
+            timeout=self._timeout,
             headers={"Accept": ATOM, "Authorization": self.credentials.auth()},
-            raise_for_status=False,
         )
         self._state = _State.OPENED
         return self
@@ -458,71 +422,19 @@ class Account:
         data: bytes | None,
         headers: dict[str, str] | None,
         prepaid: bool = False,
-    ) -> _Answer:
-        async with self.governor.slot(prepaid=prepaid):
-            self.requests_sent += 1
-            try:
-                async with session.request(
-                    method, url, data=data, headers=headers, allow_redirects=False
-                ) as resp:
-                    body = await self._read(resp, method, str(url))
-                    return _Answer(resp.status, resp.headers, body)
-            except (aiohttp.ClientConnectorCertificateError, aiohttp.ClientSSLError) as exc:
-                if self._ca_file:
-                    advice = (
-                        f"the server's certificate is not signed by the CA in {self._ca_file} "
-                        "(a simulator started again makes a new CA unless it keeps its "
-                        "--ca-dir): pass the CA file the server uses now"
-                    )
-                else:
-                    advice = (
-                        "for a private CA such as the simulator's, pass its CA file (--ca-file)"
-                    )
-                raise FatalApiError(
-                    f"TLS verification failed ({exc.__class__.__name__}); {advice}",
-                    method=method,
-                    url=str(url),
-                ) from exc
-            except aiohttp.ClientPayloadError as exc:
-                raise MalformedResponseError(
-                    f"the response was cut short: {exc}", method=method, url=str(url)
-                ) from exc
-            except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-                host = url.host or "?"
-                hint = ""
-                if url.scheme == "http" and isinstance(exc, aiohttp.ServerDisconnectedError):
-                    hint = (
-                        " (plain http was sent, as --allow-http asks: an https server closes "
-                        "such connections; use the https:// base URL)"
-                    )
-                raise ConnectionLostError(
-                    f"no answer from {host}: {exc.__class__.__name__}: {exc}".rstrip(": ") + hint,
-                    method=method,
-                    url=str(url),
-                ) from exc
-
-    async def _read(self, resp: aiohttp.ClientResponse, method: str, url: str) -> bytes:
-        length = resp.content_length
-        if length is not None and length > self._max_bytes:
-            raise MalformedResponseError(
-                f"the response of {length} bytes is over the cap of {self._max_bytes}",
-                status=resp.status,
-                method=method,
-                url=url,
-            )
-        chunks: list[bytes] = []
-        size = 0
-        async for chunk in resp.content.iter_chunked(1 << 16):
-            size += len(chunk)
-            if size > self._max_bytes:
-                raise MalformedResponseError(
-                    f"the response is over the cap of {self._max_bytes} bytes",
-                    status=resp.status,
-                    method=method,
-                    url=url,
-                )
-            chunks.append(chunk)
-        return b"".join(chunks)
+    ) -> Answer:
+        self.requests_sent += 1
+        return await _http.attempt(
+            session,
+            self.governor,
+            method,
+            url,
+            data=data,
+            headers=headers,
+            max_bytes=self._max_bytes,
+            ca_file=self._ca_file,
+            prepaid=prepaid,
+        )
 
     def url(self, path: str) -> str:
         """The request URL of `path`, relative to the base URL."""

@@ -1,0 +1,168 @@
+"""The transport both API dialects share: where credentials may go, the client session, one
+request attempt under the rate governor, and the mapping of transport failures to the error
+tree. A dialect's client adds its authentication, its retry loop over `attempt`, and the
+classification of its answers.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import ssl
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import aiohttp
+from multidict import CIMultiDictProxy
+from yarl import URL
+
+from engine.backend.governor import RateGovernor
+from engine.errors import ConfigError, ConnectionLostError, FatalApiError, MalformedResponseError
+
+__all__ = ["Answer", "attempt", "check_base_url", "is_loopback", "open_session", "read_capped"]
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """One HTTP answer, read whole (within the size cap)."""
+
+    status: int
+    headers: CIMultiDictProxy[str]
+    body: bytes
+
+
+def is_loopback(host: str) -> bool:
+    """Whether `host` names this machine (`localhost`, 127.0.0.0/8, ::1)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def check_base_url(url: str, *, allow_http: bool) -> None:
+    """Refuse a base URL that would put credentials at risk, before any request.
+
+    Credentials (v1 Basic, V3 bearer tokens) travel over https only; plain http only to a
+    loopback host (a local simulator) and only when asked. A URL with a user or password in
+    it is refused before any message could quote it (invariant I7).
+
+    Raises:
+        ConfigError: saying what to change.
+    """
+    parts = urlsplit(url)
+    if parts.username or parts.password:
+        raise ConfigError("put credentials in the environment, not in the base URL")
+    if parts.scheme not in ("https", "http") or not parts.hostname:
+        raise ConfigError(f"the base URL must be an https:// URL, not {url!r}")
+    if parts.scheme == "http":
+        if not is_loopback(parts.hostname):
+            raise ConfigError(
+                "refusing plain http to a non-loopback host: the API accepts credentials "
+                "over https only; use https://"
+            )
+        if not allow_http:
+            raise ConfigError(
+                "the base URL is plain http; pass allow_http (--allow-http) to use a "
+                "loopback simulator without TLS"
+            )
+
+
+def open_session(
+    *, ca_file: str | Path | None, timeout: float, headers: dict[str, str]
+) -> aiohttp.ClientSession:
+    """A keep-alive session that verifies TLS (against `ca_file` when given), sends
+    `headers` with every request and never raises for a status."""
+    ssl_context = ssl.create_default_context(cafile=str(ca_file) if ca_file else None)
+    connector = aiohttp.TCPConnector(ssl=ssl_context, limit=0, keepalive_timeout=30)
+    return aiohttp.ClientSession(
+        connector=connector,
+        timeout=aiohttp.ClientTimeout(total=timeout, sock_connect=min(10, timeout)),
+        headers=headers,
+        raise_for_status=False,
+    )
+
+
+async def read_capped(resp: aiohttp.ClientResponse, method: str, url: str, max_bytes: int) -> bytes:
+    """The body of `resp`, refused when it is over `max_bytes` (announced or read)."""
+    length = resp.content_length
+    if length is not None and length > max_bytes:
+        raise MalformedResponseError(
+            f"the response of {length} bytes is over the cap of {max_bytes}",
+            status=resp.status,
+            method=method,
+            url=url,
+        )
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in resp.content.iter_chunked(1 << 16):
+        size += len(chunk)
+        if size > max_bytes:
+            raise MalformedResponseError(
+                f"the response is over the cap of {max_bytes} bytes",
+                status=resp.status,
+                method=method,
+                url=url,
+            )
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def attempt(
+    session: aiohttp.ClientSession,
+    governor: RateGovernor,
+    method: str,
+    url: URL,
+    *,
+    data: bytes | None,
+    headers: dict[str, str] | None,
+    max_bytes: int,
+    ca_file: str | Path | None,
+    prepaid: bool = False,
+) -> Answer:
+    """One request under the governor's slot (its turn already taken with `prepaid`).
+
+    Raises:
+        FatalApiError: TLS verification failed (retrying cannot help), saying what to pass.
+        MalformedResponseError: the answer was cut short or is over the size cap.
+        ConnectionLostError: no answer (refused, reset, timed out), naming the host at once.
+    """
+    async with governor.slot(prepaid=prepaid):
+        try:
+            async with session.request(
+                method, url, data=data, headers=headers, allow_redirects=False
+            ) as resp:
+                body = await read_capped(resp, method, str(url), max_bytes)
+                return Answer(resp.status, resp.headers, body)
+        except (aiohttp.ClientConnectorCertificateError, aiohttp.ClientSSLError) as exc:
+            if ca_file:
+                advice = (
+                    f"the server's certificate is not signed by the CA in {ca_file} "
+                    "(a simulator started again makes a new CA unless it keeps its "
+                    "--ca-dir): pass the CA file the server uses now"
+                )
+            else:
+                advice = "for a private CA such as the simulator's, pass its CA file (--ca-file)"
+            raise FatalApiError(
+                f"TLS verification failed ({exc.__class__.__name__}); {advice}",
+                method=method,
+                url=str(url),
+            ) from exc
+        except aiohttp.ClientPayloadError as exc:
+            raise MalformedResponseError(
+                f"the response was cut short: {exc}", method=method, url=str(url)
+            ) from exc
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            host = url.host or "?"
+            hint = ""
+            if url.scheme == "http" and isinstance(exc, aiohttp.ServerDisconnectedError):
+                hint = (
+                    " (plain http was sent, as --allow-http asks: an https server closes "
+                    "such connections; use the https:// base URL)"
+                )
+            raise ConnectionLostError(
+                f"no answer from {host}: {exc.__class__.__name__}: {exc}".rstrip(": ") + hint,
+                method=method,
+                url=str(url),
+            ) from exc
