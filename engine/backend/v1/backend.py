@@ -56,9 +56,7 @@ V1_CAPABILITIES = Capabilities(
     bulk_max_rows=MAX_ACTIVITY_ROWS,
     bulk_max_bytes=MAX_ACTIVITY_BYTES,
     lists_per_contact=None,
-    fields={
-        name: _FIELD_LIMITS.get(name, 50) for name in COLUMN_NAMES if name != "EmailAddress"
-    },
+    fields={name: _FIELD_LIMITS.get(name, 50) for name in COLUMN_NAMES if name != "EmailAddress"},
 )
 
 _STATUSES: dict[str, ContactStatus] = {
