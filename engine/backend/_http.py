@@ -6,11 +6,15 @@ classification of its answers.
 
 from __future__ import annotations
 
+import email.utils
 import ipaddress
+import math
+import posixpath
 import ssl
+import time
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import aiohttp
 from multidict import CIMultiDictProxy
@@ -19,7 +23,16 @@ from yarl import URL
 from engine.backend.governor import RateGovernor
 from engine.errors import ConfigError, ConnectionLostError, FatalApiError, MalformedResponseError
 
-__all__ = ["Answer", "attempt", "check_base_url", "is_loopback", "open_session", "read_capped"]
+__all__ = [
+    "Answer",
+    "attempt",
+    "check_base_url",
+    "follow_link",
+    "is_loopback",
+    "open_session",
+    "read_capped",
+    "retry_after",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,8 +54,9 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def check_base_url(url: str, *, allow_http: bool) -> None:
-    """Refuse a base URL that would put credentials at risk, before any request.
+def check_base_url(url: str, *, allow_http: bool, what: str = "base URL") -> str:
+    """`url` with a trailing slash, or a refusal, before any request, of one that would put
+    credentials at risk.
 
     Credentials (v1 Basic, V3 bearer tokens) travel over https only; plain http only to a
     loopback host (a local simulator) and only when asked. A URL with a user or password in
@@ -51,22 +65,60 @@ def check_base_url(url: str, *, allow_http: bool) -> None:
     Raises:
         ConfigError: saying what to change.
     """
+    if not url.endswith("/"):
+        url += "/"
     parts = urlsplit(url)
     if parts.username or parts.password:
-        raise ConfigError("put credentials in the environment, not in the base URL")
+        raise ConfigError(f"put credentials in the environment, not in the {what}")
     if parts.scheme not in ("https", "http") or not parts.hostname:
-        raise ConfigError(f"the base URL must be an https:// URL, not {url!r}")
+        raise ConfigError(f"the {what} must be an https:// URL, not {url!r}")
     if parts.scheme == "http":
         if not is_loopback(parts.hostname):
             raise ConfigError(
-                "refusing plain http to a non-loopback host: the API accepts credentials "
-                "over https only; use https://"
+                f"refusing plain http to a non-loopback host for the {what}: the API accepts "
+                "credentials over https only; use https://"
             )
         if not allow_http:
             raise ConfigError(
-                "the base URL is plain http; pass allow_http (--allow-http) to use a "
+                f"the {what} is plain http; pass allow_http (--allow-http) to use a "
                 "loopback simulator without TLS"
             )
+    return url
+
+
+def follow_link(href: str, base_url: str) -> str:
+    """The request URL of a feed's next link: its path and query, on our own origin, and
+    still under the base path (a link elsewhere, dot-segments resolved, is refused: a hostile
+    or broken server must not get the credentials sent to another place).
+
+    Raises:
+        MalformedResponseError: the link leaves the base path.
+    """
+    base = urlsplit(base_url)
+    parts = urlsplit(href)
+    path = parts.path + (f"?{parts.query}" if parts.query else "")
+    url = f"{base.scheme}://{base.netloc}{path}" if path.startswith("/") else base_url + path
+    base_path = base.path.lower()
+    # Dot-segments resolved first (servers do), or `acme/../other/` would pass the check.
+    target = posixpath.normpath(unquote(urlsplit(url).path)).lower() + "/"
+    if not target.startswith(base_path) or target == base_path:
+        raise MalformedResponseError(f"a next link leaves the account: {href!r}")
+    return url
+
+
+def retry_after(value: str | None) -> float | None:
+    """Seconds from a Retry-After header (seconds or HTTP date); None when unusable."""
+    if not value:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            parsed = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError):  # not a date either: the server's header is junk
+            return None
+        seconds = parsed.timestamp() - time.time()
+    return max(0.0, seconds) if math.isfinite(seconds) else None
 
 
 def open_session(

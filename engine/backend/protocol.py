@@ -181,6 +181,9 @@ class Capabilities:
         bulk_max_bytes: bytes per bulk request.
         lists_per_contact: the most lists a contact can be on, when the API has a limit.
         fields: field name -> the longest value the API accepts.
+        bulk_revives_deleted: a bulk request brings a deleted contact back (v3's json
+            import does), so the bulk path looks its contacts up first and leaves the
+            deleted ones out.
     """
 
     dialect: Literal["v1", "v3"]
@@ -191,6 +194,7 @@ class Capabilities:
     bulk_max_bytes: int
     lists_per_contact: int | None
     fields: Mapping[str, int]
+    bulk_revives_deleted: bool = False
 
 
 @dataclass(frozen=True, slots=True)

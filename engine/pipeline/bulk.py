@@ -181,7 +181,8 @@ class BulkPath:
         Contacts sent to the per-contact path get their outcome there instead.
         """
         skipped: list[Outcome] = []
-        if self.config.skip_removed or self.config.lists_only:
+        revives = self.backend.capabilities.bulk_revives_deleted
+        if self.config.skip_removed or self.config.lists_only or revives:
             batch, skipped = await self._looked_up(batch)
             if not batch.contacts:
                 return skipped
@@ -199,14 +200,15 @@ class BulkPath:
         return await self._run(batch, check=False)
 
     async def _looked_up(self, batch: Batch) -> tuple[Batch, list[Outcome]]:
-        """The batch after looking up its contacts' status (50 emails a search), with the
-        `skipped` outcomes of its Removed contacts under `skip_removed`.
+        """The batch after looking up its contacts' status (as many emails a request as the
+        backend's lookup takes), with the `skipped` outcomes of those it leaves out.
 
-        An add activity makes a Removed contact Active again; with `skip_removed` they must
-        be left alone. With `lists_only`, an existing contact goes with its email only, so
-        the activity changes none of its fields (a new contact keeps its fields). A search
-        that fails leaves its contacts' status unknown, never "absent": they go contact by
-        contact, where each is read before any write.
+        An add activity makes a Removed contact Active again: with `skip_removed` they are
+        left out. A deleted contact is left out always (looked up for on an API whose bulk
+        requests revive deleted contacts). With `lists_only`, an existing contact goes with
+        its email only, so the activity changes none of its fields (a new contact keeps its
+        fields). A lookup that fails leaves its contacts' status unknown, never "absent":
+        they go contact by contact, where each is read before any write.
         """
         contacts = batch.contacts
         found: dict[str, str] = {}  # email -> status, of the contacts that exist
@@ -225,17 +227,19 @@ class BulkPath:
             found.update((e, _ref(hit).status) for e, hit in page.items())
         if unknown:
             await self._fall_back(tuple(unknown), "their status could not be looked up")
-        removed = (
-            {e for e, status in found.items() if status == "removed"}
-            if self.config.skip_removed
-            else set()
-        )
+        # Left out, never sent in bulk: a deleted contact (a bulk request would revive it),
+        # and a Removed one with `skip_removed` (an add would make it Active again).
+        left_out = {
+            e: status
+            for e, status in found.items()
+            if status == "deleted" or (status == "removed" and self.config.skip_removed)
+        }
         skipped = [
-            Outcome(c.email, "skipped", tuple(c.rows), "removed", path="bulk")
+            Outcome(c.email, "skipped", tuple(c.rows), left_out[c.email], path="bulk")
             for c in contacts
-            if c.email in removed
+            if c.email in left_out
         ]
-        gone = removed | {c.email for c in unknown}
+        gone = set(left_out) | {c.email for c in unknown}
         kept = tuple(
             Contact(c.email, c.targets, {}, c.rows)
             if self.config.lists_only and c.email in found and c.fields

@@ -88,9 +88,12 @@ def settled_by_status(
     before: tuple[str, ...] | None = None,
 ) -> Outcome | None:
     """The `skipped` outcome of a contact its status settles without a write (opted out:
-    I2; Removed with `skip_removed`), else None. `before`: its lists, when it was read."""
+    I2; deleted: a deleted contact stays deleted; Removed with `skip_removed`), else None.
+    `before`: its lists, when it was read."""
     if ref.status == "opted_out":
         reason = "opted-out"
+    elif ref.status == "deleted":
+        reason = "deleted"
     elif ref.status == "removed" and skip_removed:
         reason = "removed"
     else:

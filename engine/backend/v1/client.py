@@ -10,12 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import email.utils
 import enum
 import logging
 import math
 import os
-import posixpath
 import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
@@ -23,13 +21,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import Literal, Self, TypedDict, TypeVar
-from urllib.parse import quote, unquote, urljoin, urlsplit
+from urllib.parse import quote, urlsplit
 
 import aiohttp
 from yarl import URL
 
 from engine.backend import _http
-from engine.backend._http import Answer, check_base_url, open_session
+from engine.backend._http import Answer, check_base_url, follow_link, open_session, retry_after
 from engine.backend.governor import RateGovernor
 from engine.backend.retry import RetryPolicy
 from engine.backend.v1 import codec
@@ -138,21 +136,6 @@ class _State(enum.Enum):
     CLOSED = 3  # closed for good
 
 
-def _retry_after(value: str | None) -> float | None:
-    """Seconds from a Retry-After header (seconds or HTTP date); None when unusable."""
-    if not value:
-        return None
-    try:
-        seconds = float(value)
-    except ValueError:
-        try:
-            parsed = email.utils.parsedate_to_datetime(value)
-        except (TypeError, ValueError):  # not a date either: the server's header is junk
-            return None
-        seconds = parsed.timestamp() - time.time()
-    return max(0.0, seconds) if math.isfinite(seconds) else None
-
-
 def _quota_reset(retry_after: float | None) -> str:
     """When a spent daily quota comes back: the server's Retry-After, else midnight UTC
     (a daily quota counts UTC days, like the engine's own daily budget)."""
@@ -201,19 +184,19 @@ def classify(
     text = body[:2000].decode("utf-8", "replace")
     excerpt = re.sub(r"\s+", " ", re.sub(r"<[^>]*>", " ", text)).strip()[:500]
     ctx: _Context = {"status": status, "method": method, "url": url, "body": excerpt}
-    retry_after = _retry_after(headers.get("Retry-After"))
+    wait = retry_after(headers.get("Retry-After"))
     scheme = urlsplit(url).scheme
     if status in (403, 429) and _QUOTA.search(text):
         return QuotaExhaustedError(
-            f"the API's daily request quota is spent; {_quota_reset(retry_after)}. Run the "
+            f"the API's daily request quota is spent; {_quota_reset(wait)}. Run the "
             "same command again then (the journal resumes where this run stopped)",
             **ctx,
         )
     if status == 429 or (status == 403 and _THROTTLE.search(text)):
-        return ThrottledError("the API is throttling requests", retry_after=retry_after, **ctx)
+        return ThrottledError("the API is throttling requests", retry_after=wait, **ctx)
     if status >= 500:
-        if status == 503 and retry_after is not None:
-            return ThrottledError("the API is overloaded", retry_after=retry_after, **ctx)
+        if status == 503 and wait is not None:
+            return ThrottledError("the API is overloaded", retry_after=wait, **ctx)
         return ServerError(f"server error: {excerpt[:120] or 'no body'}", **ctx)
     if status == 401:
         return AuthenticationError(
@@ -295,7 +278,7 @@ class Account:
         if not url.endswith("/"):
             url += "/"
         # Before any message that quotes the URL: it must never echo a password (I7).
-        check_base_url(url, allow_http=allow_http)
+        url = check_base_url(url, allow_http=allow_http)
         parts = urlsplit(url)
         if ca_file is not None and not Path(ca_file).is_file():
             raise ConfigError(f"the CA file {ca_file} does not exist")
@@ -442,15 +425,7 @@ class Account:
 
     def _follow(self, href: str) -> str:
         """The request URL of a `next` link: path and query kept, host our own."""
-        parts = urlsplit(href)
-        path = parts.path + (f"?{parts.query}" if parts.query else "")
-        url = self._origin + path if path.startswith("/") else urljoin(self.base_url, path)
-        base_path = urlsplit(self.base_url).path.lower()
-        # Dot-segments resolved first (servers do), or `acme/../other/` would pass the check.
-        target = posixpath.normpath(unquote(urlsplit(url).path)).lower() + "/"
-        if not target.startswith(base_path) or target == base_path:
-            raise MalformedResponseError(f"a next link leaves the account: {href!r}")
-        return url
+        return follow_link(href, self.base_url)
 
     async def _pages(
         self, first: str, kind: RequestKind, parse: Callable[[bytes], Page[T]]

@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-import inspect
-import types
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
-import aioresponses.core as aioresponses_core
 import pytest
-from aiohttp import ClientResponse
 from aioresponses import aioresponses
 
 from engine.backend.v1 import Account, Credentials, RateGovernor, RetryPolicy
@@ -19,24 +15,6 @@ from engine.backend.v1 import Account, Credentials, RateGovernor, RetryPolicy
 CAPTURED = Path(__file__).resolve().parents[2] / "fixtures" / "ctct-v1-captured"
 
 BASE_URL = "https://api.example.test/ws/customers/acme/"
-
-
-class _Response(ClientResponse):
-    """aioresponses 0.7.9 builds responses without the `stream_writer` that aiohttp 3.14
-    requires (pnuckowski/aioresponses#289, open): supply a finished writer's stand-in."""
-
-    def __init__(self, method: str, url: Any, **kwargs: Any) -> None:
-        kwargs.setdefault("stream_writer", types.SimpleNamespace(output_size=0))
-        super().__init__(method, url, **kwargs)
-
-
-@pytest.fixture
-def m(monkeypatch: pytest.MonkeyPatch) -> Iterator[aioresponses]:
-    """Every aiohttp request of the test goes to this scripted fake."""
-    if "stream_writer" in inspect.signature(ClientResponse.__init__).parameters:
-        monkeypatch.setattr(aioresponses_core, "ClientResponse", _Response)
-    with aioresponses() as mocked:
-        yield mocked
 
 
 @pytest.fixture

@@ -1,0 +1,414 @@
+"""`V3Backend`: the `Backend` protocol over the V3 JSON client (`V3Client`).
+
+Everything the V3 dialect says its own way is translated here and in `_json`: a contact is
+found one email a request with `status=all` (a deleted contact is hidden otherwise) and its
+lists come with it; `unsubscribed` is `opted_out` and a deleted contact `deleted`; a write is
+the whole-contact PUT of §9.1, proven to keep every list; a bulk request is a
+`contacts_json_import`; and since a V3 activity names no contact in its errors and counts
+unsubscribed contacts without naming them, a completed activity is settled by reading the
+contacts back (`poll` does it, `settle` reports it).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import logging
+import math
+from collections.abc import AsyncIterator, Mapping, Sequence
+from typing import Any
+
+from engine.backend.protocol import (
+    BackendStats,
+    BulkActivity,
+    BulkResult,
+    Capabilities,
+    ContactRef,
+    ContactState,
+    ListId,
+    ListInfo,
+    ListWrite,
+)
+from engine.backend.retry import RetryPolicy
+from engine.backend.v3._json import (
+    FIELD_LIMITS,
+    IMPORT_EMAIL_MAX,
+    IMPORT_MAX_BYTES,
+    IMPORT_MAX_ROWS,
+    LISTS_PER_CONTACT,
+    JsonImport,
+    V3Activity,
+    bulk_activity,
+    contact_state,
+    create_body,
+    encode_import,
+    is_import_activity,
+    put_body,
+)
+from engine.backend.v3.client import V3Client
+from engine.errors import (
+    ApiError,
+    ConflictError,
+    ConnectionLostError,
+    DoNotMailError,
+    FatalApiError,
+    MalformedResponseError,
+    RetryableApiError,
+)
+
+__all__ = ["V3_CAPABILITIES", "V3Backend"]
+
+log = logging.getLogger("engine.backend.v3")
+
+V3_CAPABILITIES = Capabilities(
+    dialect="v3",
+    lookup_batch=1,
+    lookup_has_lists=True,
+    bulk_threshold=25,
+    bulk_max_rows=IMPORT_MAX_ROWS,
+    bulk_max_bytes=IMPORT_MAX_BYTES,
+    lists_per_contact=LISTS_PER_CONTACT,
+    fields=FIELD_LIMITS,
+    bulk_revives_deleted=True,
+)
+
+#: What a lookup or read includes: the lists, and the subresources a field write resends.
+_INCLUDE = "list_memberships,phone_numbers,street_addresses"
+#: Contacts per page of a list read-back (§3.2: 500 at most).
+_PAGE = "500"
+
+
+class V3Backend:
+    """The V3 API behind the `Backend` protocol.
+
+    Args:
+        client: the V3 client (opened and closed by its owner).
+    """
+
+    def __init__(self, client: V3Client) -> None:
+        self.client = client
+        #: activity id -> the import it ran (emails in request order, targets), for the
+        #: read-back when it completes.
+        self._submitted: dict[str, JsonImport] = {}
+        #: activity id -> its read-back, done once.
+        self._settled: dict[str, dict[str, BulkResult]] = {}
+        #: the token's user, fixed by `verify` (a headless run's first token is only a
+        #: refresh token, whose access token is unknown until the first request).
+        self._user: str | None = None
+
+    def __repr__(self) -> str:
+        return f"V3Backend({self.identity!r})"
+
+    @property
+    def capabilities(self) -> Capabilities:
+        return V3_CAPABILITIES
+
+    @property
+    def identity(self) -> str:
+        """`v3:<user>@<host>`, where `<user>` is a digest of the application's client id
+        and of the user id (`uid`) the access token was issued to, read from the token's
+        claims without the token itself: another account (another login) or another API
+        host is another identity, and no secret is in it. It is fixed by `verify` (which
+        the pipeline calls before it keys its journal); an opaque token names no user, and
+        then the client id alone tells accounts apart."""
+        user = self._user
+        if user is None:
+            user = _token_user(self.client.auth.tokens.access_token)
+        seed = f"{self.client.auth.endpoints.client_id}\0{user}".encode()
+        return f"v3:{hashlib.sha256(seed).hexdigest()[:16]}@{self.client.host}"
+
+    def stats(self) -> BackendStats:
+        governor = self.client.governor.stats()
+        return BackendStats(
+            self.client.requests_sent, self.client.retries, governor.throttles, governor.rate
+        )
+
+    async def verify(self) -> None:
+        """One cheap authenticated GET that needs a privilege the run needs anyway
+        (`contacts:lists:read`); `/account/summary` would need the `account_read` scope,
+        which the login does not ask for."""
+        await self.client.send("GET", self.client.url("contact_lists"), params={"limit": "1"})
+        self._user = _token_user(self.client.auth.tokens.access_token)
+
+    # --- lists ----------------------------------------------------------------------------
+
+    @staticmethod
+    def _info(item: Mapping[str, Any]) -> ListInfo:
+        list_id, name = item.get("list_id"), item.get("name")
+        if not isinstance(list_id, str) or not isinstance(name, str):
+            raise MalformedResponseError("a list lacks its list_id or name")
+        count = item.get("membership_count")
+        return ListInfo(list_id, name, False, count if isinstance(count, int) else None)
+
+    async def lists(self) -> list[ListInfo]:
+        params = {"limit": _PAGE, "include_membership_count": "all"}
+        return [
+            self._info(item) async for item in self.client.pages("contact_lists", "lists", params)
+        ]
+
+    async def create_list(self, name: str) -> ListInfo:
+        """Create a list; a name taken already (409) gives the existing list, found by its
+        exact name."""
+        try:
+            created = await self.client.send(
+                "POST",
+                self.client.url("contact_lists"),
+                body=_encode({"name": name, "favorite": False}),
+                expect=(201,),
+            )
+        except ConflictError:
+            params = {"name": name, "include_membership_count": "all", "limit": _PAGE}
+            async for item in self.client.pages("contact_lists", "lists", params):
+                if item.get("name") == name:
+                    return self._info(item)
+            raise
+        return self._info(created)
+
+    async def members(self, list_id: ListId) -> AsyncIterator[str]:
+        params = {"lists": list_id, "status": "all", "limit": _PAGE}
+        async for contact in self.client.pages("contacts", "contacts", params):
+            address = (contact.get("email_address") or {}).get("address")
+            if isinstance(address, str):
+                yield address.strip().lower()
+
+    # --- contacts -------------------------------------------------------------------------
+
+    async def _lookup(self, email: str) -> ContactState | None:
+        page = await self.client.send(
+            "GET",
+            self.client.url("contacts"),
+            params={"email": email, "status": "all", "include": _INCLUDE},
+        )
+        contacts = page.get("contacts") if isinstance(page, dict) else None
+        if not isinstance(contacts, list):
+            raise MalformedResponseError("a contact search answered no contacts array")
+        for document in contacts:
+            state = contact_state(document)
+            if state.ref.email == email:
+                return state
+        return None
+
+    async def find(
+        self, emails: Sequence[str], *, strict: bool = False
+    ) -> dict[str, ContactRef | ContactState]:
+        """One `GET /contacts?email=…&status=all` per email (V3 takes one address a search).
+
+        A V3 search answers a miss with an empty page, never with a 5xx, so a failed search
+        raises with or without `strict`: it never reads as "absent".
+        """
+        found: dict[str, ContactRef | ContactState] = {}
+        for email in dict.fromkeys(e.strip().lower() for e in emails):
+            state = await self._lookup(email)
+            if state is not None:
+                found[email] = state
+        return found
+
+    async def read(self, ref: ContactRef) -> ContactState:
+        document = await self.client.send(
+            "GET", self.client.url(f"contacts/{ref.id}"), params={"include": _INCLUDE}
+        )
+        return contact_state(document)
+
+    def add_lists(
+        self,
+        state: ContactState,
+        targets: Sequence[ListId],
+        fields: Mapping[str, str] | None = None,
+    ) -> ListWrite | None:
+        """The safe PUT (see `_json.put_body`). An unsubscribed contact is never written
+        (I2): `DoNotMailError`, which the pipeline reports as skipped, opted out."""
+        if state.ref.status == "opted_out":
+            raise DoNotMailError("the contact is unsubscribed: it is never written to")
+        built = put_body(state, targets, fields)
+        if built is None:
+            return None
+        body, added, written = built
+        return ListWrite(state, added, written, body)
+
+    async def take_turn(self) -> None:
+        await self.client.governor.take_turn()
+
+    async def update(
+        self, write: ListWrite, *, prepaid: bool = False, retry: RetryPolicy | None = None
+    ) -> None:
+        if not isinstance(write.body, bytes) or not isinstance(write.state.document, dict):
+            raise TypeError("a V3 write must come from V3Backend.add_lists")
+        await self.client.send(
+            "PUT",
+            self.client.url(f"contacts/{write.state.ref.id}"),
+            body=write.body,
+            expect=(200,),
+            retry=retry,
+            prepaid=prepaid,
+        )
+
+    async def back_off(self, attempt: int, error: RetryableApiError, started: float) -> None:
+        await self.client.back_off(attempt, error, started)
+
+    async def create(self, email: str, targets: Sequence[ListId], fields: Mapping[str, str]) -> str:
+        created = await self.client.send(
+            "POST",
+            self.client.url("contacts"),
+            body=create_body(email, targets, fields),
+            expect=(201,),
+        )
+        contact_id = created.get("contact_id") if isinstance(created, dict) else None
+        return contact_id if isinstance(contact_id, str) else ""
+
+    # --- bulk -----------------------------------------------------------------------------
+
+    def encode_bulk(
+        self,
+        contacts: Sequence[tuple[str, Mapping[str, str]]],
+        targets: Sequence[ListId],
+        columns: Sequence[str],
+        *,
+        max_rows: int,
+        max_bytes: int,
+    ) -> JsonImport:
+        """A `contacts_json_import` (see `_json.encode_import`). An email longer than 50
+        characters cannot be an import row: it is left out and settled `unknown`, so the
+        pipeline sends it contact by contact (a contact takes 80)."""
+        return encode_import(contacts, targets, columns, max_rows=max_rows, max_bytes=max_bytes)
+
+    async def submit(self, request: object, *, retry: RetryPolicy | None = None) -> BulkActivity:
+        if not isinstance(request, JsonImport):
+            raise TypeError("a V3 bulk request must come from V3Backend.encode_bulk")
+        answer = await self.client.send(
+            "POST",
+            self.client.url("activities/contacts_json_import"),
+            body=request.body,
+            expect=(201,),
+            retry=retry,
+        )
+        activity = bulk_activity(answer)
+        self._submitted[activity.id] = request
+        return activity
+
+    async def recent_activities(self) -> list[BulkActivity]:
+        """The first page of `GET /activities` (the last 10 days, newest first), json imports
+        only."""
+        page = await self.client.send("GET", self.client.url("activities"), params={"limit": "50"})
+        items = page.get("activities") if isinstance(page, dict) else None
+        if not isinstance(items, list):
+            raise MalformedResponseError("the activities page has no activities array")
+        return [bulk_activity(a) for a in items if isinstance(a, dict) and is_import_activity(a)]
+
+    async def poll(self, activity_id: str) -> BulkActivity:
+        """The activity as it stands; once an activity this backend submitted has
+        completed, its contacts are read back first (see `settle`)."""
+        raw = await self.client.send("GET", self.client.url(f"activities/{activity_id}"))
+        activity = bulk_activity(raw)
+        request = self._submitted.get(activity_id)
+        if activity.state != "complete" or request is None:
+            return activity
+        results = self._settled.get(activity_id)
+        if results is None:
+            try:
+                results = await self._read_back(request)
+            except (FatalApiError, ConnectionLostError):
+                raise
+            except ApiError as exc:  # nothing vouched for: all go contact by contact
+                log.warning("activity %s could not be read back: %s", activity_id, exc)
+                results = {}
+            self._settled[activity_id] = results
+        return bulk_activity(raw, results)
+
+    def settle(self, activity: BulkActivity, emails: Sequence[str]) -> list[BulkResult]:
+        """What the read-back of `poll` found: `added` for a contact now on every target,
+        `opted_out` for an unsubscribed one, `unknown` for any other (not read back, left
+        out of the import, or not on its targets): the pipeline sends those contact by
+        contact, which is safe to repeat. An activity this backend did not submit (a run
+        resumed in another process) was not read back: every contact is `unknown`."""
+        document = activity.document
+        if not isinstance(document, V3Activity):
+            raise TypeError("a V3 activity must come from the V3 backend")
+        results = document.results or {}
+        settled = []
+        for email in emails:
+            key = email.strip().lower()
+            result = results.get(key) if len(key) <= IMPORT_EMAIL_MAX else None
+            settled.append(
+                BulkResult(email, result.kind, result.reason)
+                if result
+                else BulkResult(email, "unknown")
+            )
+        return settled
+
+    async def _read_back(self, request: JsonImport) -> dict[str, BulkResult]:
+        """Each imported contact's result, read from the server.
+
+        Two ways, whichever costs fewer requests: the members of the smallest target, 500 a
+        page with their lists (every target is checked from a member's lists), then a
+        lookup of each contact not found there; or a lookup per contact.
+        """
+        wanted = [e for e in dict.fromkeys(request.emails) if e not in request.left_out]
+        if not wanted:
+            return {}
+        results: dict[str, BulkResult] = {}
+        targets = set(request.targets)
+        smallest = await self._smallest_target(request.targets)
+        if smallest is not None and math.ceil(smallest[1] / int(_PAGE)) + 1 < len(wanted):
+            remaining = set(wanted)
+            params = {
+                "lists": smallest[0],
+                "status": "all",
+                "include": "list_memberships",
+                "limit": _PAGE,
+            }
+            async for document in self.client.pages("contacts", "contacts", params):
+                state = contact_state(document)
+                if state.ref.email in remaining:
+                    remaining.discard(state.ref.email)
+                    results[state.ref.email] = _result(state, targets)
+            wanted = [e for e in wanted if e in remaining]
+        for email in wanted:
+            found = await self._lookup(email)
+            results[email] = (
+                _result(found, targets) if found is not None else BulkResult(email, "unknown")
+            )
+        return results
+
+    async def _smallest_target(self, targets: Sequence[ListId]) -> tuple[ListId, int] | None:
+        """The target with the fewest members and their count (one page of lists, with
+        counts), or None when the counts are not known."""
+        counts: dict[ListId, int] = {}
+        params = {"limit": _PAGE, "include_membership_count": "all"}
+        async for item in self.client.pages("contact_lists", "lists", params):
+            info = self._info(item)
+            if info.id in targets and info.members is not None:
+                counts[info.id] = info.members
+        if not counts:
+            return None
+        best = min(counts, key=counts.__getitem__)
+        return best, counts[best]
+
+
+def _result(state: ContactState, targets: set[ListId]) -> BulkResult:
+    email = state.ref.email
+    if state.ref.status == "opted_out":
+        return BulkResult(email, "opted_out")
+    if targets <= state.list_ids:
+        return BulkResult(email, "added")
+    return BulkResult(email, "unknown")
+
+
+def _token_user(token: str) -> str:
+    """The `uid` (else `sub`) claim of a JWT access token, read without verifying it (only
+    to tell accounts apart); "" for an opaque token."""
+    parts = token.split(".")
+    if len(parts) != 3:
+        return ""
+    try:
+        claims = json.loads(base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4)))
+    except (ValueError, UnicodeDecodeError):
+        return ""
+    if not isinstance(claims, dict):
+        return ""
+    user = claims.get("uid") or claims.get("sub") or ""
+    return str(user)
+
+
+def _encode(body: Mapping[str, Any]) -> bytes:
+    return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()

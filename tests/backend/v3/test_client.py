@@ -1,0 +1,109 @@
+"""V3Client: exact HTTP sequences (aioresponses) for the answers a simulator seldom gives,
+and the refusal of plain http before any request."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from aioresponses import aioresponses
+
+from engine.backend.governor import RateGovernor
+from engine.backend.v3 import FileTokenStore, OAuthEndpoints, TokenSet, V3Auth, V3Client
+from engine.errors import (
+    AccessDeniedError,
+    BadRequestError,
+    ConfigError,
+    MalformedResponseError,
+    QuotaExhaustedError,
+)
+
+from .conftest import FAST_RETRY, no_sleep
+
+BASE = "https://api.example.com/v3/"
+LISTS = re.compile(r"^https://api\.example\.com/v3/contact_lists.*$")
+
+
+def _auth(tmp_path: Path) -> V3Auth:
+    store = FileTokenStore(tmp_path / "v3.json")
+    store.save(TokenSet("access-token-xyz", "refresh-token-xyz", 4e9))
+    endpoints = OAuthEndpoints("client-1", auth_url="https://auth.example.com/oauth2/default/v1/")
+    return V3Auth(endpoints, store=store, clock=lambda: 1e9)
+
+
+@pytest.fixture
+async def client(tmp_path: Path) -> AsyncIterator[V3Client]:
+    """A client of a fictitious API host (answers come from aioresponses)."""
+    async with V3Client(
+        _auth(tmp_path),
+        base_url=BASE,
+        governor=RateGovernor(rate=None),
+        retry=FAST_RETRY,
+        sleep=no_sleep,
+    ) as opened:
+        yield opened
+
+
+async def test_throttled_is_retried_and_told_to_the_governor(
+    client: V3Client, m: aioresponses
+) -> None:
+    """A 429 `throttled` object body is retried after a backoff and counted as a throttle."""
+    throttled = {"error_key": "throttled", "error_message": "Too Many Requests"}
+    m.get(LISTS, status=429, payload=throttled)
+    m.get(LISTS, status=200, payload={"lists": []})
+    assert await client.send("GET", client.url("contact_lists")) == {"lists": []}
+    assert (client.requests_sent, client.retries) == (2, 1)
+    assert client.governor.stats().throttles == 1
+
+
+async def test_quota_exceeded_stops_without_retry(client: V3Client, m: aioresponses) -> None:
+    """A 429 `quota_exceeded` raises QuotaExhaustedError at once."""
+    spent = {"error_key": "quota_exceeded", "error_message": "Limit Exceeded"}
+    m.get(LISTS, status=429, payload=spent)
+    with pytest.raises(QuotaExhaustedError, match="midnight UTC"):
+        await client.send("GET", client.url("contact_lists"))
+    assert client.requests_sent == 1
+
+
+async def test_validation_errors_and_forbidden(client: V3Client, m: aioresponses) -> None:
+    """A 400 array body gives BadRequestError with every message; a 403 AccessDeniedError;
+    a 200 that is not JSON is malformed (retried, then raised)."""
+    errors = [
+        {"error_key": "contacts.api.validation.error", "error_message": "first_name is too long"},
+        {"error_key": "contacts.api.validation.error", "error_message": "51 lists"},
+    ]
+    m.get(LISTS, status=400, payload=errors)
+    m.get(LISTS, status=403, payload={"error_key": "forbidden", "error_message": "scope"})
+    for _ in range(3):
+        m.get(LISTS, status=200, body="<html>", content_type="text/html")
+    with pytest.raises(BadRequestError, match="first_name is too long; 51 lists"):
+        await client.send("GET", client.url("contact_lists"))
+    with pytest.raises(AccessDeniedError, match="contact_data scope"):
+        await client.send("GET", client.url("contact_lists"))
+    with pytest.raises(MalformedResponseError):
+        await client.send("GET", client.url("contact_lists"))
+    assert client.requests_sent == 5
+
+
+async def test_a_next_link_must_stay_under_the_api(client: V3Client) -> None:
+    """Paging follows `/v3/…` hrefs on our own host and refuses one that leaves the API."""
+    assert client.follow("/v3/contacts?cursor=abc") == BASE + "contacts?cursor=abc"
+    with pytest.raises(MalformedResponseError):
+        client.follow("/v3/../oauth2/default/v1/token")
+
+
+def test_plain_http_is_refused_before_any_request(tmp_path: Path, m: aioresponses) -> None:
+    """Plain http to a non-loopback host is a ConfigError (with or without allow_http), and
+    to a loopback host only with allow_http; nothing is sent (no session exists yet)."""
+    auth = _auth(tmp_path)
+    for url in ("http://api.example.com/v3/", "http://10.0.0.5/v3/"):
+        with pytest.raises(ConfigError, match="non-loopback"):
+            V3Client(auth, base_url=url, allow_http=True)
+    with pytest.raises(ConfigError, match="allow_http"):
+        V3Client(auth, base_url="http://127.0.0.1:9/v3/")
+    assert V3Client(auth, base_url="http://127.0.0.1:9/v3/", allow_http=True).base_url
+    with pytest.raises(ConfigError, match="non-loopback"):
+        OAuthEndpoints("c", auth_url="http://auth.example.com/oauth2/default/v1/")
+    assert not m.requests
