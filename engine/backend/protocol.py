@@ -325,6 +325,10 @@ class Backend(Protocol):
         """The activity as it stands."""
         ...
 
-    def settle(self, activity: BulkActivity, emails: Sequence[str]) -> list[BulkResult]:
-        """What a completed activity did to each of `emails` (in request order)."""
+    async def settle(
+        self, activity: BulkActivity, emails: Sequence[str], targets: Sequence[ListId]
+    ) -> list[BulkResult]:
+        """What a completed activity did to each of `emails` (in request order), put on
+        `targets`: from what the activity says, or by reading the contacts back. It needs
+        only what the journal keeps, so a resumed run settles an inherited activity too."""
         ...

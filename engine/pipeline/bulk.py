@@ -342,7 +342,7 @@ class BulkPath:
             if activity.state != "complete":
                 await self._fall_back(contacts, f"activity {activity.id} ended {activity.status}")
                 continue
-            settled, unknown = self._outcomes(activity, contacts, targets)
+            settled, unknown = await self._outcomes(activity, contacts, targets)
             outcomes += settled
             if unknown:
                 await self._fall_back(
@@ -545,12 +545,12 @@ class BulkPath:
         if self._stop.is_set():
             raise _Stopped  # the journal knows the activity: a resumed run polls it
 
-    def _outcomes(
+    async def _outcomes(
         self, activity: BulkActivity, contacts: tuple[Contact, ...], targets: tuple[str, ...]
     ) -> tuple[list[Outcome], tuple[Contact, ...]]:
         """The outcomes of a completed activity's contacts, as the backend settles them, and
         the contacts it cannot vouch for (they go contact by contact)."""
-        results = self.backend.settle(activity, [c.email for c in contacts])
+        results = await self.backend.settle(activity, [c.email for c in contacts], targets)
         outcomes: list[Outcome] = []
         unknown: list[Contact] = []
         for contact, result in zip(contacts, results, strict=True):

@@ -133,7 +133,7 @@ async def test_a_bulk_request_is_settled_email_by_email(
     finished = await poll_until_finished(backend, submitted)
 
     assert finished.state == "complete"
-    results = backend.settle(finished, [email for email, _ in contacts])
+    results = await backend.settle(finished, [email for email, _ in contacts], [str(b)])
     assert [(r.email, r.kind) for r in results] == [
         ("old@example.com", "added"),
         ("gone@example.com", "opted_out"),

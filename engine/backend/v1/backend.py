@@ -240,7 +240,9 @@ class V1Backend:
     async def poll(self, activity_id: str) -> BulkActivity:
         return bulk_activity(await self.account.get_activity(activity_id))
 
-    def settle(self, activity: BulkActivity, emails: Sequence[str]) -> list[BulkResult]:
+    async def settle(
+        self, activity: BulkActivity, emails: Sequence[str], targets: Sequence[ListId]
+    ) -> list[BulkResult]:
         """From the activity's line errors: line `i + 2` is `emails[i]` (the header is line
         1); a line whose echoed email differs is matched by its email. A line error about
         Do Not Mail is `opted_out`, one saying "invalid" is `invalid`, any other `failed`;

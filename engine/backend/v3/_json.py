@@ -17,7 +17,6 @@ from typing import Any
 from engine.backend.protocol import (
     ActivityState,
     BulkActivity,
-    BulkResult,
     ContactRef,
     ContactState,
     ContactStatus,
@@ -406,12 +405,9 @@ class V3Activity:
 
     Attributes:
         raw: the status object the API sent.
-        results: email -> what a read-back found, once the activity completed and was read
-            back (None: not read back, so `settle` vouches for nobody).
     """
 
     raw: Mapping[str, Any] = field(repr=False)
-    results: Mapping[str, BulkResult] | None = None
 
 
 _STATES: dict[str, ActivityState] = {
@@ -436,7 +432,7 @@ def is_import_activity(raw: Mapping[str, Any]) -> bool:
     return isinstance(status, dict) and "person_count" in status
 
 
-def bulk_activity(raw: object, results: Mapping[str, BulkResult] | None = None) -> BulkActivity:
+def bulk_activity(raw: object) -> BulkActivity:
     """The neutral form of a V3 activity status object."""
     doc = _dict(raw, "an activity")
     activity_id, state = doc.get("activity_id"), doc.get("state")
@@ -449,5 +445,5 @@ def bulk_activity(raw: object, results: Mapping[str, BulkResult] | None = None) 
         status=state,
         progress=(state, doc.get("percent_done")),
         created=created if isinstance(created, str) else "",
-        document=V3Activity(doc, results),
+        document=V3Activity(doc),
     )

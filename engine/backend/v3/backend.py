@@ -6,7 +6,7 @@ lists come with it; `unsubscribed` is `opted_out` and a deleted contact `deleted
 the whole-contact PUT of §9.1, proven to keep every list; a bulk request is a
 `contacts_json_import`; and since a V3 activity names no contact in its errors and counts
 unsubscribed contacts without naming them, a completed activity is settled by reading the
-contacts back (`poll` does it, `settle` reports it).
+contacts back (`settle`).
 """
 
 from __future__ import annotations
@@ -38,7 +38,6 @@ from engine.backend.v3._json import (
     IMPORT_MAX_ROWS,
     LISTS_PER_CONTACT,
     JsonImport,
-    V3Activity,
     bulk_activity,
     contact_state,
     create_body,
@@ -88,11 +87,6 @@ class V3Backend:
 
     def __init__(self, client: V3Client) -> None:
         self.client = client
-        #: activity id -> the import it ran (emails in request order, targets), for the
-        #: read-back when it completes.
-        self._submitted: dict[str, JsonImport] = {}
-        #: activity id -> its read-back, done once.
-        self._settled: dict[str, dict[str, BulkResult]] = {}
         #: the token's user, fixed by `verify` (a headless run's first token is only a
         #: refresh token, whose access token is unknown until the first request).
         self._user: str | None = None
@@ -282,9 +276,7 @@ class V3Backend:
             expect=(201,),
             retry=retry,
         )
-        activity = bulk_activity(answer)
-        self._submitted[activity.id] = request
-        return activity
+        return bulk_activity(answer)
 
     async def recent_activities(self) -> list[BulkActivity]:
         """The first page of `GET /activities` (the last 10 days, newest first), json imports
@@ -296,59 +288,50 @@ class V3Backend:
         return [bulk_activity(a) for a in items if isinstance(a, dict) and is_import_activity(a)]
 
     async def poll(self, activity_id: str) -> BulkActivity:
-        """The activity as it stands; once an activity this backend submitted has
-        completed, its contacts are read back first (see `settle`)."""
-        raw = await self.client.send("GET", self.client.url(f"activities/{activity_id}"))
-        activity = bulk_activity(raw)
-        request = self._submitted.get(activity_id)
-        if activity.state != "complete" or request is None:
-            return activity
-        results = self._settled.get(activity_id)
-        if results is None:
-            try:
-                results = await self._read_back(request)
-            except (FatalApiError, ConnectionLostError):
-                raise
-            except ApiError as exc:  # nothing vouched for: all go contact by contact
-                log.warning("activity %s could not be read back: %s", activity_id, exc)
-                results = {}
-            self._settled[activity_id] = results
-        return bulk_activity(raw, results)
+        """The activity as it stands."""
+        return bulk_activity(
+            await self.client.send("GET", self.client.url(f"activities/{activity_id}"))
+        )
 
-    def settle(self, activity: BulkActivity, emails: Sequence[str]) -> list[BulkResult]:
-        """What the read-back of `poll` found: `added` for a contact now on every target,
-        `opted_out` for an unsubscribed one, `unknown` for any other (not read back, left
-        out of the import, or not on its targets): the pipeline sends those contact by
-        contact, which is safe to repeat. An activity this backend did not submit (a run
-        resumed in another process) was not read back: every contact is `unknown`."""
-        document = activity.document
-        if not isinstance(document, V3Activity):
-            raise TypeError("a V3 activity must come from the V3 backend")
-        results = document.results or {}
-        settled = []
-        for email in emails:
-            key = email.strip().lower()
-            result = results.get(key) if len(key) <= IMPORT_EMAIL_MAX else None
-            settled.append(
-                BulkResult(email, result.kind, result.reason)
-                if result
-                else BulkResult(email, "unknown")
-            )
-        return settled
+    async def settle(
+        self, activity: BulkActivity, emails: Sequence[str], targets: Sequence[ListId]
+    ) -> list[BulkResult]:
+        """By reading the contacts back (a V3 activity names no contact in its errors, and
+        counts unsubscribed contacts without naming them): `added` for a contact now on
+        every target, `opted_out` for an unsubscribed one, `unknown` for any other (left out
+        of the import, not found, or not on its targets) or when the read-back fails: the
+        pipeline sends those contact by contact, which is safe to repeat."""
+        try:
+            results = await self._read_back(emails, targets)
+        except (FatalApiError, ConnectionLostError):
+            raise
+        except ApiError as exc:  # nothing vouched for: all go contact by contact
+            log.warning("activity %s could not be read back: %s", activity.id, exc)
+            results = {}
+        return [
+            results.get(email.strip().lower()) or BulkResult(email, "unknown") for email in emails
+        ]
 
-    async def _read_back(self, request: JsonImport) -> dict[str, BulkResult]:
-        """Each imported contact's result, read from the server.
+    async def _read_back(
+        self, emails: Sequence[str], targets: Sequence[ListId]
+    ) -> dict[str, BulkResult]:
+        """Each imported contact's result, read from the server (an email over the import's
+        limit was left out of it, and is not read).
 
         Two ways, whichever costs fewer requests: the members of the smallest target, 500 a
         page with their lists (every target is checked from a member's lists), then a
         lookup of each contact not found there; or a lookup per contact.
         """
-        wanted = [e for e in dict.fromkeys(request.emails) if e not in request.left_out]
+        wanted = [
+            e
+            for e in dict.fromkeys(e.strip().lower() for e in emails)
+            if len(e) <= IMPORT_EMAIL_MAX
+        ]
         if not wanted:
             return {}
         results: dict[str, BulkResult] = {}
-        targets = set(request.targets)
-        smallest = await self._smallest_target(request.targets)
+        target_set = set(targets)
+        smallest = await self._smallest_target(targets)
         if smallest is not None and math.ceil(smallest[1] / int(_PAGE)) + 1 < len(wanted):
             remaining = set(wanted)
             params = {
@@ -361,12 +344,12 @@ class V3Backend:
                 state = contact_state(document)
                 if state.ref.email in remaining:
                     remaining.discard(state.ref.email)
-                    results[state.ref.email] = _result(state, targets)
+                    results[state.ref.email] = _result(state, target_set)
             wanted = [e for e in wanted if e in remaining]
         for email in wanted:
             found = await self._lookup(email)
             results[email] = (
-                _result(found, targets) if found is not None else BulkResult(email, "unknown")
+                _result(found, target_set) if found is not None else BulkResult(email, "unknown")
             )
         return results
 

@@ -292,7 +292,8 @@ async def test_bulk_import_settled_by_reading_back(
         assert done.created == submitted.created
         recent = await backend.recent_activities()
         assert [a.id for a in recent] == [done.id]
-        results = {r.email: r.kind for r in backend.settle(done, [e for e, _ in rows])}
+        settled = await backend.settle(done, [e for e, _ in rows], [news])
+        results = {r.email: r.kind for r in settled}
         assert results.pop("out@example.com") == "opted_out"
         assert results.pop(long_email) == "unknown"
         assert set(results.values()) == {"added"}
@@ -308,13 +309,12 @@ async def test_bulk_import_settled_by_reading_back(
             max_bytes=4_000_000,
         )
         solo = await _finish(backend, await backend.submit(small))
-        assert [r.kind for r in backend.settle(solo, ["solo@example.com", "out@example.com"])] == [
-            "added",
-            "opted_out",
-        ]
-        # An activity another process submitted is vouched for by nobody.
-        foreign = BulkActivity(done.id, "complete", "completed", document=V3Activity({}))
-        assert {r.kind for r in backend.settle(foreign, emails)} == {"unknown"}
+        pair = ["solo@example.com", "out@example.com"]
+        assert [r.kind for r in await backend.settle(solo, pair, [old])] == ["added", "opted_out"]
+        # An activity a killed run submitted is settled by a resumed one the same way: the
+        # read-back needs only the emails and the targets the journal kept.
+        inherited = BulkActivity(done.id, "complete", "completed", document=V3Activity({}))
+        assert {r.kind for r in await backend.settle(inherited, emails, [news])} == {"added"}
 
 
 async def test_encode_bulk_stays_under_four_megabytes(
