@@ -1,6 +1,7 @@
-"""The command line: `python -m engine {migrate,lists,simulate,demo}`.
+"""The command line: `python -m engine {migrate,lists,audit,login,logout,simulate,demo,…}`.
 
-Thin by design: it parses arguments, builds the configuration, runs the library with
+Thin by design: it parses arguments, builds the configuration and the backend (`--backend
+v1`, the legacy XML API, or `v3`, the V3 REST API after `login`), runs the library with
 `asyncio.run`, prints results and maps errors to exit statuses:
 
 - 0: every row done, or skipped for a documented reason;
@@ -13,18 +14,34 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import math
 import os
 import signal
 import sys
-from collections.abc import Callable, Coroutine, Iterator, Sequence
-from contextlib import contextmanager
+import time
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any
 
 import anyio
+import platformdirs
 
 from engine.audit import audit
-from engine.backend.v1 import Account, Credentials, RateGovernor, RetryPolicy
+from engine.backend import Backend, ListInfo
+from engine.backend.v1 import Account, Credentials, RateGovernor, RetryPolicy, V1Backend
+from engine.backend.v3 import (
+    DEFAULT_AUTH_URL,
+    DEFAULT_BASE_URL,
+    DeviceCode,
+    FileTokenStore,
+    OAuthEndpoints,
+    V3Auth,
+    V3Backend,
+    V3Client,
+    default_token_path,
+    device_login,
+)
 from engine.errors import (
     AccessDeniedError,
     AuthenticationError,
@@ -68,41 +85,106 @@ def _column(text: str) -> tuple[str, str]:
     return header.strip(), element.strip()
 
 
-def _add_account_arguments(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group(
-        "account",
+#: The backends `--backend` (or `CTCT_BACKEND`) chooses from.
+BACKENDS = ("v1", "v3")
+#: Options of one backend only, by backend: given to the other one, they are a mistake.
+_BACKEND_OPTIONS = {
+    "v1": (("username", "--username"), ("api_key", "--api-key")),
+    "v3": (
+        ("client_id", "--client-id"),
+        ("token_file", "--token-file"),
+        ("auth_url", "--auth-url"),
+    ),
+}
+#: The folder of the V3 token files: the user's config folder (`~/.config/ctct-migrate` on
+#: Linux, `$XDG_CONFIG_HOME` honoured).
+CONFIG_APP = "ctct-migrate"
+
+
+def _add_account_arguments(parser: argparse.ArgumentParser, *, v3: bool = True) -> None:
+    """The account and connection options; `v3=False` for a command that speaks v1 only."""
+    if v3:
+        parser.add_argument_group(
+            "backend",
+            "which API the account is reached through; each has its own options below",
+        ).add_argument(
+            "--backend",
+            choices=BACKENDS,
+            default=None,
+            help="v1 (the legacy XML API) or v3 (the V3 REST API, after `python -m engine "
+            "login`); default: $CTCT_BACKEND, else v1",
+        )
+    v1 = parser.add_argument_group(
+        "v1 account" if v3 else "account",
         "credentials come from CTCT_USERNAME, CTCT_API_KEY and CTCT_PASSWORD; the password is "
         "never taken from the command line",
     )
-    group.add_argument("--username", help="Constant Contact username (default: $CTCT_USERNAME)")
-    group.add_argument("--api-key", help="API key (default: $CTCT_API_KEY)")
-    group.add_argument(
+    v1.add_argument("--username", help="Constant Contact username (default: $CTCT_USERNAME)")
+    v1.add_argument("--api-key", help="API key (default: $CTCT_API_KEY)")
+    if v3:
+        group = parser.add_argument_group(
+            "v3 account",
+            "log in once with `python -m engine login --client-id ID`, which saves the tokens "
+            "in the token file; a headless run may instead take CTCT_V3_REFRESH_TOKEN (or "
+            "CTCT_V3_ACCESS_TOKEN) from the environment, never from the command line",
+        )
+        _add_v3_arguments(group)
+    connection = parser.add_argument_group("connection") if v3 else v1
+    connection.add_argument(
         "--base-url",
-        help="API base URL (default: https://api.constantcontact.com/ws/customers/USERNAME/)",
+        help="API base URL (default: https://api.constantcontact.com/ws/customers/USERNAME/"
+        + (f"; with --backend v3: {DEFAULT_BASE_URL}" if v3 else "")
+        + ")",
     )
-    group.add_argument("--ca-file", type=Path, help="CA bundle to trust (e.g. the simulator's)")
-    group.add_argument(
-        "--allow-http",
-        action="store_true",
-        help="allow a plain-http base URL on a loopback host (a local simulator without TLS)",
-    )
-    group.add_argument(
+    _add_tls_arguments(connection)
+    connection.add_argument(
         "--rate-limit",
         type=_positive_float,
         default=4.0,
         help="requests per second (default: 4, the API's documented limit)",
     )
-    group.add_argument(
+    connection.add_argument(
         "--concurrency", type=_positive_int, default=8, help="requests in flight (default: 8)"
     )
-    group.add_argument(
+    connection.add_argument(
         "--daily-budget",
         type=_positive_int,
         default=None,
-        help="stop after this many requests today (the API allows 10,000/day per key)",
+        help="stop after this many requests today (the API allows 10,000/day per key"
+        + (", per application on V3" if v3 else "")
+        + ")",
+    )
+    connection.add_argument(
+        "--timeout", type=_positive_float, default=60.0, help="seconds per request (default: 60)"
+    )
+
+
+def _add_v3_arguments(group: argparse._ActionsContainer) -> None:
+    """`--client-id`, `--token-file` and `--auth-url`: who logs in, where the tokens are."""
+    group.add_argument(
+        "--client-id",
+        help="the V3 application's client id (its API key in the developer portal; default: "
+        "$CTCT_V3_CLIENT_ID)",
     )
     group.add_argument(
-        "--timeout", type=_positive_float, default=60.0, help="seconds per request (default: 60)"
+        "--token-file",
+        type=Path,
+        help="the token file (default: v3-CLIENT_ID.json in "
+        f"{platformdirs.user_config_dir(CONFIG_APP)})",
+    )
+    group.add_argument(
+        "--auth-url",
+        help=f"the OAuth2 authorization server (default: {DEFAULT_AUTH_URL})",
+    )
+
+
+def _add_tls_arguments(group: argparse._ActionsContainer) -> None:
+    group.add_argument("--ca-file", type=Path, help="CA bundle to trust (e.g. the simulator's)")
+    group.add_argument(
+        "--allow-http",
+        action="store_true",
+        help="allow plain http to a loopback host (a local simulator without TLS); never "
+        "to another host",
     )
 
 
@@ -113,9 +195,140 @@ def _account(args: argparse.Namespace) -> Account:
         base_url=args.base_url,
         ca_file=args.ca_file,
         allow_http=args.allow_http,
-        governor=RateGovernor(
-            rate=args.rate_limit, concurrency=args.concurrency, daily_budget=args.daily_budget
-        ),
+        governor=_governor(args),
+        retry=RetryPolicy(),
+        timeout=args.timeout,
+    )
+
+
+def _governor(args: argparse.Namespace) -> RateGovernor:
+    return RateGovernor(
+        rate=args.rate_limit, concurrency=args.concurrency, daily_budget=args.daily_budget
+    )
+
+
+def _backend_name(args: argparse.Namespace) -> str:
+    """`--backend`, else `$CTCT_BACKEND`, else v1; options of the other backend refused.
+
+    Raises:
+        ConfigError: an unknown `$CTCT_BACKEND`, or an option of the other backend.
+    """
+    name: str | None = args.backend
+    if name is None:
+        name = os.environ.get("CTCT_BACKEND", "").strip().lower() or "v1"
+        if name not in BACKENDS:
+            raise ConfigError(
+                f"CTCT_BACKEND is {name!r}; set it to v1 or v3 (or pass --backend v1|v3)"
+            )
+    for other, options in _BACKEND_OPTIONS.items():
+        if other == name:
+            continue
+        for attr, option in options:
+            if getattr(args, attr, None) is not None:
+                raise ConfigError(
+                    f"{option} is an option of --backend {other}, and the backend is {name} "
+                    "(from --backend or CTCT_BACKEND)"
+                )
+    return name
+
+
+def _open_backend(args: argparse.Namespace) -> AbstractAsyncContextManager[Backend]:
+    """The backend the options name, built (every configuration check, before any request)
+    but not opened: `async with _open_backend(args) as backend`.
+
+    Raises:
+        ConfigError: missing credentials or tokens, a base URL that would put them at risk,
+            a missing CA file…: saying what to do.
+    """
+    if _backend_name(args) == "v1":
+        return _opened_v1(_account(args))
+    return _opened_v3(_v3_client(args))
+
+
+@asynccontextmanager
+async def _opened_v1(account: Account) -> AsyncIterator[Backend]:
+    async with account:
+        yield V1Backend(account)
+
+
+@asynccontextmanager
+async def _opened_v3(client: V3Client) -> AsyncIterator[Backend]:
+    async with client:
+        yield V3Backend(client)
+
+
+def _client_id(args: argparse.Namespace) -> str:
+    """`--client-id`, else `$CTCT_V3_CLIENT_ID`.
+
+    Raises:
+        ConfigError: neither is set.
+    """
+    client_id = (args.client_id or os.environ.get("CTCT_V3_CLIENT_ID") or "").strip()
+    if not client_id:
+        raise ConfigError(
+            "no V3 client id: pass --client-id ID or set CTCT_V3_CLIENT_ID (the API key of "
+            "your application in the V3 developer portal)"
+        )
+    return client_id
+
+
+def _token_file(args: argparse.Namespace, client_id: str) -> Path:
+    """`--token-file`, else `v3-<client_id>.json` in the user's config folder."""
+    if args.token_file is not None:
+        return Path(args.token_file)
+    return default_token_path(client_id, platformdirs.user_config_dir(CONFIG_APP))
+
+
+def _login_command(args: argparse.Namespace, client_id: str) -> str:
+    """The `login` command line for these options (what a missing or dead token needs)."""
+    parts = ["python -m engine login", f"--client-id {client_id}"]
+    if args.token_file is not None:
+        parts.append(f"--token-file {args.token_file}")
+    if args.auth_url is not None:
+        parts.append(f"--auth-url {args.auth_url}")
+    if args.ca_file is not None:
+        parts.append(f"--ca-file {args.ca_file}")
+    if args.allow_http:
+        parts.append("--allow-http")
+    return " ".join(parts)
+
+
+def _endpoints(args: argparse.Namespace, client_id: str) -> OAuthEndpoints:
+    return OAuthEndpoints(
+        client_id,
+        auth_url=args.auth_url or DEFAULT_AUTH_URL,
+        ca_file=args.ca_file,
+        allow_http=args.allow_http,
+        timeout=args.timeout,
+    )
+
+
+def _v3_client(args: argparse.Namespace) -> V3Client:
+    """The V3 client: tokens from the token file, else from `$CTCT_V3_REFRESH_TOKEN` or
+    `$CTCT_V3_ACCESS_TOKEN` (a headless run; a refresh token's rotated successor is saved in
+    the token file, since the one given is spent by its first use).
+
+    Raises:
+        ConfigError: no client id, no tokens, a URL that would send them over plain http…
+    """
+    client_id = _client_id(args)
+    endpoints = _endpoints(args, client_id)
+    store = FileTokenStore(_token_file(args, client_id))
+    refresh_token = os.environ.get("CTCT_V3_REFRESH_TOKEN", "").strip() or None
+    access_token = os.environ.get("CTCT_V3_ACCESS_TOKEN", "").strip() or None
+    if store.load() is None and refresh_token is None and access_token is None:
+        raise ConfigError(
+            f"no V3 tokens: the token file {store.path} does not exist. Log in first: "
+            f"`{_login_command(args, client_id)}` (or, for a headless run, set "
+            "CTCT_V3_REFRESH_TOKEN in the environment)"
+        )
+    auth = V3Auth(endpoints, store=store, refresh_token=refresh_token, access_token=access_token)
+    return V3Client(
+        auth,
+        base_url=args.base_url or DEFAULT_BASE_URL,
+        ca_file=args.ca_file,
+        allow_http=args.allow_http,
+        governor=_governor(args),
         retry=RetryPolicy(),
         timeout=args.timeout,
     )
@@ -124,8 +337,8 @@ def _account(args: argparse.Namespace) -> Account:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m engine",
-        description="Migrate contacts onto Constant Contact lists (legacy v1 API) without "
-        "removing any membership they already have.",
+        description="Migrate contacts onto Constant Contact lists (the legacy v1 API or the "
+        "V3 API) without removing any membership they already have.",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log each step to stderr")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -274,7 +487,7 @@ def _parser() -> argparse.ArgumentParser:
         "state file, to rehearse on",
     )
     copy.add_argument("--to", type=Path, required=True, help="the state file to write")
-    _add_account_arguments(copy)
+    _add_account_arguments(copy, v3=False)
 
     check = commands.add_parser(
         "audit", help="re-read every contact a migration touched and check no list was lost"
@@ -288,9 +501,40 @@ def _parser() -> argparse.ArgumentParser:
     )
     _add_account_arguments(check)
 
+    login = commands.add_parser(
+        "login",
+        help="log in to a V3 account (OAuth2 device flow) and save its tokens in the token file",
+        description="Log in to a V3 account with the OAuth2 device flow: open the URL it "
+        "prints, check the code, approve; the tokens (scope contact_data offline_access) are "
+        "saved in the token file (folder 0700, file 0600) and never printed.",
+    )
+    logout = commands.add_parser(
+        "logout",
+        help="revoke the saved V3 tokens and delete the token file",
+        description="Revoke the refresh and access tokens of the token file at the "
+        "authorization server, then delete the file.",
+    )
+    for sub in (login, logout):
+        sub.add_argument(
+            "--backend",
+            choices=("v3",),
+            default="v3",
+            help="only v3 logs in (v1 takes its credentials from the environment)",
+        )
+        _add_v3_arguments(sub)
+        _add_tls_arguments(sub)
+        sub.add_argument(
+            "--timeout",
+            type=_positive_float,
+            default=30.0,
+            help="seconds per request (default: 30)",
+        )
+
     from engine.simulator.cli import add_arguments as add_simulator_arguments
 
-    sim = commands.add_parser("simulate", help="run the v1 API simulator")
+    sim = commands.add_parser(
+        "simulate", help="run the API simulator (v1; the V3 one with --api v3)"
+    )
     add_simulator_arguments(sim)
 
     demo = commands.add_parser("demo", help="a zero-configuration migration on the simulator")
@@ -298,7 +542,7 @@ def _parser() -> argparse.ArgumentParser:
         "--contacts", type=_positive_int, default=5000, help="existing contacts (default: 5000)"
     )
     demo.add_argument("--keep", type=Path, help="keep the demo's files in this folder")
-    for sub in (run, show, fix, copy, check, demo):
+    for sub in (run, show, fix, copy, check, login, logout, demo):
         # Also after the command (`migrate … -v`), as the README shows it; SUPPRESS keeps
         # the top-level `-v` when the subcommand has none.
         sub.add_argument(
@@ -334,7 +578,7 @@ async def _migrate(args: argparse.Namespace) -> int:
         verify_writes=args.verify_writes,
         stale_after=args.stale_after,
     )
-    account = _account(args)
+    opened = _open_backend(args)
     if args.source.is_file():
         # Which column feeds which field, before anything is read or sent: a wrong guess is
         # cheaper to see here than in the report.
@@ -344,10 +588,10 @@ async def _migrate(args: argparse.Namespace) -> int:
             columns = ""  # the run itself says what is wrong, with the whole story
         if columns:
             print(columns, file=sys.stdout if args.dry_run else sys.stderr)
-    async with account:
+    async with opened as backend:
         if args.dry_run:
             plan = await plan_migration(
-                account,
+                backend,
                 args.source,
                 config=config,
                 lookup=args.lookup,
@@ -361,7 +605,7 @@ async def _migrate(args: argparse.Namespace) -> int:
         stop = anyio.Event()
         with ProgressDisplay(every=5.0) as display, _stop_on_signals(stop):
             report = await migrate(
-                account,
+                backend,
                 args.source,
                 config=config,
                 report=report_path,
@@ -424,8 +668,8 @@ async def _audit(args: argparse.Namespace) -> int:
             snapshot = await journal.snapshot() or None
         finally:
             await journal.aclose()
-    async with _account(args) as account:
-        result = await audit(account, args.report, snapshot=snapshot)
+    async with _open_backend(args) as backend:
+        result = await audit(backend, args.report, snapshot=snapshot)
     for finding in result.findings:
         parts = []
         if finding.missing_targets:
@@ -456,8 +700,10 @@ async def _copy_account(args: argparse.Namespace) -> int:
 
 
 async def _lists(args: argparse.Namespace) -> int:
-    async with _account(args) as account:
-        lists = await account.lists()
+    async with _open_backend(args) as backend:
+        if not isinstance(backend, V1Backend):
+            return _print_lists(await backend.lists())
+        lists = await backend.account.lists()
     print(f"{'id':<70} {'members':>8} {'SortOrder':>9}  name")
     for item in lists:
         count = "" if item.contact_count is None else str(item.contact_count)
@@ -465,6 +711,97 @@ async def _lists(args: argparse.Namespace) -> int:
         kind = "  (system list)" if item.is_system else ""
         print(f"{item.id:<70} {count:>8} {order:>9}  {item.name}{kind}")
     print("Use the id (not the SortOrder) wherever the API wants a list.")
+    return EXIT_OK
+
+
+def _print_lists(lists: Sequence[ListInfo]) -> int:
+    """A V3 account's lists: list_id, members, name."""
+    print(f"{'list_id':<36} {'members':>8}  name")
+    for item in lists:
+        count = "" if item.members is None else str(item.members)
+        print(f"{item.id:<36} {count:>8}  {item.name}")
+    return EXIT_OK
+
+
+async def _login(args: argparse.Namespace) -> int:
+    """The OAuth2 device flow: show the URL and code, wait for the approval, save the tokens.
+
+    A login the user was asked for and that did not complete (denied, expired, refused
+    while waiting) is exit 1; a refusal before that (an unknown client id, a server that
+    does not answer) is a configuration error.
+    """
+    client_id = _client_id(args)
+    store = FileTokenStore(_token_file(args, client_id))
+    endpoints = _endpoints(args, client_id)
+    shown = False
+
+    def show(code: DeviceCode) -> None:
+        nonlocal shown
+        shown = True
+        url = code.verification_uri_complete or code.verification_uri
+        seconds = round(code.expires_in)
+        lasts = f"{seconds} seconds" if seconds < 120 else f"{round(seconds / 60)} minutes"
+        print(
+            f"To log in, open {url}\n"
+            f"check that the page shows the code {code.user_code} and approve it "
+            f"(the code expires in {lasts}).\n"
+            "Waiting for the approval…",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    try:
+        tokens = await device_login(endpoints, store=store, show=show)
+    except AuthenticationError as exc:
+        if not shown:
+            raise
+        print(f"error: not logged in: {exc}", file=sys.stderr)
+        return EXIT_ROWS
+    print(f"logged in; the tokens are saved in {store.path} (readable by you only).")
+    if not tokens.refresh_token:
+        print(
+            "note: no refresh token came back (the application may not allow offline_access): "
+            "log in again when the access token expires" + _expiry(tokens.expires_at) + "."
+        )
+    return EXIT_OK
+
+
+def _expiry(expires_at: float) -> str:
+    if math.isinf(expires_at):
+        return ""
+    return time.strftime(", at %Y-%m-%d %H:%M:%S UTC", time.gmtime(expires_at))
+
+
+async def _logout(args: argparse.Namespace) -> int:
+    """Revoke the token file's tokens (RFC 7009) and delete it."""
+    client_id = _client_id(args)
+    endpoints = _endpoints(args, client_id)
+    store = FileTokenStore(_token_file(args, client_id))
+    if not store.path.exists():
+        print(f"no token file at {store.path}: not logged in, nothing to do.")
+        return EXIT_OK
+    try:
+        auth = V3Auth(endpoints, store=store)
+    except ConfigError as exc:  # not a token set: nothing to revoke, but remove it
+        store.delete()
+        print(f"deleted {store.path}, which held no tokens to revoke ({exc}).")
+        return EXIT_OK
+    try:
+        await auth.revoke()
+    except AuthenticationError as exc:
+        store.delete()
+        print(
+            f"error: the tokens could not be revoked ({exc}); {store.path} is deleted anyway, "
+            "so this machine keeps no token (the refresh token dies after 180 days unused)",
+            file=sys.stderr,
+        )
+        return EXIT_ROWS
+    # A refusal is logged as a warning above (RFC 7009 servers answer 200 even for a token
+    # they no longer know).
+    print(
+        "logged out: the authorization server was asked to revoke the refresh and access "
+        f"tokens, and {store.path} is deleted."
+    )
     return EXIT_OK
 
 
@@ -527,6 +864,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return EXIT_OK
         if args.command == "audit":
             return _run(lambda: _audit(args))
+        if args.command == "login":
+            return _run(lambda: _login(args))
+        if args.command == "logout":
+            return _run(lambda: _logout(args))
         return _run(lambda: _migrate(args))
     except (ConfigError, SourceError) as exc:
         # Both are raised before the first write: say so, it is what a user worries about

@@ -80,3 +80,9 @@ def start_simulator(simulator_config: SimulatorConfig) -> SimulatorStarter:
             yield sim, session
 
     return start
+
+
+@pytest.fixture(autouse=True)
+def _no_backend_choice_from_the_shell(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A developer's `CTCT_BACKEND` must not change what the tests run against."""
+    monkeypatch.delenv("CTCT_BACKEND", raising=False)

@@ -31,6 +31,7 @@ from typing import Any
 import aiohttp
 import anyio
 import anyio.to_thread
+import platformdirs
 
 from engine.backend._http import check_base_url
 from engine.backend.governor import RateGovernor
@@ -140,11 +141,10 @@ class TokenSet:
 
 
 def default_token_path(client_id: str, folder: str | Path | None = None) -> Path:
-    """`<folder>/v3-<client_id>.json`; the folder defaults to `$XDG_CONFIG_HOME/ctct-migrate`
-    or `~/.config/ctct-migrate` (platformdirs is not a dependency)."""
+    """`<folder>/v3-<client_id>.json`; the folder defaults to the user's config folder
+    (platformdirs: `~/.config/ctct-migrate` on Linux, honouring `XDG_CONFIG_HOME`)."""
     if folder is None:
-        base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
-        folder = Path(base) / "ctct-migrate"
+        folder = platformdirs.user_config_dir("ctct-migrate")
     safe = "".join(c if c.isalnum() or c in "._-" else "_" for c in client_id)
     return Path(folder) / f"v3-{safe}.json"
 
