@@ -11,17 +11,13 @@ to stderr. The password and API key are never printed.
 from __future__ import annotations
 
 import argparse
-import asyncio
-import contextlib
 import logging
-import signal
-import sys
-import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from ._shared import run_until_signalled
 from .v1.config import SimulatorConfig
-from .v1.server import serve
+from .v1.server import RunningSimulator, serve
 from .v1.store import AccountStore
 from .v3 import cli as v3_cli
 
@@ -194,53 +190,13 @@ def config_from_args(args: argparse.Namespace) -> SimulatorConfig:
     )
 
 
-async def _save_periodically(store: AccountStore, state: Path, every: float) -> None:
-    """Save the state whenever it changed, at most every `every` seconds: a SIGKILL loses at
-    most the last `every` seconds of writes (a clean stop saves everything)."""
-    saved = store.revision
-    while True:
-        await asyncio.sleep(every)
-        if store.revision == saved:
-            continue
-        saved = store.revision
-        data = store.to_json()  # a consistent snapshot, taken in the loop
-        await asyncio.to_thread(AccountStore.save_json, data, state)
-
-
-async def _serve_until_signalled(
-    config: SimulatorConfig,
-    store: AccountStore,
-    state: Path | None = None,
-    save_every: float = 1.0,
-) -> None:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, stop.set)
-    try:
-        async with serve(config, store) as sim:
-            line = f"serving {sim.base_url}"
-            if sim.ca_path is not None:
-                line += f" ca={sim.ca_path}"
-            print(line, flush=True)
-            if sim.http_base_url is not None:
-                log.info("refusing plain http at %s", sim.http_base_url)
-            saver = (
-                asyncio.create_task(_save_periodically(store, state, save_every))
-                if state is not None and save_every > 0
-                else None
-            )
-            try:
-                await stop.wait()
-            finally:
-                if saver is not None:
-                    saver.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await saver
-            log.info("stopping")
-    finally:
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            loop.remove_signal_handler(signum)
+def _announce(sim: RunningSimulator) -> None:
+    line = f"serving {sim.base_url}"
+    if sim.ca_path is not None:
+        line += f" ca={sim.ca_path}"
+    print(line, flush=True)
+    if sim.http_base_url is not None:
+        log.info("refusing plain http at %s", sim.http_base_url)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -254,33 +210,15 @@ def run(args: argparse.Namespace) -> int:
     """
     if getattr(args, "api", "v1") == "v3":
         return v3_cli.run(args)
-    if not logging.getLogger().handlers:
-        logging.basicConfig(
-            stream=sys.stderr, level=logging.INFO, format="%(levelname)s %(message)s"
-        )
-    try:
-        config = config_from_args(args)
-    except ValueError as exc:
-        log.error("%s", exc)
-        return 2
-    state: Path | None = args.state
-    try:
-        if state is not None and state.exists():
-            age = time.time() - state.stat().st_mtime
-            store = AccountStore.load(state, config)
-            log.info(
-                "loaded %d contacts from %s, saved %.0f s ago", store.contact_count(), state, age
-            )
-        else:
-            store = AccountStore(config)
-        asyncio.run(_serve_until_signalled(config, store, state, args.save_every))
-    except (OSError, ValueError) as exc:
-        log.error("%s", exc)
-        return 2
-    if state is not None:
-        store.save(state)
-        log.info("saved state to %s", state)
-    return 0
+    return run_until_signalled(
+        lambda: config_from_args(args),
+        lambda path, config: AccountStore.load(path, config),
+        AccountStore,
+        serve,
+        _announce,
+        args.state,
+        args.save_every,
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
