@@ -149,6 +149,10 @@ def default_token_path(client_id: str, folder: str | Path | None = None) -> Path
     return Path(folder) / f"v3-{safe}.json"
 
 
+#: Seconds a refresh waits for another process's refresh to release the token file.
+LOCK_WAIT = 120.0
+
+
 class FileTokenStore:
     """Token sets in a JSON file: folder 0700, file 0600, written atomically.
 
@@ -219,12 +223,29 @@ class FileTokenStore:
     async def locked(self) -> AsyncIterator[None]:
         """Hold the exclusive lock that other processes using this file take to refresh.
 
-        The blocking `flock` waits in a worker thread, so the event loop runs meanwhile.
+        Tried without blocking, every 50 ms, for at most `LOCK_WAIT` seconds (a refresh
+        holds it for one token request): the wait stays cancellable and bounded, even when
+        another process hangs while holding it.
+
+        Raises:
+            AuthenticationError: the lock stayed taken for `LOCK_WAIT` seconds.
         """
         self._folder()
         fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o600)
         try:
-            await anyio.to_thread.run_sync(fcntl.flock, fd, fcntl.LOCK_EX)
+            deadline = time.monotonic() + LOCK_WAIT
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() >= deadline:
+                        raise AuthenticationError(
+                            f"another process has held the lock of the token file "
+                            f"({self.lock_path}) for {LOCK_WAIT:.0f} s; stop it, or use "
+                            "another --token-file"
+                        ) from None
+                    await anyio.sleep(0.05)
             yield
         finally:
             os.close(fd)  # closing the descriptor releases the lock

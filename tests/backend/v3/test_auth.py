@@ -3,8 +3,10 @@ for many tasks, `invalid_grant`, the device flow, the token file, and tokens kep
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import math
+import os
 import stat
 from pathlib import Path
 
@@ -17,6 +19,7 @@ from engine.backend.v3 import (
     OAuthEndpoints,
     TokenSet,
     V3Auth,
+    auth as auth_module,
     default_token_path,
     device_login,
 )
@@ -267,3 +270,21 @@ async def test_headless_refresh_token_then_logout(
     again = V3Auth(endpoints_for(sim), refresh_token=refresh, clock=clock)
     with pytest.raises(AuthenticationError, match="login"):
         await again.access_token()
+
+
+async def test_the_token_file_lock_is_waited_for_at_most_lock_wait(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A lock another process never releases ends the wait with an error, within LOCK_WAIT."""
+    monkeypatch.setattr(auth_module, "LOCK_WAIT", 0.2)
+    store = FileTokenStore(tmp_path / "v3.json")
+    async with store.locked():  # held here: a second holder is "another process"
+        fd = os.open(store.lock_path, os.O_RDWR)
+        try:
+            with pytest.raises(BlockingIOError):  # the lock is really taken
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        finally:
+            os.close(fd)
+        with anyio.fail_after(5), pytest.raises(AuthenticationError, match="held the lock"):
+            async with FileTokenStore(tmp_path / "v3.json").locked():
+                pass
