@@ -69,6 +69,13 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _non_negative_float(text: str) -> float:
+    value = float(text)
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, not {text}")
+    return value
+
+
 def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -108,11 +115,15 @@ def _add_account_arguments(parser: argparse.ArgumentParser, *, v3: bool = True) 
             "backend",
             "which API the account is reached through; each has its own options below",
         ).add_argument(
+            "--api",
             "--backend",
+            dest="backend",
             choices=BACKENDS,
             default=None,
-            help="v1 (the legacy XML API) or v3 (the V3 REST API, after `python -m engine "
-            "login`); default: $CTCT_BACKEND, else v1",
+            help="v3 (the V3 REST API every account uses today; log in first with `python -m "
+            "engine login`) or v1 (the legacy XML API); default: $CTCT_BACKEND, else the one "
+            "whose credentials are present (a V3 login or CTCT_V3_* tokens; CTCT_USERNAME "
+            "and CTCT_API_KEY for v1)",
         )
     v1 = parser.add_argument_group(
         "v1 account" if v3 else "account",
@@ -208,28 +219,86 @@ def _governor(args: argparse.Namespace) -> RateGovernor:
 
 
 def _backend_name(args: argparse.Namespace) -> str:
-    """`--backend`, else `$CTCT_BACKEND`, else v1; options of the other backend refused.
+    """`--api`, else `$CTCT_BACKEND`, else the API whose options or credentials are present
+    (`_detected_backend`); options of the other API refused.
 
     Raises:
-        ConfigError: an unknown `$CTCT_BACKEND`, or an option of the other backend.
+        ConfigError: an unknown `$CTCT_BACKEND`, an option of the other API, or credentials
+            of both APIs (or of none) with no choice made.
     """
     name: str | None = args.backend
     if name is None:
-        name = os.environ.get("CTCT_BACKEND", "").strip().lower() or "v1"
-        if name not in BACKENDS:
-            raise ConfigError(
-                f"CTCT_BACKEND is {name!r}; set it to v1 or v3 (or pass --backend v1|v3)"
-            )
+        name = os.environ.get("CTCT_BACKEND", "").strip().lower() or None
+        if name is not None and name not in BACKENDS:
+            raise ConfigError(f"CTCT_BACKEND is {name!r}; set it to v1 or v3 (or pass --api v1|v3)")
+    if name is None:
+        return _detected_backend(args)
     for other, options in _BACKEND_OPTIONS.items():
         if other == name:
             continue
         for attr, option in options:
             if getattr(args, attr, None) is not None:
                 raise ConfigError(
-                    f"{option} is an option of --backend {other}, and the backend is {name} "
-                    "(from --backend or CTCT_BACKEND)"
+                    f"{option} is an option of --api {other}, and the API is {name} "
+                    "(from --api or CTCT_BACKEND)"
                 )
     return name
+
+
+#: The environment variables that mean "this account is reached through v1".
+_V1_ENV = ("CTCT_USERNAME", "CTCT_API_KEY", "CTCT_PASSWORD")
+#: The environment variables that mean "this account is reached through V3".
+_V3_ENV = ("CTCT_V3_REFRESH_TOKEN", "CTCT_V3_ACCESS_TOKEN")
+
+
+def _detected_backend(args: argparse.Namespace) -> str:
+    """The API no option names, from what is present: an option of one API only (v1's
+    `--username`; V3's `--client-id`…), else credentials (v1's `CTCT_USERNAME`,
+    `CTCT_API_KEY`, `CTCT_PASSWORD`; V3's tokens in the environment, or a login's token
+    file). A user who has run `login` needs no flag.
+
+    Raises:
+        ConfigError: both APIs' credentials are present, or neither's.
+    """
+    named = {
+        name
+        for name, options in _BACKEND_OPTIONS.items()
+        if any(getattr(args, attr, None) is not None for attr, _ in options)
+    }
+    if len(named) == 1:
+        return named.pop()
+    if named:
+        raise ConfigError(
+            "options of both APIs are given (--username/--api-key are v1's; --client-id, "
+            "--token-file and --auth-url are V3's): pass the ones of one API"
+        )
+    v1 = [name for name in _V1_ENV if os.environ.get(name, "").strip()]
+    v3 = [name for name in _V3_ENV if os.environ.get(name, "").strip()]
+    logins = _logins()
+    if v1 and (v3 or logins):
+        found = ", ".join(v3) or f"a V3 login ({logins[0]})"
+        raise ConfigError(
+            f"credentials of both APIs are present ({', '.join(v1)} for v1; {found} for V3): "
+            "pass --api v3 or --api v1"
+        )
+    if v1:
+        return "v1"
+    if v3 or logins:
+        return "v3"
+    raise ConfigError(
+        "no account: log in to the V3 API (the one every account uses today) with "
+        "`python -m engine login --client-id ID`, or, for the legacy v1 API, set "
+        "CTCT_USERNAME, CTCT_API_KEY and CTCT_PASSWORD"
+    )
+
+
+def _logins() -> list[Path]:
+    """The token files `login` saved in the user's config folder."""
+    folder = Path(platformdirs.user_config_dir(CONFIG_APP))
+    try:
+        return sorted(folder.glob("v3-*.json"))
+    except OSError:
+        return []
 
 
 def _open_backend(args: argparse.Namespace) -> AbstractAsyncContextManager[Backend]:
@@ -264,12 +333,18 @@ def _client_id(args: argparse.Namespace) -> str:
         ConfigError: neither is set.
     """
     client_id = (args.client_id or os.environ.get("CTCT_V3_CLIENT_ID") or "").strip()
-    if not client_id:
-        raise ConfigError(
-            "no V3 client id: pass --client-id ID or set CTCT_V3_CLIENT_ID (the API key of "
-            "your application in the V3 developer portal)"
-        )
-    return client_id
+    if client_id:
+        return client_id
+    logins = _logins() if getattr(args, "token_file", None) is None else []
+    if len(logins) == 1:  # the one application logged in: `v3-<client id>.json`
+        return logins[0].stem.removeprefix("v3-")
+    if len(logins) > 1:
+        ids = ", ".join(p.stem.removeprefix("v3-") for p in logins)
+        raise ConfigError(f"several V3 logins are saved ({ids}): pass --client-id ID to say which")
+    raise ConfigError(
+        "no V3 client id: pass --client-id ID or set CTCT_V3_CLIENT_ID (the API key of "
+        "your application in the V3 developer portal)"
+    )
 
 
 def _token_file(args: argparse.Namespace, client_id: str) -> Path:
@@ -428,6 +503,26 @@ def _parser() -> argparse.ArgumentParser:
         "their fields; the bulk path then searches its contacts, one request per 50)",
     )
     run.add_argument(
+        "--revive-deleted",
+        action="store_true",
+        help="V3: bring deleted contacts back onto the target lists (by default they are "
+        "left alone and reported skipped, reason deleted)",
+    )
+    run.add_argument(
+        "--no-append",
+        action="store_true",
+        help="V3: send each existing contact's own PUT instead of batching its id into "
+        "add_list_memberships appends (500 a request, append only)",
+    )
+    run.add_argument(
+        "--append-linger",
+        type=_non_negative_float,
+        default=30.0,
+        metavar="S",
+        help="V3: seconds an unfilled append batch waits for more contacts (default: 30; a "
+        "full batch or the end of the input sends it at once)",
+    )
+    run.add_argument(
         "--dry-run", action="store_true", help="read and plan, print the plan, write nothing"
     )
     run.add_argument(
@@ -569,6 +664,9 @@ async def _migrate(args: argparse.Namespace) -> int:
         create_lists=args.create_lists,
         skip_removed=args.skip_removed,
         lists_only=args.lists_only,
+        revive_deleted=args.revive_deleted,
+        append_writes=not args.no_append,
+        append_linger=args.append_linger,
         limits=StageLimits(fetch=args.fetch_limit, put=args.put_limit, bulk=args.bulk_limit),
         poll_initial=args.poll_initial,
         poll_max=max(args.poll_max, args.poll_initial),

@@ -83,6 +83,14 @@ def start_simulator(simulator_config: SimulatorConfig) -> SimulatorStarter:
 
 
 @pytest.fixture(autouse=True)
-def _no_backend_choice_from_the_shell(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A developer's `CTCT_BACKEND` must not change what the tests run against."""
+def _no_backend_choice_from_the_shell(
+    monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """A developer's `CTCT_BACKEND`, credentials or V3 logins must not change what the
+    tests run against (the CLI picks the API from what is present)."""
     monkeypatch.delenv("CTCT_BACKEND", raising=False)
+    for name in ("CTCT_USERNAME", "CTCT_API_KEY", "CTCT_PASSWORD", "CTCT_V3_CLIENT_ID"):
+        monkeypatch.delenv(name, raising=False)
+    for name in ("CTCT_V3_REFRESH_TOKEN", "CTCT_V3_ACCESS_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path_factory.mktemp("config")))

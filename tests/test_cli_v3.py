@@ -293,8 +293,19 @@ def test_login_runs_the_device_flow_and_saves_the_tokens_privately(
     assert len(tokens) == 2  # an access token and a refresh token (offline_access)
     assert_hidden(tokens, out, err)
 
+    # After `login` no flag names the API or the application: the saved login says both.
     status, out, _ = run_cli(
-        capsys, ["lists", "--backend", "v3", *auth_args(sim), "--base-url", sim.base_url], tokens
+        capsys,
+        [
+            "lists",
+            "--auth-url",
+            sim.auth_url,
+            "--ca-file",
+            str(sim.ca_path),
+            "--base-url",
+            sim.base_url,
+        ],
+        tokens,
     )
     assert status == 0
     assert "Newsletter" in out
@@ -585,17 +596,23 @@ def test_plain_http_to_another_host_exits_2_before_any_request(
     [
         pytest.param(
             ["lists", "--client-id", CLIENT_ID],
-            {},
-            "--client-id is an option of --backend v3, and the backend is v1",
+            {"CTCT_BACKEND": "v1"},
+            "--client-id is an option of --api v3, and the API is v1",
             id="v3-option-on-v1",
         ),
         pytest.param(
             ["lists", "--username", "someone"],
             {"CTCT_BACKEND": "v3"},
-            "--username is an option of --backend v1, and the backend is v3",
+            "--username is an option of --api v1, and the API is v3",
             id="v1-option-on-v3",
         ),
         pytest.param(["lists"], {"CTCT_BACKEND": "v2"}, "CTCT_BACKEND is 'v2'", id="unknown"),
+        pytest.param(
+            ["lists", "--username", "someone", "--client-id", CLIENT_ID],
+            {},
+            "options of both APIs are given",
+            id="options-of-both",
+        ),
     ],
 )
 def test_options_of_the_other_backend_exit_2(
@@ -615,18 +632,52 @@ def test_options_of_the_other_backend_exit_2(
     assert message in err
 
 
-def test_default_backend_is_v1(
-    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize(
+    ("env", "login", "message"),
+    [
+        pytest.param({}, False, "no account: log in to the V3 API", id="neither"),
+        pytest.param(
+            {"CTCT_USERNAME": "someone", "CTCT_API_KEY": "k"},
+            False,
+            "CTCT_PASSWORD",  # v1 chosen: its own missing credential is named
+            id="v1-credentials",
+        ),
+        pytest.param(
+            {"CTCT_V3_REFRESH_TOKEN": MADE_UP_REFRESH},
+            False,
+            "no V3 client id",  # V3 chosen: its own missing setting is named
+            id="v3-tokens",
+        ),
+        pytest.param(
+            {"CTCT_USERNAME": "someone", "CTCT_API_KEY": "k"},
+            True,
+            "credentials of both APIs are present",
+            id="both",
+        ),
+    ],
+)
+def test_the_api_follows_the_credentials_present(
+    env: dict[str, str],
+    login: bool,
+    message: str,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """Without --backend or CTCT_BACKEND it is v1; CTCT_BACKEND=v3 makes it V3."""
+    """Without --api the CLI picks the API whose credentials are present, and says what to
+    pass when there are none or both."""
     for name in ("CTCT_USERNAME", "CTCT_API_KEY", "CTCT_PASSWORD"):
         monkeypatch.delenv(name, raising=False)
-    status, _, err = run_cli(capsys, ["lists"])
-    assert status == 2
-    assert "CTCT_" in err
-    assert "CTCT_V3_CLIENT_ID" not in err
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    if login:
+        folder = Path(platformdirs.user_config_dir("ctct-migrate"))
+        FileTokenStore(folder / f"v3-{CLIENT_ID}.json").save(
+            TokenSet(MADE_UP_ACCESS, MADE_UP_REFRESH, time.time() + 3600, "contact_data")
+        )
 
-    monkeypatch.setenv("CTCT_BACKEND", "v3")
-    status, _, err = run_cli(capsys, ["lists"])
+    status, _, err = run_cli(capsys, ["lists"], [MADE_UP_ACCESS, MADE_UP_REFRESH])
+
     assert status == 2
-    assert "CTCT_V3_CLIENT_ID" in err
+    assert message in err
+    if message.startswith("credentials of both"):
+        assert "--api v3 or --api v1" in err

@@ -20,6 +20,7 @@ from engine.errors import RetryableApiError
 
 __all__ = [
     "ActivityState",
+    "AppendingBackend",
     "Backend",
     "BackendStats",
     "BulkActivity",
@@ -184,6 +185,9 @@ class Capabilities:
         bulk_revives_deleted: a bulk request brings a deleted contact back (v3's json
             import does), so the bulk path looks its contacts up first and leaves the
             deleted ones out.
+        append_max: contact ids per append-only membership request (v3's
+            `add_list_memberships`: 500); 0 when the API has none (v1). See
+            `AppendingBackend`.
     """
 
     dialect: Literal["v1", "v3"]
@@ -195,6 +199,7 @@ class Capabilities:
     lists_per_contact: int | None
     fields: Mapping[str, int]
     bulk_revives_deleted: bool = False
+    append_max: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -331,4 +336,20 @@ class Backend(Protocol):
         """What a completed activity did to each of `emails` (in request order), put on
         `targets`: from what the activity says, or by reading the contacts back. It needs
         only what the journal keeps, so a resumed run settles an inherited activity too."""
+        ...
+
+
+@runtime_checkable
+class AppendingBackend(Backend, Protocol):
+    """A backend whose API adds known contacts to lists by id, append only (v3's
+    `add_list_memberships`): no read→write window, no list can be dropped, and one request
+    carries up to `Capabilities.append_max` contacts."""
+
+    async def append(self, ids: Sequence[str], targets: Sequence[ListId]) -> BulkActivity:
+        """Submit one append of the contacts `ids` to `targets` (an activity to poll)."""
+        ...
+
+    def appended_all(self, activity: BulkActivity) -> bool:
+        """Whether a finished append activity added every contact it was given (no error,
+        every item processed); anything else sends them through the write path."""
         ...

@@ -72,7 +72,7 @@ def _ref(hit: ContactRef | ContactState) -> ContactRef:
     return hit.ref if isinstance(hit, ContactState) else hit
 
 
-class _Stopped(Exception):
+class Stopping(Exception):
     """The run is stopping: leave the activity to the journal and a resumed run."""
 
 
@@ -162,7 +162,7 @@ class BulkPath:
                         return  # not sent: these contacts are redone by a resumed run
                     for outcome in await self.run_batch(batch):
                         await send_outcomes.send(outcome)
-                except _Stopped:
+                except Stopping:
                     return
                 finally:
                     stage.busy -= len(batch.contacts)
@@ -227,19 +227,27 @@ class BulkPath:
             found.update((e, _ref(hit).status) for e, hit in page.items())
         if unknown:
             await self._fall_back(tuple(unknown), "their status could not be looked up")
+        # With `revive_deleted`, a deleted contact is revived contact by contact (its own
+        # write, reported as such), whatever a bulk request does to deleted contacts.
+        revived = tuple(
+            c for c in contacts if self.config.revive_deleted and found.get(c.email) == "deleted"
+        )
+        if revived:
+            await self._fall_back(revived, "deleted contacts are revived contact by contact")
         # Left out, never sent in bulk: a deleted contact (a bulk request would revive it),
         # and a Removed one with `skip_removed` (an add would make it Active again).
         left_out = {
             e: status
             for e, status in found.items()
-            if status == "deleted" or (status == "removed" and self.config.skip_removed)
+            if (status == "deleted" and not self.config.revive_deleted)
+            or (status == "removed" and self.config.skip_removed)
         }
         skipped = [
             Outcome(c.email, "skipped", tuple(c.rows), left_out[c.email], path="bulk")
             for c in contacts
             if c.email in left_out
         ]
-        gone = set(left_out) | {c.email for c in unknown}
+        gone = set(left_out) | {c.email for c in (*unknown, *revived)}
         kept = tuple(
             Contact(c.email, c.targets, {}, c.rows)
             if self.config.lists_only and c.email in found and c.fields
@@ -298,16 +306,17 @@ class BulkPath:
         """
         try:
             activities = await self._submit(contacts, targets)
-        except (FatalApiError, ConnectionLostError, QuotaExhaustedError, _Stopped):
+        except (FatalApiError, ConnectionLostError, QuotaExhaustedError, Stopping):
             raise
         except (ApiError, TimeoutError) as exc:
             await self._fall_back(contacts, f"activity not submitted: {exc}")
             return [], f"inconclusive (its activity could not be submitted: {exc})"
         try:
             finished = [
-                await self._poll(a, rows=sum(len(c.rows) for c in group)) for a, group in activities
+                await self.wait_for(a, rows=sum(len(c.rows) for c in group))
+                for a, group in activities
             ]
-        except (FatalApiError, ConnectionLostError, QuotaExhaustedError, _Stopped):
+        except (FatalApiError, ConnectionLostError, QuotaExhaustedError, Stopping):
             raise
         except (ApiError, TimeoutError) as exc:  # submitted: it may have run, or still may
             await self._fall_back(contacts, f"activity failed: {exc}", maybe_applied=True)
@@ -371,12 +380,12 @@ class BulkPath:
             for item in pending:
                 activity = BulkActivity(item.id, "pending", "PENDING")
                 try:
-                    finished = await self._poll(
+                    finished = await self.wait_for(
                         activity,
                         expected=item.insert_time,
                         rows=sum(len(c.rows) for c in item.contacts),
                     )
-                except _Stopped:
+                except Stopping:
                     return
                 except (FatalApiError, ConnectionLostError, QuotaExhaustedError):
                     raise
@@ -426,7 +435,7 @@ class BulkPath:
                 *await self._submit_group(contacts[half:], targets, columns),
             ]
         if self._stop is not None and self._stop.is_set():
-            raise _Stopped
+            raise Stopping
         if self._intend is not None:
             await self._intend(Batch(contacts, targets))
         activity = await self._post_activity(request)
@@ -472,7 +481,7 @@ class BulkPath:
                     known.update(a.id for a in new)
                     await self.backend.back_off(attempt, error, started)
 
-    async def _poll(
+    async def wait_for(
         self, activity: BulkActivity, *, expected: str = "", rows: int = 0
     ) -> BulkActivity:
         """Poll until the activity finishes.
@@ -543,7 +552,7 @@ class BulkPath:
         with anyio.move_on_after(seconds):
             await self._stop.wait()
         if self._stop.is_set():
-            raise _Stopped  # the journal knows the activity: a resumed run polls it
+            raise Stopping  # the journal knows the activity: a resumed run polls it
 
     async def _outcomes(
         self, activity: BulkActivity, contacts: tuple[Contact, ...], targets: tuple[str, ...]

@@ -80,6 +80,18 @@ class MigrationConfig:
             concurrent write removed a list (two more requests per updated contact);
             "off" never re-reads.
         stale_after: seconds after which a fetched entry counts as stale.
+        append_writes: on an API that appends known contacts to lists by id (v3's
+            `add_list_memberships`), an existing contact that only gains lists is appended
+            that way, its id batched with others (up to the API's 500 a request): no
+            read→write window, no list can be dropped, one request for many contacts. False
+            sends each such contact's write on its own (v3: the whole-contact PUT).
+        append_linger: seconds the first contact of an unfilled append batch waits for
+            others before the batch is sent (a full batch, or the end of the input, sends
+            it at once). Longer: fewer requests; shorter: outcomes sooner.
+        revive_deleted: bring deleted contacts (v3: deleted, hidden from searches, blocking
+            creation) back onto the target lists instead of skipping them (`skipped`,
+            reason `deleted`). A deleted contact was deleted by someone on purpose; only
+            the user can say it may come back.
     """
 
     lists: tuple[str, ...] = ()
@@ -103,6 +115,9 @@ class MigrationConfig:
     progress_interval: float = 1.0
     verify_writes: Literal["stale", "all", "off"] = "stale"
     stale_after: float = 2.0
+    append_writes: bool = True
+    append_linger: float = 30.0
+    revive_deleted: bool = False
 
     def __post_init__(self) -> None:
         if self.bulk_threshold is not None and self.bulk_threshold < 1:
@@ -120,6 +135,7 @@ class MigrationConfig:
             "poll_timeout",
             "progress_interval",
             "activity_seconds",
+            "append_linger",
         ):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} cannot be negative")

@@ -25,7 +25,8 @@ class Write:
         update: the backend's write for an existing contact; None means create it.
         added: ids of the lists this write adds.
         fetched_at: when the contact was read (`anyio.current_time()`).
-        reactivates: the contact is Removed: the write makes it Active again.
+        reactivates: the contact is Removed (or deleted, with `revive_deleted`): the write
+            makes it Active again.
     """
 
     contact: Contact
@@ -54,12 +55,14 @@ def decide(
     skip_removed: bool,
     fetched_at: float = 0.0,
     lists_only: bool = False,
+    revive_deleted: bool = False,
 ) -> Write | Outcome:
     """The write a fetched contact needs, or its outcome when it needs none.
 
     - no contact: create it with its fields (`created`);
     - opted out: `skipped`, reason `opted-out` (invariant I2: never changed);
     - Removed with `skip_removed`: `skipped`, reason `removed`;
+    - deleted: `skipped`, reason `deleted`, unless `revive_deleted`;
     - the union adds nothing and no field changes: `unchanged`, no request;
     - otherwise the backend's write of the union of lists and the source's non-empty
       fields (`updated`); with `lists_only`, the lists only.
@@ -71,14 +74,15 @@ def decide(
     if state is None:
         return Write(contact, None, contact.targets)
     targets, before = contact.targets, tuple(sorted(state.list_ids))
-    settled = settled_by_status(contact, state.ref, skip_removed, before)
+    settled = settled_by_status(contact, state.ref, skip_removed, before, revive_deleted)
     if settled is not None:
         return settled
     fields = {} if lists_only else state.changed_fields(contact.fields)
     update = backend.add_lists(state, targets, fields)
     if update is None:
         return Outcome(contact.email, "unchanged", rows, "", (), "contact", targets, before)
-    return Write(contact, update, update.added, fetched_at, state.ref.status == "removed")
+    revives = state.ref.status in ("removed", "deleted")
+    return Write(contact, update, update.added, fetched_at, revives)
 
 
 def settled_by_status(
@@ -86,13 +90,14 @@ def settled_by_status(
     ref: ContactRef,
     skip_removed: bool,
     before: tuple[str, ...] | None = None,
+    revive_deleted: bool = False,
 ) -> Outcome | None:
     """The `skipped` outcome of a contact its status settles without a write (opted out:
-    I2; deleted: a deleted contact stays deleted; Removed with `skip_removed`), else None.
-    `before`: its lists, when it was read."""
+    I2; deleted, unless `revive_deleted`: a deleted contact stays deleted; Removed with
+    `skip_removed`), else None. `before`: its lists, when it was read."""
     if ref.status == "opted_out":
         reason = "opted-out"
-    elif ref.status == "deleted":
+    elif ref.status == "deleted" and not revive_deleted:
         reason = "deleted"
     elif ref.status == "removed" and skip_removed:
         reason = "removed"
@@ -113,6 +118,7 @@ async def merge_lists(
     limit: int,
     stop: anyio.Event | None = None,
     lists_only: bool = False,
+    revive_deleted: bool = False,
 ) -> None:
     """The stage: read each found contact's full entry and decide its write.
 
@@ -131,7 +137,9 @@ async def merge_lists(
                     continue
                 stats.busy += 1
                 try:
-                    result = await _decide_found(found, backend, skip_removed, lists_only)
+                    result = await _decide_found(
+                        found, backend, skip_removed, lists_only, revive_deleted
+                    )
                 finally:
                     stats.busy -= 1
                 stats.done += 1
@@ -145,13 +153,17 @@ async def merge_lists(
 
 
 async def _decide_found(
-    found: Found, backend: Backend, skip_removed: bool, lists_only: bool = False
+    found: Found,
+    backend: Backend,
+    skip_removed: bool,
+    lists_only: bool = False,
+    revive_deleted: bool = False,
 ) -> Write | Outcome:
     contact, hit = found.contact, found.hit
     if hit is None:
         return decide(contact, None, backend=backend, skip_removed=skip_removed)
     ref = hit.ref if isinstance(hit, ContactState) else hit
-    settled = settled_by_status(contact, ref, skip_removed)
+    settled = settled_by_status(contact, ref, skip_removed, None, revive_deleted)
     if settled is not None:  # from the lookup, unread
         return settled
     try:
@@ -163,6 +175,7 @@ async def _decide_found(
             skip_removed=skip_removed,
             fetched_at=anyio.current_time(),
             lists_only=lists_only,
+            revive_deleted=revive_deleted,
         )
     except Exception as exc:
         return outcome_for_error(contact, exc, "contact")

@@ -8,6 +8,7 @@ from typing import Literal
 __all__ = [
     "OUTCOMES",
     "REACTIVATED",
+    "REVIVED",
     "Batch",
     "Contact",
     "Outcome",
@@ -151,6 +152,8 @@ class Outcome:
 
 #: The note of a Removed contact that a write made Active again (counted in the summary).
 REACTIVATED = "was Removed: re-added, Active again (--skip-removed leaves such contacts alone)"
+#: The note of a deleted contact brought back by `--revive-deleted`.
+REVIVED = "was deleted: revived onto its lists (--revive-deleted)"
 
 
 def join_notes(*notes: str) -> str:

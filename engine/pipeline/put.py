@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable
+from typing import TYPE_CHECKING
 
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
@@ -15,10 +16,13 @@ from engine.backend.retry import SINGLE_ATTEMPT
 from engine.crashpoints import crash_point
 from engine.errors import ConflictError, RetryableApiError
 from engine.pipeline.merge import Write, decide
-from engine.pipeline.models import REACTIVATED, Outcome, join_notes
+from engine.pipeline.models import REACTIVATED, REVIVED, Outcome, join_notes
 from engine.pipeline.stats import StageStats, outcome_for_error
 
-__all__ = ["put_contacts", "send_write"]
+if TYPE_CHECKING:
+    from engine.pipeline.append import Appends
+
+__all__ = ["put_contacts", "send_write", "updated_outcome"]
 
 log = logging.getLogger("engine.put")
 
@@ -27,6 +31,28 @@ Intend = Callable[[str, str, Iterable[str], Iterable[str]], Awaitable[None]]
 
 #: How often a contact may bounce between POST (409) and a fresh fetch before it fails.
 MAX_CONFLICTS = 3
+
+
+def updated_outcome(write: Write, reason: str = "", note: str = "") -> Outcome:
+    """The `updated` outcome of an update sent (by its PUT, or appended by id)."""
+    assert write.update is not None
+    contact, state = write.contact, write.update.state
+    revived = REVIVED if state.ref.status == "deleted" else REACTIVATED
+    return Outcome(
+        contact.email,
+        "updated",
+        tuple(contact.rows),
+        reason,
+        write.added,
+        "contact",
+        contact.targets,
+        tuple(sorted(state.list_ids)),
+        note=join_notes(
+            revived if write.reactivates else "",
+            f"fields written: {', '.join(write.fields)}" if write.fields else "",
+            note,
+        ),
+    )
 
 
 async def send_write(
@@ -38,6 +64,7 @@ async def send_write(
     stale_after: float = 2.0,
     intend: Intend | None = None,
     lists_only: bool = False,
+    revive_deleted: bool = False,
 ) -> Outcome:
     """Send one write and return its outcome (API errors become outcomes or propagate).
 
@@ -61,7 +88,14 @@ async def send_write(
         for _ in range(MAX_CONFLICTS):
             if write.update is not None:
                 sent = await _update(
-                    write, backend, skip_removed, verify, stale_after, intend, lists_only
+                    write,
+                    backend,
+                    skip_removed,
+                    verify,
+                    stale_after,
+                    intend,
+                    lists_only,
+                    revive_deleted,
                 )
                 if isinstance(sent, Outcome):
                     return sent
@@ -69,24 +103,10 @@ async def send_write(
                 if write.update is None:
                     continue  # the fresh read turned it into another kind of write
                 crash_point("put")
-                before = tuple(sorted(write.update.state.list_ids))
                 reason = ""
                 if verify == "all" and await _read_back(write, backend):
                     reason = "a concurrent write removed lists; the union was applied again"
-                return Outcome(
-                    contact.email,
-                    "updated",
-                    rows,
-                    reason,
-                    write.added,
-                    "contact",
-                    targets,
-                    before,
-                    note=join_notes(
-                        REACTIVATED if write.reactivates else "",
-                        f"fields written: {', '.join(write.fields)}" if write.fields else "",
-                    ),
-                )
+                return updated_outcome(write, reason)
             try:
                 if intend is not None:
                     await intend(contact.email, "created", (), write.added)
@@ -107,6 +127,7 @@ async def send_write(
                     skip_removed=skip_removed,
                     fetched_at=anyio.current_time(),
                     lists_only=lists_only,
+                    revive_deleted=revive_deleted,
                 )
                 if isinstance(result, Outcome):
                     ours = state.list_ids == frozenset(contact.targets)
@@ -147,6 +168,7 @@ async def _update(
     stale_after: float,
     intend: Intend | None,
     lists_only: bool = False,
+    revive_deleted: bool = False,
 ) -> Write | Outcome:
     """Send an update; returns the write sent (or what a fresh read turned it into).
 
@@ -164,7 +186,7 @@ async def _update(
         await backend.take_turn()
         stale = anyio.current_time() - write.fetched_at > stale_after
         if verify == "all" or (verify == "stale" and stale):
-            refreshed = await _refresh(write, backend, skip_removed, lists_only)
+            refreshed = await _refresh(write, backend, skip_removed, lists_only, revive_deleted)
             if isinstance(refreshed, Outcome):
                 return refreshed
             write = refreshed
@@ -181,7 +203,11 @@ async def _update(
 
 
 async def _refresh(
-    write: Write, backend: Backend, skip_removed: bool, lists_only: bool = False
+    write: Write,
+    backend: Backend,
+    skip_removed: bool,
+    lists_only: bool = False,
+    revive_deleted: bool = False,
 ) -> Write | Outcome:
     """The write rebuilt from a fresh read when the contact changed since it was read."""
     assert write.update is not None
@@ -195,6 +221,7 @@ async def _refresh(
         skip_removed=skip_removed,
         fetched_at=anyio.current_time(),
         lists_only=lists_only,
+        revive_deleted=revive_deleted,
     )
 
 
@@ -228,11 +255,19 @@ async def put_contacts(
     stale_after: float = 2.0,
     intend: Intend | None = None,
     lists_only: bool = False,
+    revive_deleted: bool = False,
+    appends: Appends | None = None,
 ) -> None:
-    """One put worker: one write at a time; once `stop` is set, writes are not sent."""
+    """One put worker: one write at a time; once `stop` is set, writes are not sent. With
+    `appends`, a write that only adds lists to an existing contact is batched there (its
+    outcome comes from there)."""
     async with receive_writes, send_outcomes:
         async for write in receive_writes:
             if stop is not None and stop.is_set():
+                continue
+            if appends is not None and appends.takes(write):
+                await appends.add(write)
+                stats.done += 1
                 continue
             stats.busy += 1
             try:
@@ -244,6 +279,7 @@ async def put_contacts(
                     stale_after=stale_after,
                     intend=intend,
                     lists_only=lists_only,
+                    revive_deleted=revive_deleted,
                 )
             finally:
                 stats.busy -= 1

@@ -15,6 +15,7 @@ submitted are polled instead of resubmitted, and the report covers every run.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import os
 import tempfile
@@ -27,7 +28,7 @@ import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from engine.backend import as_backend
-from engine.backend.protocol import Backend, BulkActivity, ListInfo
+from engine.backend.protocol import AppendingBackend, Backend, BulkActivity, ListInfo
 from engine.backend.v1.client import Account
 from engine.crashpoints import crash_point
 from engine.errors import (
@@ -39,6 +40,7 @@ from engine.errors import (
     unknown_lists_message,
 )
 from engine.journal import Intent, Journal, journal_identity
+from engine.pipeline.append import Appends
 from engine.pipeline.bulk import BulkPath
 from engine.pipeline.config import MigrationConfig
 from engine.pipeline.fetch import Found, fetch_contacts
@@ -53,7 +55,7 @@ from engine.pipeline.models import (
     join_notes,
 )
 from engine.pipeline.plan import Planner
-from engine.pipeline.put import put_contacts
+from engine.pipeline.put import put_contacts, send_write
 from engine.pipeline.read import Source, SourceReader
 from engine.pipeline.record import ReportWriter, record_outcomes
 from engine.pipeline.stats import Progress, RunStats, fan_out
@@ -569,7 +571,7 @@ class _Run:
                     )
                     tg.start_soon(self._fetch, receive_contacts, send_found, outcome_sends[1])
                     tg.start_soon(self._merge, receive_found, send_writes, outcome_sends[2])
-                    tg.start_soon(self._put, receive_writes, outcome_sends[3])
+                    tg.start_soon(self._put, receive_writes, outcome_sends[3], bulk)
                     tg.start_soon(bulk.run, receive_batches, outcome_sends[4])
                     tg.start_soon(bulk.resume, pending, resume_send)
                     tg.start_soon(self._record, receive_outcomes, writer, on_outcome, bulk)
@@ -636,28 +638,73 @@ class _Run:
             limit=self.config.limits.put,
             stop=self.stop,
             lists_only=self.config.lists_only,
+            revive_deleted=self.config.revive_deleted,
         )
 
     async def _put(
-        self, receive: MemoryObjectReceiveStream[Write], send: MemoryObjectSendStream[Outcome]
+        self,
+        receive: MemoryObjectReceiveStream[Write],
+        send: MemoryObjectSendStream[Outcome],
+        bulk: BulkPath,
     ) -> None:
+        """The put workers; on an API with appends (and `append_writes`), an existing
+        contact that only gains lists is batched into appends by id instead."""
+        config, backend = self.config, self.backend
+        intend = self.journal.intend if self.journal is not None else None
+        write = functools.partial(
+            send_write,
+            backend=backend,
+            skip_removed=config.skip_removed,
+            verify=config.verify_writes,
+            stale_after=config.stale_after,
+            intend=intend,
+            lists_only=config.lists_only,
+            revive_deleted=config.revive_deleted,
+        )
+        appends = None
+        if (
+            config.append_writes
+            and isinstance(backend, AppendingBackend)
+            and backend.capabilities.append_max > 0
+        ):
+            appends = Appends(
+                backend,
+                bulk,
+                write,
+                linger=config.append_linger,
+                limit=config.limits.bulk,
+                writers=config.limits.put,
+                intend=intend,
+                stop=self.stop,
+            )
+
         async def worker(
             receive: MemoryObjectReceiveStream[Write], send: MemoryObjectSendStream[Outcome]
         ) -> None:
             await put_contacts(
                 receive,
                 send,
-                backend=self.backend,
-                skip_removed=self.config.skip_removed,
+                backend=backend,
+                skip_removed=config.skip_removed,
                 stats=self.stats.stages["put"],
                 stop=self.stop,
-                verify=self.config.verify_writes,
-                stale_after=self.config.stale_after,
-                intend=self.journal.intend if self.journal is not None else None,
-                lists_only=self.config.lists_only,
+                verify=config.verify_writes,
+                stale_after=config.stale_after,
+                intend=intend,
+                lists_only=config.lists_only,
+                revive_deleted=config.revive_deleted,
+                appends=appends,
             )
 
-        await fan_out(worker, receive, send, limit=self.config.limits.put)
+        if appends is None:
+            await fan_out(worker, receive, send, limit=config.limits.put)
+            return
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(appends.run, send.clone())
+            try:
+                await fan_out(worker, receive, send, limit=config.limits.put)
+            finally:
+                appends.close()
 
     async def _record(
         self,

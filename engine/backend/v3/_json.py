@@ -25,6 +25,7 @@ from engine.backend.protocol import (
 from engine.errors import ActivityTooLargeError, MalformedResponseError, UnsafeMergeError
 
 __all__ = [
+    "APPEND_MAX_IDS",
     "CORE_PROPERTIES",
     "FIELD_LIMITS",
     "IMPORT_EMAIL_MAX",
@@ -34,6 +35,8 @@ __all__ = [
     "JsonImport",
     "V3Activity",
     "activity_state",
+    "append_body",
+    "appended_all",
     "bulk_activity",
     "contact_state",
     "contact_status",
@@ -57,6 +60,8 @@ CORE_PROPERTIES: tuple[str, ...] = (
 
 #: A contact can be on at most 50 lists (§4.2, `maxItems: 50`).
 LISTS_PER_CONTACT = 50
+#: Contact ids per `add_list_memberships` (§5.4).
+APPEND_MAX_IDS = 500
 #: `contacts_json_import` caps (§5.2): rows, and a body that must stay under 4 MB, since the
 #: server silently drops what lies beyond.
 IMPORT_MAX_ROWS = 40_000
@@ -423,6 +428,26 @@ _STATES: dict[str, ActivityState] = {
 def activity_state(state: str) -> ActivityState:
     """The neutral state of a V3 activity state (an unknown one keeps polling: `running`)."""
     return _STATES.get(state, "running")
+
+
+def append_body(ids: Sequence[str], lists: Sequence[str]) -> bytes:
+    """An `add_list_memberships` body (§5.4): ≤ 500 contact ids onto ≤ 50 lists."""
+    if not 0 < len(ids) <= APPEND_MAX_IDS or not 0 < len(lists) <= LISTS_PER_CONTACT:
+        raise ValueError(f"an append takes 1-{APPEND_MAX_IDS} ids and 1-50 lists")
+    body = {"source": {"contact_ids": list(ids)}, "list_ids": list(lists)}
+    return json.dumps(body, separators=(",", ":")).encode()
+
+
+def appended_all(raw: Mapping[str, Any]) -> bool:
+    """Whether a finished `add_list_memberships` status object vouches for every contact:
+    `completed`, no `activity_errors`, and every item processed."""
+    if raw.get("state") != "completed" or raw.get("activity_errors"):
+        return False
+    status = raw.get("status")
+    if not isinstance(status, dict):
+        return False
+    total, done = status.get("items_total_count"), status.get("items_completed_count")
+    return isinstance(total, int) and total == done
 
 
 def is_import_activity(raw: Mapping[str, Any]) -> bool:

@@ -32,12 +32,16 @@ from engine.backend.protocol import (
 )
 from engine.backend.retry import RetryPolicy
 from engine.backend.v3._json import (
+    APPEND_MAX_IDS,
     FIELD_LIMITS,
     IMPORT_EMAIL_MAX,
     IMPORT_MAX_BYTES,
     IMPORT_MAX_ROWS,
     LISTS_PER_CONTACT,
     JsonImport,
+    V3Activity,
+    append_body,
+    appended_all,
     bulk_activity,
     contact_state,
     create_body,
@@ -70,6 +74,7 @@ V3_CAPABILITIES = Capabilities(
     lists_per_contact=LISTS_PER_CONTACT,
     fields=FIELD_LIMITS,
     bulk_revives_deleted=True,
+    append_max=APPEND_MAX_IDS,
 )
 
 #: What a lookup or read includes: the lists, and the subresources a field write resends.
@@ -277,6 +282,21 @@ class V3Backend:
             retry=retry,
         )
         return bulk_activity(answer)
+
+    async def append(self, ids: Sequence[str], targets: Sequence[ListId]) -> BulkActivity:
+        """`add_list_memberships` (§5.4): append only, so a lost answer posted again only
+        appends the same memberships twice (harmless)."""
+        answer = await self.client.send(
+            "POST",
+            self.client.url("activities/add_list_memberships"),
+            body=append_body(ids, targets),
+            expect=(201,),
+        )
+        return bulk_activity(answer)
+
+    def appended_all(self, activity: BulkActivity) -> bool:
+        document = activity.document
+        return isinstance(document, V3Activity) and appended_all(document.raw)
 
     async def recent_activities(self) -> list[BulkActivity]:
         """The first page of `GET /activities` (the last 10 days, newest first), json imports

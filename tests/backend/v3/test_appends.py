@@ -1,0 +1,155 @@
+"""The V3 write path through the pipeline: existing contacts that only gain lists are
+appended by id (`add_list_memberships`, batched), a batch the server does not vouch for goes
+through the PUT, `--no-append` uses the PUT, and `--revive-deleted` brings deleted contacts
+back on both paths."""
+
+from __future__ import annotations
+
+import anyio
+import pytest
+
+from engine.pipeline.config import MigrationConfig
+from engine.pipeline.models import REVIVED
+from engine.pipeline.run import migrate
+from engine.simulator.v3 import RunningSimulator
+
+from .conftest import BackendOpener, SimStarter
+
+#: Per contact, no bulk: the appends are the write path's own batching.
+PER_CONTACT = MigrationConfig(bulk_threshold=None, poll_initial=0.02, poll_max=0.05)
+
+
+def _existing(sim: RunningSimulator, count: int) -> tuple[str, str, list[str]]:
+    """`count` contacts on Old (and a field), the list News; (old id, news id, emails)."""
+    old, news = sim.store.add_list("Old"), sim.store.add_list("News")
+    emails = [f"e{n:03d}@example.com" for n in range(count)]
+    for email in emails:
+        sim.store.add_contact(email, lists=[old], first_name="Same")
+    return old, news, emails
+
+
+async def test_existing_contacts_are_appended_by_id_in_batches(
+    sim: RunningSimulator, open_backend: BackendOpener
+) -> None:
+    """200 existing contacts gaining a list: one lookup each, then their ids in one append
+    (no PUT), every list kept: at most 1.05 requests a contact plus the polls."""
+    old, news, emails = _existing(sim, 200)
+    source = [{"email": e, "first_name": "Same"} for e in emails]
+    async with open_backend(sim) as backend:
+        with anyio.fail_after(40):
+            before = backend.stats().requests
+            report = await migrate(backend, source, lists=["News"], config=PER_CONTACT)
+            sent = backend.stats().requests - before
+
+    assert report.outcomes["updated"] == 200
+    appends = [w for w in sim.store.writes if w.endpoint == "activities.add_list_memberships"]
+    assert len(appends) == 1
+    assert not [w for w in sim.store.writes if w.endpoint == "contacts.update"]
+    for email in emails:
+        stored = sim.store.contact_by_email(email)
+        assert stored is not None
+        assert stored.lists == [old, news]
+    # lookups, the start-up reads (the token check, the lists), the append; polls apart
+    assert report.polls >= 1
+    assert sent - report.polls <= 200 * 1.05, (sent, report.polls)
+
+
+async def test_an_append_that_fails_sends_its_contacts_through_the_put(
+    start_sim: SimStarter, open_backend: BackendOpener
+) -> None:
+    """An append the server refuses (500 on every try) is not trusted: its contacts are
+    written by the whole-contact PUT, each keeping its lists, with the reason noted."""
+    rates = {"POST activities/add_list_memberships": 1.0}
+    async with start_sim(route_error_rates=rates) as sim:
+        old, news, emails = _existing(sim, 30)
+        seen: list[str] = []
+        async with open_backend(sim) as backend:
+            with anyio.fail_after(60):
+                report = await migrate(
+                    backend,
+                    [{"email": e} for e in emails],
+                    lists=["News"],
+                    config=PER_CONTACT,
+                    on_outcome=lambda o: seen.append(o.note),
+                )
+        assert report.outcomes["updated"] == 30
+        assert len([w for w in sim.store.writes if w.endpoint == "contacts.update"]) == 30
+        assert all("the append was not confirmed" in note for note in seen)
+        for email in emails:
+            stored = sim.store.contact_by_email(email)
+            assert stored is not None
+            assert stored.lists == [old, news]
+
+
+async def test_no_append_uses_the_put(sim: RunningSimulator, open_backend: BackendOpener) -> None:
+    """With `append_writes=False` each existing contact gets its own safe PUT, no append."""
+    _, _, emails = _existing(sim, 5)
+    config = MigrationConfig(
+        bulk_threshold=None, poll_initial=0.02, poll_max=0.05, append_writes=False
+    )
+    async with open_backend(sim) as backend:
+        with anyio.fail_after(30):
+            report = await migrate(
+                backend, [{"email": e} for e in emails], lists=["News"], config=config
+            )
+    assert report.outcomes["updated"] == 5
+    endpoints = [w.endpoint for w in sim.store.writes]
+    assert endpoints.count("contacts.update") == 5
+    assert "activities.add_list_memberships" not in endpoints
+
+
+async def test_a_contact_with_new_field_values_is_put_not_appended(
+    sim: RunningSimulator, open_backend: BackendOpener
+) -> None:
+    """A row that changes a field needs the PUT (an append writes lists only); the others of
+    the run are still appended."""
+    old, news, emails = _existing(sim, 4)
+    source = [{"email": e} for e in emails[1:]] + [{"email": emails[0], "first_name": "New"}]
+    async with open_backend(sim) as backend:
+        with anyio.fail_after(30):
+            report = await migrate(backend, source, lists=["News"], config=PER_CONTACT)
+    assert report.outcomes["updated"] == 4
+    endpoints = [w.endpoint for w in sim.store.writes]
+    assert endpoints.count("contacts.update") == 1
+    assert endpoints.count("activities.add_list_memberships") == 1
+    first = sim.store.contact_by_email(emails[0])
+    assert first is not None
+    assert first.core["first_name"] == "New"
+    assert first.lists == [old, news]
+
+
+@pytest.mark.parametrize("bulk", [True, False], ids=["bulk", "per-contact"])
+async def test_revive_deleted_brings_a_deleted_contact_back(
+    sim: RunningSimulator, open_backend: BackendOpener, bulk: bool
+) -> None:
+    """With `revive_deleted` a deleted contact is revived onto the target list by its own
+    PUT, reported `updated` with a note saying so, on both paths."""
+    news = sim.store.add_list("News")
+    sim.store.add_contact("gone@example.com", deleted=True)
+    source = [{"email": f"m{n:02d}@example.com"} for n in range(30)]
+    source.append({"email": "gone@example.com"})
+    config = MigrationConfig(
+        probe_size=1,
+        poll_initial=0.02,
+        poll_max=0.05,
+        bulk_threshold=25 if bulk else None,
+        revive_deleted=True,
+    )
+    notes: dict[str, str] = {}
+    async with open_backend(sim) as backend:
+        with anyio.fail_after(40):
+            report = await migrate(
+                backend,
+                source,
+                lists=["News"],
+                config=config,
+                on_outcome=lambda o: notes.__setitem__(o.email, o.note),
+            )
+
+    assert report.outcomes["skipped"] == 0
+    assert report.outcomes["updated"] == 1
+    assert REVIVED in notes["gone@example.com"]
+    stored = sim.store.contact_by_email("gone@example.com")
+    assert stored is not None
+    assert stored.status != "deleted"
+    assert news in stored.lists
