@@ -5,9 +5,11 @@ each path would send, step by step as the stages send them:
 
 - before the stages: the credentials check, the lists feed, each list to create, and with
   `snapshot` every list's members (one request per 50);
-- per-contact path: one search per 50 contacts; for an existing contact a GET, then a PUT
-  unless it needs none (already on its lists and no field to write), two more reads each with
-  `verify_writes="all"`; for a new contact a POST; nothing for a Do Not Mail contact;
+- per-contact path: one search per 50 contacts (v3: one per contact, with the lists); for an
+  existing contact a GET (not on v3), then a PUT unless it needs none (already on its lists
+  and no field to write), two more reads each with `verify_writes="all"`; on v3 a contact that
+  only gains lists goes into an append of up to 500 ids instead (one POST and its polls per
+  append); for a new contact a POST; nothing for an opted-out contact;
 - bulk path: with `skip_removed` or `lists_only`, one search per 50 contacts; until the probe
   has passed, the probe's scan (a search per 50 contacts and a read of each existing contact
   until `probe_size` witnesses are found), the witnesses' activity and their reads after it;
@@ -271,6 +273,9 @@ class _Estimate:
         n = len(contacts)
         requests = math.ceil(n / self.step)
         found = await self._statuses([c.email for c in contacts]) if self.lookup else None
+        capabilities = self.backend.capabilities
+        appending = config.append_writes and capabilities.append_max > 0
+        appends: dict[tuple[str, ...], int] = {}  # target set -> contacts appended by id
         existing = 0
         for contact in contacts:
             summary = None if found is None else found.get(contact.email)
@@ -279,15 +284,28 @@ class _Estimate:
                 continue
             existing += 1
             status = "active" if summary is None else summary.status
-            if status == "opted_out" or (status == "removed" and config.skip_removed):
+            if (
+                status == "opted_out"
+                or (status == "removed" and config.skip_removed)
+                or (status == "deleted" and not config.revive_deleted)
+            ):
                 continue  # settled from its search entry
-            requests += 0 if self.backend.capabilities.lookup_has_lists else 1  # the read
+            requests += 0 if capabilities.lookup_has_lists else 1  # the read
             on_targets = targets_members is not None and all(
                 contact.email in targets_members.get(key, ()) for key in contact.targets
             )
-            if on_targets and status != "removed" and (config.lists_only or not contact.fields):
+            lists_only = config.lists_only or not contact.fields
+            if on_targets and status != "removed" and lists_only:
                 continue  # unchanged: no write
+            if appending and lists_only and status not in ("removed", "deleted"):
+                appends[contact.targets] = appends.get(contact.targets, 0) + 1
+                continue  # its id goes into an append
             requests += 1 + (2 if config.verify_writes == "all" else 0)
+        polls = polls_for(config.activity_seconds, config)
+        for count in appends.values():
+            activities = math.ceil(count / capabilities.append_max)
+            self.activities += activities
+            requests += activities * (1 + polls)
         return requests, existing
 
 

@@ -9,6 +9,7 @@ import anyio
 import pytest
 
 from engine.pipeline.config import MigrationConfig
+from engine.pipeline.dryrun import plan_migration
 from engine.pipeline.models import REVIVED
 from engine.pipeline.run import migrate
 from engine.simulator.v3 import RunningSimulator
@@ -153,3 +154,40 @@ async def test_revive_deleted_brings_a_deleted_contact_back(
     assert stored is not None
     assert stored.status != "deleted"
     assert news in stored.lists
+
+
+async def test_the_dry_run_counts_appends_puts_and_posts(
+    sim: RunningSimulator, open_backend: BackendOpener
+) -> None:
+    """The dry run with lookups predicts the V3 per-contact path's requests (lookups, one
+    append for the contacts that only gain lists, PUTs for changed fields, POSTs) within 5%."""
+    old, news = sim.store.add_list("Old"), sim.store.add_list("News")
+    source: list[dict[str, str]] = []
+    for n in range(40):  # gain a list: appended
+        sim.store.add_contact(f"a{n}@example.com", lists=[old], first_name="A")
+        source.append({"email": f"a{n}@example.com"})
+    for n in range(5):  # a field changes: PUT
+        sim.store.add_contact(f"p{n}@example.com", lists=[old], first_name="Old")
+        source.append({"email": f"p{n}@example.com", "first_name": "New"})
+    for n in range(5):  # on the target already: no write
+        sim.store.add_contact(f"u{n}@example.com", lists=[news])
+        source.append({"email": f"u{n}@example.com"})
+    for n in range(10):  # new: POST
+        source.append({"email": f"n{n}@example.com"})
+    sim.store.add_contact("out@example.com", lists=[old], permission="unsubscribed")
+    sim.store.add_contact("gone@example.com", deleted=True)
+    source += [{"email": "out@example.com"}, {"email": "gone@example.com"}]
+    config = MigrationConfig(
+        bulk_threshold=None, poll_initial=0.02, poll_max=0.05, activity_seconds=0.05
+    )
+    async with open_backend(sim) as backend:
+        with anyio.fail_after(40):
+            plan = await plan_migration(backend, source, lists=["News"], config=config, lookup=True)
+            before = backend.stats().requests
+            report = await migrate(backend, source, lists=["News"], config=config)
+            sent = backend.stats().requests - before
+
+    assert report.outcomes["updated"] == 45
+    assert report.outcomes["created"] == 10
+    assert plan.activities == 1
+    assert abs(plan.requests - sent) <= max(2, 0.05 * sent), (plan.requests, sent)
