@@ -1,4 +1,6 @@
-"""The simulator's aiohttp application: routes, middlewares and the activity runner.
+"""The v1 simulator's aiohttp application: routes and middlewares. The activity runner,
+the throttle and the faults are the simulators' shared ones (`_activities`, `_throttle`,
+`_faults`); this module gives them v1's settings and answers (HTML error pages).
 
 Request path, outermost first:
 
@@ -9,7 +11,8 @@ TLS is on (§2.1); `faults` adds latency, 5xx answers and connection resets on `
 `auth` checks Basic credentials (§2); `throttle` applies the per-key rate limit and daily quota
 (§7); `errors` turns store refusals, 404 and 405 into the API's HTML error pages (§8.2; an
 unsupported method is 415, §1.4). Handlers only parse, call one `AccountStore` method, and
-render with `_xml.Renderer`.
+render with `_xml.Renderer`. Activities turn `RUNNING` halfway through their delay and
+are applied at its end, all rows at once (a chunk at a time).
 """
 
 from __future__ import annotations
@@ -18,9 +21,7 @@ import asyncio
 import base64
 import binascii
 import contextlib
-import heapq
 import hmac
-import logging
 import math
 import random
 import re
@@ -34,12 +35,13 @@ from urllib.parse import urlencode
 from aiohttp import web
 from aiohttp.web_request import FileField
 
+from .._activities import ActivityRunner
+from .._faults import ABORTED, Faults
 from .._shared import Stats
+from .._throttle import Throttle
 from ._xml import FeedLinks, Renderer, XmlBodyError, read_contact, read_list
 from .config import SimulatorConfig
 from .store import SYSTEM_LISTS, AccountStore, BadRequest, Forbidden, StoredList, StoreError
-
-log = logging.getLogger("engine.simulator")
 
 __all__ = ["CONFIG_KEY", "STATE_KEY", "STORE_KEY", "SimulatorState", "create_app"]
 
@@ -49,8 +51,6 @@ _ATOM_TYPE = "application/atom+xml;charset=UTF-8"
 _HTML_TYPE = "text/html;charset=utf-8"
 _FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
 _ISO_RE = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
-#: Rows applied per step of a running activity, between which other requests are served.
-_ACTIVITY_CHUNK = 2000
 
 
 # ---------------------------------------------------------------------------------------------
@@ -86,139 +86,6 @@ def _apache_forbidden(path: str) -> web.Response:
 # Shared state.
 
 
-class Throttle:
-    """Token bucket per API key plus a daily quota per key (§7).
-
-    Args:
-        config: Supplies `rate_limit`, the burst and `daily_quota`.
-        clock: Epoch seconds, to tell UTC days apart for the quota.
-    """
-
-    def __init__(self, config: SimulatorConfig, clock: Callable[[], float]) -> None:
-        self._rate = config.rate_limit
-        self._burst = float(config.effective_burst)
-        self._quota = config.daily_quota
-        self._clock = clock
-        self._buckets: dict[str, tuple[float, float]] = {}
-        self._days: dict[str, tuple[int, int]] = {}
-
-    def refusal(self, key: str) -> str | None:
-        """Take one request for `key`: `None` when allowed, else `"rate"` or `"quota"`."""
-        if self._rate is not None:
-            now = time.monotonic()
-            tokens, last = self._buckets.get(key, (self._burst, now))
-            tokens = min(self._burst, tokens + (now - last) * self._rate)
-            if tokens < 1.0:
-                self._buckets[key] = (tokens, now)
-                return "rate"
-            self._buckets[key] = (tokens - 1.0, now)
-        if self._quota is not None:
-            day = int(self._clock() // 86400)
-            seen_day, count = self._days.get(key, (day, 0))
-            if seen_day != day:
-                count = 0
-            if count >= self._quota:
-                return "quota"
-            self._days[key] = (day, count + 1)
-        return None
-
-
-class ActivityRunner:
-    """Runs activities in the background: `PENDING` -> `RUNNING` -> `COMPLETE`/`ERROR`.
-
-    Each activity gets its own delay, drawn around `activity_delay` with seeded jitter, so
-    activities can finish out of order (§6.4). It turns `RUNNING` halfway through its delay;
-    its rows are applied at the end, a chunk at a time so other requests keep being served.
-
-    Like the real server, it never abandons an activity: started on a store that holds
-    unfinished ones (left by an app that stopped, or loaded from a state file), it runs them
-    to the end (or marks them `ERROR`, with `unfinished_activities="error"`). An activity
-    that cannot be applied (a target list deleted meanwhile) ends in `ERROR`; the runner
-    goes on with the others.
-    """
-
-    def __init__(self, store: AccountStore, config: SimulatorConfig, rng: random.Random) -> None:
-        self._store = store
-        self._config = config
-        self._rng = rng
-        self._queue: list[tuple[float, int, bool, str]] = []
-        self._counter = 0
-        self._wake = asyncio.Event()
-
-    def schedule(self, activity_id: str) -> None:
-        """Queue a freshly submitted (or adopted) activity."""
-        config = self._config
-        self._store.claimed_activities.add(activity_id)
-        jitter = (
-            config.activity_jitter * self._rng.uniform(-1.0, 1.0) if config.activity_jitter else 0.0
-        )
-        delay = config.activity_delay * (1.0 + jitter)
-        now = asyncio.get_running_loop().time()
-        for at, finish in ((now + delay / 2, False), (now + delay, True)):
-            self._counter += 1
-            heapq.heappush(self._queue, (at, self._counter, finish, activity_id))
-        self._wake.set()
-
-    def adopt_unfinished(self) -> None:
-        """Take over the store's unfinished activities that no running app serves."""
-        store = self._store
-        for activity_id in store.unfinished_activities():
-            if activity_id in store.claimed_activities:
-                continue
-            if self._config.unfinished_activities == "error":
-                store.fail_activity(activity_id)
-            else:
-                self.schedule(activity_id)
-
-    def release(self) -> None:
-        """Give the activities still queued back to the store, for the next app to run."""
-        for *_, activity_id in self._queue:
-            self._store.claimed_activities.discard(activity_id)
-        self._queue.clear()
-
-    async def run(self) -> None:
-        """Serve the queue until cancelled; then release what is left of it."""
-        self.adopt_unfinished()
-        try:
-            await self._serve()
-        finally:
-            self.release()
-
-    async def _serve(self) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            self._wake.clear()
-            if not self._queue:
-                await self._wake.wait()
-                continue
-            at, _, finish, activity_id = self._queue[0]
-            wait = at - loop.time()
-            if wait > 0:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), wait)
-                continue
-            heapq.heappop(self._queue)
-            try:
-                await self._step(activity_id, finish=finish)
-            except Exception as exc:  # one bad activity must never stop the others
-                log.warning("activity %s cannot go on (%r): it ends in ERROR", activity_id, exc)
-                self._store.fail_activity(activity_id)
-            self._store.revision += 1
-            if finish:
-                self._store.claimed_activities.discard(activity_id)
-
-    async def _step(self, activity_id: str, *, finish: bool) -> None:
-        self._store.revision += 1
-        self._store.start_activity(activity_id)  # no-op when already running
-        if finish:
-            # Chunked so other requests are served in between (not a polling loop).
-            while not self._store.process_activity(  # noqa: ASYNC110
-                activity_id, _ACTIVITY_CHUNK
-            ):
-                await asyncio.sleep(0)
-            self._store.finish_activity(activity_id)
-
-
 @dataclass(slots=True)
 class SimulatorState:
     """Everything the handlers share besides the store and the config.
@@ -228,6 +95,7 @@ class SimulatorState:
         rng: The one seeded generator behind faults, delays and activity failures.
         stats: Request counters.
         throttle: Rate limit and quota.
+        faults: Latency and injected failures.
         activities: The background activity runner.
         route_labels: Route pattern (`contacts/{id}`) by aiohttp canonical path, for stats.
         accepted_authorization: The last `Authorization` header that passed, to skip decoding.
@@ -237,6 +105,7 @@ class SimulatorState:
     rng: random.Random
     stats: Stats
     throttle: Throttle
+    faults: Faults
     activities: ActivityRunner
     route_labels: dict[str, str] = field(default_factory=dict)
     accepted_authorization: str = ""
@@ -246,7 +115,6 @@ STORE_KEY = web.AppKey("store", AccountStore)
 CONFIG_KEY = web.AppKey("config", SimulatorConfig)
 STATE_KEY = web.AppKey("state", SimulatorState)
 API_KEY = web.RequestKey("api_key", str)
-ABORTED = web.RequestKey("aborted", bool)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -615,53 +483,20 @@ async def https_only_middleware(request: web.Request, handler: Handler) -> web.S
 
 @web.middleware
 async def fault_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Seeded latency, 500/503 answers, connection resets and lost answers, on `/ws/`
-    routes only.
-
-    A reset or 5xx request never reaches the handler, so it has no effect on the account.
-    A lost answer (`lose_answer_rate`, writes only) is the other case: the write is applied,
-    then the connection is aborted before the answer is sent.
-    """
+    """Seeded latency, 500/503 answers, connection resets and lost answers (see `Faults`),
+    on `/ws/` routes only; the 5xx answers are the API's HTML error pages."""
     if not request.path.startswith("/ws/"):
         return await handler(request)
-    config, rng = request.app[CONFIG_KEY], request.app[STATE_KEY].rng
-    delay_ms = config.latency_ms
-    if config.latency_jitter_ms:
-        if config.latency_lognormal:
-            delay_ms += rng.lognormvariate(math.log(config.latency_jitter_ms), 0.6)
-        else:
-            delay_ms += rng.uniform(0.0, config.latency_jitter_ms)
-    if delay_ms > 0:
-        await asyncio.sleep(delay_ms / 1000)
-    if config.reset_rate or config.error_rate:
-        draw = rng.random()
-        if draw < config.reset_rate:
-            transport = request.transport
-            if transport is not None:
-                transport.abort()
-            # Nobody is left to read this answer: aiohttp's write fails with ConnectionError,
-            # which it handles quietly.
-            request[ABORTED] = True
-            return web.Response(status=500)
-        if draw < config.reset_rate + config.error_rate:
-            status = rng.choice((500, 503))
-            return error_response(
-                status, "Internal Server Error" if status == 500 else "Service Unavailable"
-            )
-    response = await handler(request)
-    if request.method in ("POST", "PUT", "DELETE") and response.status < 400:
-        request.app[STORE_KEY].revision += 1
-    if (
-        config.lose_answer_rate
-        and request.method in ("POST", "PUT", "DELETE")
-        and response.status < 400
-        and rng.random() < config.lose_answer_rate
-    ):
-        transport = request.transport
-        if transport is not None:
-            transport.abort()  # applied, but the client never learns it
-        request[ABORTED] = True
-    return response
+    app = request.app
+    return await app[STATE_KEY].faults.serve(
+        request, handler, store=app[STORE_KEY], server_error=_server_error
+    )
+
+
+def _server_error(status: int) -> web.Response:
+    return error_response(
+        status, "Internal Server Error" if status == 500 else "Service Unavailable"
+    )
 
 
 def _credentials(header: str) -> tuple[str, str, str] | None:
@@ -801,8 +636,23 @@ def create_app(config: SimulatorConfig, store: AccountStore | None = None) -> we
         ),
         rng=rng,
         stats=Stats(),
-        throttle=Throttle(config, store.clock),
-        activities=ActivityRunner(store, config, rng),
+        throttle=Throttle(
+            rate=config.rate_limit,
+            burst=config.effective_burst,
+            quota=config.daily_quota,
+            # A real-time bucket: the store's clock may be a frozen fake in tests.
+            bucket_clock=time.monotonic,
+            day_clock=store.clock,
+        ),
+        faults=Faults.from_config(rng, config, latency_lognormal=config.latency_lognormal),
+        activities=ActivityRunner(
+            store,
+            rng,
+            delay=config.activity_delay,
+            jitter=config.activity_jitter,
+            running_at=0.5,
+            fail_unfinished=config.unfinished_activities == "error",
+        ),
     )
     # Room for the percent-encoded form of a full-size `data` (up to 3 bytes per byte).
     max_size = max(3 * config.bulk_max_bytes + 64 * 1024, 1024 * 1024)

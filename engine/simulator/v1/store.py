@@ -1044,17 +1044,25 @@ class AccountStore:
             activity.run_start_time = self.now()
 
     def process_activity(self, activity_id: str, max_rows: int | None = None) -> bool:
-        """Apply up to `max_rows` more rows of a running activity (all when `None`).
+        """Apply up to `max_rows` more rows of a running activity (all when `None`); after
+        the last, `finish_activity` ends it.
 
         Returns:
-            Whether every row has been applied.
+            Whether the activity is finished (`COMPLETE` or `ERROR`).
         """
         activity = self.get_activity(activity_id)
-        if activity.fail or activity.done:
+        if activity.done:
             return True
-        if activity.type == CLEAR_CONTACTS_FROM_LISTS:
-            self._clear_lists(activity)
-            return True
+        if not activity.fail:  # a failing run ends in ERROR with nothing applied
+            if activity.type == CLEAR_CONTACTS_FROM_LISTS:
+                self._clear_lists(activity)
+            elif not self._apply_rows(activity, max_rows):
+                return False
+        self.finish_activity(activity_id)
+        return True
+
+    def _apply_rows(self, activity: StoredActivity, max_rows: int | None) -> bool:
+        """Apply up to `max_rows` more rows (all when `None`): whether every row is applied."""
         rows = activity._rows
         stop = len(rows) if max_rows is None else min(len(rows), activity._cursor + max_rows)
         now = self.now()
@@ -1083,7 +1091,6 @@ class AccountStore:
         """Run an activity to its end at once (the synchronous mode for unit tests, §11)."""
         self.start_activity(activity_id)
         self.process_activity(activity_id)
-        self.finish_activity(activity_id)
         return self.get_activity(activity_id)
 
     def _row_email(self, row: _Row) -> str | None:

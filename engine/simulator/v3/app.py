@@ -12,6 +12,11 @@ resets and after-commit failures on `/v3/` routes; `gateway` answers any other p
 scope and the application's state (401/403, §2.3); `throttle` applies 4/s and 10,000/day per
 client id (429 `throttled` / `quota_exceeded`, §2.4); `errors` turns `ApiError`s and router
 errors into the API's JSON bodies. Handlers parse, call one store method and render.
+
+The throttle, the faults and the activity runner are the simulators' shared ones
+(`_throttle`, `_faults`, `_activities`); this module gives them V3's settings and answers
+(JSON bodies). Activities turn `processing` after their delay and are then processed at
+`activity_rows_per_second`.
 """
 
 from __future__ import annotations
@@ -21,7 +26,6 @@ import base64
 import binascii
 import contextlib
 import json
-import logging
 import math
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
@@ -32,7 +36,10 @@ from urllib.parse import urlencode
 
 from aiohttp import web
 
+from .._activities import ActivityRunner
+from .._faults import ABORTED, WRITE_METHODS, Faults
 from .._shared import Stats
+from .._throttle import Throttle
 from ._json import (
     ApiError,
     BadRequest,
@@ -49,8 +56,6 @@ from .oauth import OAuthError, TokenSet
 from .render import Renderer
 from .store import CONTACT_STATUSES, SUBRESOURCES, AccountStore, StoredActivity
 
-log = logging.getLogger("engine.simulator.v3")
-
 __all__ = [
     "AUTH_PREFIX",
     "CONFIG_KEY",
@@ -64,140 +69,11 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 #: Where the authorization server lives, on the same listener as the API (§1.2).
 AUTH_PREFIX = "/oauth2/default/v1/"
-_WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 _ACTIVITY_STATES = ("processing", "completed", "cancelled", "failed", "timed_out")
-#: Largest batch of activity items applied between two chances for other requests.
-_ACTIVITY_CHUNK = 2000
-#: Seconds between two processing steps of a running activity.
-_ACTIVITY_TICK = 0.05
 
 
 # ---------------------------------------------------------------------------------------------
 # Shared state.
-
-
-class Throttle:
-    """4/s (a token bucket) and 10,000/day per client id (§2.4), plus any per-endpoint
-    limits, all on the injected clock: a frozen fake clock makes the 5th request of a
-    second fail every time, and advancing it past 00:00 UTC resets the quota.
-
-    Args:
-        config: Supplies `rps`, `daily_quota` and `endpoint_rps`.
-        clock: Epoch seconds.
-    """
-
-    def __init__(self, config: SimulatorConfig, clock: Callable[[], float]) -> None:
-        self._config = config
-        self._clock = clock
-        self._buckets: dict[tuple[str, str], tuple[float, float]] = {}
-        self._days: dict[str, tuple[int, int]] = {}
-
-    def _take(self, key: tuple[str, str], rate: float, now: float) -> bool:
-        burst = float(max(1, math.ceil(rate)))
-        tokens, last = self._buckets.get(key, (burst, now))
-        tokens = min(burst, tokens + max(0.0, now - last) * rate)
-        if tokens < 1.0:
-            self._buckets[key] = (tokens, now)
-            return False
-        self._buckets[key] = (tokens - 1.0, now)
-        return True
-
-    def refusal(self, client_id: str, label: str) -> tuple[str | None, int | None]:
-        """Take one request: (`None`, remaining quota) when allowed, else (`"throttled"` or
-        `"quota_exceeded"`, remaining quota)."""
-        config, now = self._config, self._clock()
-        if config.rps is not None and not self._take((client_id, ""), config.rps, now):
-            return "throttled", self.remaining(client_id)
-        rate = config.endpoint_rps.get(label)
-        if rate is not None and not self._take((client_id, label), rate, now):
-            return "throttled", self.remaining(client_id)
-        if config.daily_quota is not None:
-            day = int(now // 86400)
-            seen_day, count = self._days.get(client_id, (day, 0))
-            if seen_day != day:
-                count = 0
-            if count >= config.daily_quota:
-                return "quota_exceeded", 0
-            self._days[client_id] = (day, count + 1)
-        return None, self.remaining(client_id)
-
-    def remaining(self, client_id: str) -> int | None:
-        """Requests left today for `client_id` (`None` without a quota)."""
-        quota = self._config.daily_quota
-        if quota is None:
-            return None
-        day = int(self._clock() // 86400)
-        seen_day, count = self._days.get(client_id, (day, 0))
-        return quota - (count if seen_day == day else 0)
-
-
-class ActivityRunner:
-    """Runs activities in the background: `initialized` -> `processing` -> terminal.
-
-    Each activity starts after its own delay (around `activity_delay`, seeded jitter) and is
-    then processed at `activity_rows_per_second`, so a large activity submitted first may
-    complete last (§5.1). Like the real server it never abandons one: started on a store that
-    holds unfinished activities (from a stopped app, or a state file), it runs them to the end.
-    """
-
-    def __init__(self, store: AccountStore, config: SimulatorConfig, rng: random.Random) -> None:
-        self._store = store
-        self._config = config
-        self._rng = rng
-        self._tasks: dict[str, asyncio.Task[None]] = {}
-
-    def schedule(self, activity_id: str, *, delay: float | None = None) -> None:
-        """Start running an activity (one the store holds and no app has claimed)."""
-        store, config = self._store, self._config
-        if activity_id in store.claimed_activities:
-            return
-        store.claimed_activities.add(activity_id)
-        if delay is None:
-            spread = config.activity_jitter * self._rng.uniform(-1.0, 1.0)
-            delay = config.activity_delay * (1.0 + spread)
-        task = asyncio.get_running_loop().create_task(
-            self._run(activity_id, delay), name=f"ctct-v3-activity-{activity_id}"
-        )
-        self._tasks[activity_id] = task
-
-    async def _run(self, activity_id: str, delay: float) -> None:
-        store, config = self._store, self._config
-        try:
-            await asyncio.sleep(delay)
-            store.start_activity(activity_id)
-            store.revision += 1
-            rate = config.activity_rows_per_second
-            step = min(_ACTIVITY_CHUNK, max(1, int(rate * _ACTIVITY_TICK)))
-            while not store.process_activity(activity_id, step):
-                store.revision += 1
-                await asyncio.sleep(step / rate)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:  # one bad activity must never stop the others
-            log.warning("activity %s cannot go on (%r): it ends failed", activity_id, exc)
-            store.fail_activity(activity_id)
-        finally:
-            store.revision += 1
-            store.claimed_activities.discard(activity_id)
-            self._tasks.pop(activity_id, None)
-
-    def adopt_unfinished(self) -> None:
-        """Run the store's unfinished activities that no running app serves (a loaded
-        state's): each restarts where it stopped, after a fresh delay."""
-        for activity_id in self._store.unfinished_activities():
-            self.schedule(activity_id)
-
-    async def run(self) -> None:
-        """Adopt the store's unfinished activities, then wait until cancelled; cancelling
-        stops every running activity and hands it back to the store (for the next app)."""
-        self.adopt_unfinished()
-        try:
-            await asyncio.Event().wait()
-        finally:
-            tasks = list(self._tasks.values())
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
 
 
 @dataclass(slots=True)
@@ -208,7 +84,8 @@ class SimulatorState:
         renderer: The JSON writer.
         rng: The one seeded generator behind faults, delays and activity outcomes.
         stats: Request counters.
-        throttle: Rate limits and quota.
+        throttle: Rate limits and quota, on the store's clock.
+        faults: Latency and injected failures.
         activities: The background activity runner.
         route_labels: Route label (`contacts/{id}`) by aiohttp canonical path.
         endpoints: Write-log endpoint name by `METHOD canonical path`.
@@ -218,6 +95,7 @@ class SimulatorState:
     rng: random.Random
     stats: Stats
     throttle: Throttle
+    faults: Faults
     activities: ActivityRunner
     route_labels: dict[str, str] = field(default_factory=dict)
     endpoints: dict[str, str] = field(default_factory=dict)
@@ -227,7 +105,6 @@ STORE_KEY = web.AppKey("v3_store", AccountStore)
 CONFIG_KEY = web.AppKey("v3_config", SimulatorConfig)
 STATE_KEY = web.AppKey("v3_state", SimulatorState)
 CLIENT_KEY = web.RequestKey("client_id", str)
-ABORTED = web.RequestKey("aborted", bool)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -938,7 +815,7 @@ async def stats_middleware(request: web.Request, handler: Handler) -> web.Stream
 @web.middleware
 async def write_log_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Record every write request to `/v3/` on the store, whatever its outcome."""
-    if request.method not in _WRITE_METHODS or not request.path.startswith("/v3/"):
+    if request.method not in WRITE_METHODS or not request.path.startswith("/v3/"):
         return await handler(request)
     resource = request.match_info.route.resource
     canonical = resource.canonical if resource is not None else request.path
@@ -955,43 +832,21 @@ async def write_log_middleware(request: web.Request, handler: Handler) -> web.St
         request.app[STORE_KEY].log_write(request.method, request.path, endpoint, status)
 
 
-def _abort(request: web.Request) -> None:
-    transport = request.transport
-    if transport is not None:
-        transport.abort()
-    request[ABORTED] = True
-
-
 @web.middleware
 async def fault_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Seeded latency, 500/503 answers and resets before the handler (no effect), and
-    after-commit failures (applied, then 500 or no answer) on `/v3/` routes."""
+    after-commit failures (applied, then 500 or no answer), on `/v3/` routes (see `Faults`)."""
     if not request.path.startswith("/v3/"):
         return await handler(request)
     app = request.app
-    config, state = app[CONFIG_KEY], app[STATE_KEY]
-    rng = state.rng
-    delay_ms = config.latency_ms
-    if config.latency_jitter_ms:
-        delay_ms += rng.uniform(0.0, config.latency_jitter_ms)
-    if delay_ms > 0:
-        await asyncio.sleep(delay_ms / 1000)
-    route_rate = config.route_error_rates.get(_route_label(request, state.route_labels), 0.0)
-    if config.reset_rate or config.error_rate or route_rate:
-        draw = rng.random()
-        if draw < config.reset_rate:
-            _abort(request)
-            return web.Response(status=500)
-        if draw < config.reset_rate + config.error_rate or rng.random() < route_rate:
-            return _server_error(rng.choice((500, 503)))
-    response = await handler(request)
-    if request.method in _WRITE_METHODS and response.status < 400:
-        app[STORE_KEY].revision += 1
-        if config.error_after_commit_rate and rng.random() < config.error_after_commit_rate:
-            return _server_error(500)
-        if config.lose_answer_rate and rng.random() < config.lose_answer_rate:
-            _abort(request)  # applied, but the client never learns it
-    return response
+    state = app[STATE_KEY]
+    return await state.faults.serve(
+        request,
+        handler,
+        store=app[STORE_KEY],
+        server_error=_server_error,
+        route=_route_label(request, state.route_labels),
+    )
 
 
 def _server_error(status: int) -> web.Response:
@@ -1047,23 +902,22 @@ async def throttle_middleware(request: web.Request, handler: Handler) -> web.Str
         return await handler(request)
     app = request.app
     config, state = app[CONFIG_KEY], app[STATE_KEY]
-    label = _route_label(request, state.route_labels)
-    refusal, remaining = state.throttle.refusal(client_id, label)
+    throttle = state.throttle
+    refusal = throttle.refusal(client_id, _route_label(request, state.route_labels))
     headers: dict[str, str] = {}
-    if config.rate_limit_headers and config.daily_quota is not None:
-        headers["X-RateLimit-Limit"] = str(config.daily_quota)
-        headers["X-RateLimit-Remaining"] = str(remaining)
+    if config.rate_limit_headers and throttle.quota is not None:
+        headers["X-RateLimit-Limit"] = str(throttle.quota.limit)
+        headers["X-RateLimit-Remaining"] = str(throttle.quota.remaining(client_id))
     if refusal is None:
         response = await handler(request)
         response.headers.update(headers)
         return response
     if config.retry_after_header:
-        if refusal == "throttled":
+        if refusal == "rate" or throttle.quota is None:
             headers["Retry-After"] = "1"
         else:
-            now = app[STORE_KEY].clock()
-            headers["Retry-After"] = str(math.ceil(86400 - now % 86400))
-    if refusal == "throttled":
+            headers["Retry-After"] = str(math.ceil(throttle.quota.seconds_to_reset()))
+    if refusal == "rate":
         body = {"error_key": "throttled", "error_message": "Too Many Requests"}
     else:
         body = {"error_key": "quota_exceeded", "error_message": "Limit Exceeded"}
@@ -1203,8 +1057,29 @@ def create_app(config: SimulatorConfig, store: AccountStore | None = None) -> we
         renderer=Renderer(mixed=config.mixed_timestamps),
         rng=rng,
         stats=Stats(),
-        throttle=Throttle(config, store.clock),
-        activities=ActivityRunner(store, config, rng),
+        throttle=Throttle(
+            rate=config.rps,
+            quota=config.daily_quota,
+            endpoint_rates=config.endpoint_rps,
+            # The store's clock: a frozen fake refuses the 5th request of a second every
+            # time, and moving it past 00:00 UTC resets the quota.
+            bucket_clock=store.clock,
+            day_clock=store.clock,
+        ),
+        faults=Faults.from_config(
+            rng,
+            config,
+            route_error_rates=config.route_error_rates,
+            error_after_commit_rate=config.error_after_commit_rate,
+        ),
+        activities=ActivityRunner(
+            store,
+            rng,
+            delay=config.activity_delay,
+            jitter=config.activity_jitter,
+            rows_per_second=config.activity_rows_per_second,
+            fail_unfinished=config.unfinished_activities == "fail",
+        ),
     )
     # Room for bodies over the import limit: their excess is dropped, not refused (§5.2).
     max_size = max(4 * config.import_max_bytes, 16 * 1024 * 1024)

@@ -162,8 +162,9 @@ class SimulatorConfig:
         activity_fail_rate: Probability that an activity ends `failed`, nothing applied.
         activity_cancel_rate: Probability that it ends `cancelled`, nothing applied.
         activity_timeout_rate: Probability that it ends `timed_out`, half its rows applied.
-        unfinished_activities: Activities left unfinished in a loaded store: `"run"` them to
-            the end (the real server never abandons one), or end them `"fail"`ed.
+        unfinished_activities: Activities left unfinished in a loaded store, or by an app
+            that stopped: `"run"` them to the end (the real server never abandons one), or
+            end them `"fail"`ed.
         mixed_timestamps: Write timestamps in the three forms seen (`Z`, milliseconds,
             `-05:00` offset) instead of always `Z` (§10.6.32).
         latency_ms: Fixed latency added to every `/v3/` request.

@@ -20,6 +20,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
+from .._throttle import TokenBuckets
 from .config import DEFAULT_SCOPES, SimulatorConfig
 
 __all__ = [
@@ -153,7 +154,7 @@ class AuthServer:
         self._devices: dict[str, _DeviceGrant] = {}
         self._user_codes: dict[str, str] = {}
         self._codes: dict[str, _CodeGrant] = {}
-        self._buckets: dict[str, tuple[float, float]] = {}
+        self._buckets = TokenBuckets(clock)
         #: Set when the operator deactivates the application (§10.1.8): valid tokens get 403.
         self.deactivated = False
 
@@ -204,14 +205,7 @@ class AuthServer:
         rate = self.config.token_rps
         if rate is None:
             return True
-        now = self.clock()
-        tokens, last = self._buckets.get(client_id, (1.0, now))
-        tokens = min(1.0, tokens + max(0.0, now - last) * rate)
-        if tokens < 1.0:
-            self._buckets[client_id] = (tokens, now)
-            return False
-        self._buckets[client_id] = (tokens - 1.0, now)
-        return True
+        return self._buckets.take(client_id, rate, burst=1.0)
 
     # -- issuing ---------------------------------------------------------------------------------
 
