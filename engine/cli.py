@@ -582,7 +582,7 @@ def _parser() -> argparse.ArgumentParser:
         "state file, to rehearse on",
     )
     copy.add_argument("--to", type=Path, required=True, help="the state file to write")
-    _add_account_arguments(copy, v3=False)
+    _add_account_arguments(copy)
 
     check = commands.add_parser(
         "audit", help="re-read every contact a migration touched and check no list was lost"
@@ -611,7 +611,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     for sub in (login, logout):
         sub.add_argument(
+            "--api",
             "--backend",
+            dest="backend",
             choices=("v3",),
             default="v3",
             help="only v3 logs in (v1 takes its credentials from the environment)",
@@ -632,9 +634,23 @@ def _parser() -> argparse.ArgumentParser:
     )
     add_simulator_arguments(sim)
 
-    demo = commands.add_parser("demo", help="a zero-configuration migration on the simulator")
+    demo = commands.add_parser(
+        "demo",
+        help="a zero-configuration migration on the simulator (V3, with its device login; "
+        "--api v1 for the legacy API)",
+    )
     demo.add_argument(
-        "--contacts", type=_positive_int, default=5000, help="existing contacts (default: 5000)"
+        "--api",
+        choices=("v3", "v1"),
+        default="v3",
+        help="v3 (default): the V3 simulator, logged in with the OAuth2 device flow (the "
+        "approval scripted); v1: the legacy v1 simulator",
+    )
+    demo.add_argument(
+        "--contacts",
+        type=_positive_int,
+        default=None,
+        help="existing contacts to seed (default: 5000; at least 300 on v3, 4100 on v1)",
     )
     demo.add_argument("--keep", type=Path, help="keep the demo's files in this folder")
     for sub in (run, show, fix, copy, check, login, logout, demo):
@@ -787,13 +803,21 @@ async def _audit(args: argparse.Namespace) -> int:
 
 
 async def _copy_account(args: argparse.Namespace) -> int:
-    from engine.copy_account import copy_account
+    from engine.copy_account import copy_account, copy_v3_account
 
-    async with _account(args) as account:
-        summary = await copy_account(
-            account, args.to, on_progress=lambda line: print(line, file=sys.stderr)
-        )
-    print(summary.describe())
+    def say(line: str) -> None:
+        print(line, file=sys.stderr)
+
+    async with _open_backend(args) as backend:
+        if isinstance(backend, V1Backend):
+            summary = await copy_account(backend.account, args.to, on_progress=say)
+        else:
+            assert isinstance(backend, V3Backend)
+            summary = await copy_v3_account(backend, args.to, on_progress=say)
+    described = summary.describe()
+    if not isinstance(backend, V1Backend):
+        described = described.replace("simulate --state", "simulate --api v3 --state")
+    print(described)
     return EXIT_OK
 
 
@@ -944,7 +968,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "demo":
             from engine.demo import run_demo
 
-            return _run(lambda: run_demo(contacts=args.contacts, keep=args.keep))
+            return _run(lambda: run_demo(api=args.api, contacts=args.contacts, keep=args.keep))
         if args.command == "lists":
             return _run(lambda: _lists(args))
         if args.command == "copy-account":

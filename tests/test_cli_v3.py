@@ -681,3 +681,37 @@ def test_the_api_follows_the_credentials_present(
     assert message in err
     if message.startswith("credentials of both"):
         assert "--api v3 or --api v1" in err
+
+
+def test_copy_account_reads_a_v3_account_into_a_state_file(
+    sim: RunningSimulator, store: AccountStore, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`copy-account` on V3 copies lists, contacts, permissions, deletions and memberships
+    into a V3 simulator state, 500 contacts a request, writing nothing to the account."""
+    vip = store.add_list("VIP")
+    for n in range(1200):
+        store.add_contact(f"bulk{n}@example.com", lists=[vip] if n % 3 == 0 else [])
+    store.add_contact("gone@example.com", deleted=True)
+    token_file = tmp_path / "tokens" / "v3.json"
+    secrets = log_in(sim, token_file)
+    target = tmp_path / "copy.json"
+    before = read_stats(sim)["total"]
+
+    status, out, err = run_cli(
+        capsys, ["copy-account", "--to", str(target), *v3_args(sim, token_file)], secrets
+    )
+
+    assert status == 0, err
+    assert "simulate --api v3 --state" in out
+    sent = read_stats(sim)["total"] - before
+    assert sent <= 3 + 2 + 1  # the token check, one page of lists, 3 pages of contacts
+    copy = AccountStore.load(target, CONFIG)
+    names = {item.id: item.name for item in copy.lists()}
+    originals = {item.id: item.name for item in store.lists()}
+    for contact in store.contacts():
+        copied = copy.contact_by_email(contact.email or "")
+        assert copied is not None, contact.email
+        assert copied.status == contact.status
+        assert copied.permission == contact.permission
+        assert sorted(names[i] for i in copied.lists) == sorted(originals[i] for i in contact.lists)
+    assert writes(sim) == []

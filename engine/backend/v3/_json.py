@@ -38,6 +38,7 @@ __all__ = [
     "append_body",
     "appended_all",
     "bulk_activity",
+    "contact_permission",
     "contact_state",
     "contact_status",
     "create_body",
@@ -119,6 +120,12 @@ def _dict(value: object, what: str) -> dict[str, Any]:
 def _email_of(document: Mapping[str, Any]) -> Mapping[str, Any]:
     email = document.get("email_address")
     return email if isinstance(email, dict) else {}
+
+
+def contact_permission(document: Mapping[str, Any]) -> str:
+    """A contact's `permission_to_send` as the API gave it ("" when absent)."""
+    permission = _email_of(document).get("permission_to_send")
+    return permission if isinstance(permission, str) else ""
 
 
 def contact_status(document: Mapping[str, Any]) -> ContactStatus:
