@@ -29,6 +29,7 @@ __all__ = [
     "ContactRef",
     "ContactState",
     "ContactStatus",
+    "DeletedIndex",
     "ListId",
     "ListInfo",
     "ListWrite",
@@ -352,4 +353,15 @@ class AppendingBackend(Backend, Protocol):
     def appended_all(self, activity: BulkActivity) -> bool:
         """Whether a finished append activity added every contact it was given (no error,
         every item processed); anything else sends them through the write path."""
+        ...
+
+
+@runtime_checkable
+class DeletedIndex(Protocol):
+    """A backend that can list the account's deleted contacts cheaply (v3: 500 a request),
+    so the bulk path leaves them out of an import (which would revive them) without looking
+    up every contact of the batch."""
+
+    async def deleted_emails(self) -> frozenset[str]:
+        """The emails of every deleted contact of the account, lower-cased (read now)."""
         ...

@@ -179,6 +179,18 @@ class V3Backend:
         async for document in self.client.pages("contacts", "contacts", params):
             yield contact_state(document)
 
+    async def deleted_emails(self) -> frozenset[str]:
+        """The account's deleted contacts (`GET /contacts?status=deleted&limit=500`, a
+        request per 500): what the bulk path leaves out of a json import, which would
+        revive them."""
+        params = {"status": "deleted", "limit": _PAGE}
+        emails: set[str] = set()
+        async for document in self.client.pages("contacts", "contacts", params):
+            state = contact_state(document)
+            if state.ref.email:
+                emails.add(state.ref.email)
+        return frozenset(emails)
+
     # --- contacts -------------------------------------------------------------------------
 
     async def _lookup(self, email: str) -> ContactState | None:
