@@ -22,8 +22,10 @@ $(VENV)/.installed-bench: $(BIN)/python pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[test,fast,bench]'
 	touch $@
 
+# The V3 demo (its OAuth2 device login, the approval scripted), then the legacy v1 one.
 demo: $(VENV)/.installed
 	$(BIN)/python -m engine demo
+	$(BIN)/python -m engine demo --api v1
 
 test: $(VENV)/.installed-test
 	$(BIN)/python -m ruff check engine tests benchmarks

@@ -652,7 +652,11 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="existing contacts to seed (default: 5000; at least 300 on v3, 4100 on v1)",
     )
-    demo.add_argument("--keep", type=Path, help="keep the demo's files in this folder")
+    demo.add_argument(
+        "--keep",
+        type=Path,
+        help="keep the demo's files in this folder (the CSV, the report; on v3 the token file too)",
+    )
     for sub in (run, show, fix, copy, check, login, logout, demo):
         # Also after the command (`migrate … -v`), as the README shows it; SUPPRESS keeps
         # the top-level `-v` when the subcommand has none.

@@ -29,10 +29,10 @@ __all__ = [
     "ContactRef",
     "ContactState",
     "ContactStatus",
-    "DeletedIndex",
     "ListId",
     "ListInfo",
     "ListWrite",
+    "UntouchableIndex",
 ]
 
 #: A list's id, opaque: v1's numeric list id ("7"), v3's list_id (a UUID).
@@ -357,11 +357,12 @@ class AppendingBackend(Backend, Protocol):
 
 
 @runtime_checkable
-class DeletedIndex(Protocol):
-    """A backend that can list the account's deleted contacts cheaply (v3: 500 a request),
-    so the bulk path leaves them out of an import (which would revive them) without looking
-    up every contact of the batch."""
+class UntouchableIndex(Protocol):
+    """A backend that lists cheaply (v3: 500 a request) the account's contacts a bulk
+    request must not carry: deleted ones (an import revives them) and opted-out ones (an
+    import writes their fields, I2). The bulk path then leaves them out without looking up
+    every contact of the batch."""
 
-    async def deleted_emails(self) -> frozenset[str]:
-        """The emails of every deleted contact of the account, lower-cased (read now)."""
+    async def untouchable_contacts(self) -> dict[str, ContactStatus]:
+        """Email (lower-cased) -> status (`deleted` or `opted_out`), read now."""
         ...

@@ -39,7 +39,7 @@ from engine.backend.protocol import (
     BulkActivity,
     ContactRef,
     ContactState,
-    DeletedIndex,
+    UntouchableIndex,
 )
 from engine.backend.retry import SINGLE_ATTEMPT
 from engine.crashpoints import crash_point
@@ -210,21 +210,24 @@ class BulkPath:
         backend's lookup takes), with the `skipped` outcomes of those it leaves out.
 
         An add activity makes a Removed contact Active again: with `skip_removed` they are
-        left out. A deleted contact is left out always (looked up for on an API whose bulk
-        requests revive deleted contacts). With `lists_only`, an existing contact goes with
-        its email only, so the activity changes none of its fields (a new contact keeps its
-        fields). A lookup that fails leaves its contacts' status unknown, never "absent":
-        they go contact by contact, where each is read before any write.
+        left out. An opted-out contact is left out always (an import may write its fields:
+        I2), and so is a deleted one (an API whose bulk requests revive deleted contacts
+        lists both kinds, 500 a request on v3, instead of a lookup per contact). With
+        `lists_only`, an existing contact goes with its email only, so the activity changes
+        none of its fields (a new contact keeps its fields). A lookup that fails leaves its
+        contacts' status unknown, never "absent": they go contact by contact, where each is
+        read before any write.
         """
         contacts = batch.contacts
         found: dict[str, str] = {}  # email -> status, of the contacts that exist
         unknown: list[Contact] = []
         size = self.backend.capabilities.lookup_batch
-        deleted = None
+        untouchable = None
         if not (self.config.skip_removed or self.config.lists_only):
-            deleted = await self._deleted_emails()  # only deleted contacts matter here
-        if deleted is not None:
-            found = {c.email: "deleted" for c in contacts if c.email in deleted}
+            # Only deleted and opted-out contacts matter here: listed, not looked up.
+            untouchable = await self._untouchable()
+        if untouchable is not None:
+            found = {c.email: untouchable[c.email] for c in contacts if c.email in untouchable}
             contacts_to_look_up: tuple[Contact, ...] = ()
         else:
             contacts_to_look_up = contacts
@@ -248,12 +251,14 @@ class BulkPath:
         )
         if revived:
             await self._fall_back(revived, "deleted contacts are revived contact by contact")
-        # Left out, never sent in bulk: a deleted contact (a bulk request would revive it),
-        # and a Removed one with `skip_removed` (an add would make it Active again).
+        # Left out, never sent in bulk: an opted-out contact (I2: a bulk request may write
+        # its fields), a deleted one (a bulk request would revive it), and a Removed one with
+        # `skip_removed` (an add would make it Active again).
         left_out = {
-            e: status
+            e: "opted-out" if status == "opted_out" else status
             for e, status in found.items()
-            if (status == "deleted" and not self.config.revive_deleted)
+            if status == "opted_out"
+            or (status == "deleted" and not self.config.revive_deleted)
             or (status == "removed" and self.config.skip_removed)
         }
         skipped = [
@@ -271,19 +276,19 @@ class BulkPath:
         )
         return Batch(kept, batch.targets), skipped
 
-    async def _deleted_emails(self) -> frozenset[str] | None:
-        """The account's deleted contacts, read now, when the backend lists them cheaply
-        (v3: 500 a request instead of a lookup per contact); None otherwise, or when the
-        read fails (the batch is then looked up contact by contact: never "not deleted"
-        by default)."""
-        if not isinstance(self.backend, DeletedIndex):
+    async def _untouchable(self) -> dict[str, str] | None:
+        """The account's deleted and opted-out contacts, read now, when the backend lists
+        them cheaply (v3: 500 a request instead of a lookup per contact); None otherwise, or
+        when the read fails (the batch is then looked up contact by contact: never "not
+        deleted" by default)."""
+        if not isinstance(self.backend, UntouchableIndex):
             return None
         try:
-            return await self.backend.deleted_emails()
+            return dict(await self.backend.untouchable_contacts())
         except (FatalApiError, ConnectionLostError, QuotaExhaustedError):
             raise
         except ApiError as exc:
-            log.info("the deleted contacts could not be listed (%s): looking each up", exc)
+            log.info("the deleted and opted-out contacts could not be listed (%s)", exc)
             return None
 
     def _needs_check(self) -> bool:

@@ -26,6 +26,7 @@ from engine.backend.protocol import (
     Capabilities,
     ContactRef,
     ContactState,
+    ContactStatus,
     ListId,
     ListInfo,
     ListWrite,
@@ -179,17 +180,18 @@ class V3Backend:
         async for document in self.client.pages("contacts", "contacts", params):
             yield contact_state(document)
 
-    async def deleted_emails(self) -> frozenset[str]:
-        """The account's deleted contacts (`GET /contacts?status=deleted&limit=500`, a
-        request per 500): what the bulk path leaves out of a json import, which would
-        revive them."""
-        params = {"status": "deleted", "limit": _PAGE}
-        emails: set[str] = set()
+    async def untouchable_contacts(self) -> dict[str, ContactStatus]:
+        """The account's deleted and unsubscribed contacts
+        (`GET /contacts?status=deleted,unsubscribed&limit=500`, a request per 500): what the
+        bulk path leaves out of a json import, which would revive the deleted ones and write
+        the fields of the unsubscribed ones."""
+        params = {"status": "deleted,unsubscribed", "limit": _PAGE}
+        found: dict[str, ContactStatus] = {}
         async for document in self.client.pages("contacts", "contacts", params):
             state = contact_state(document)
-            if state.ref.email:
-                emails.add(state.ref.email)
-        return frozenset(emails)
+            if state.ref.email and state.ref.status in ("deleted", "opted_out"):
+                found[state.ref.email] = state.ref.status
+        return found
 
     # --- contacts -------------------------------------------------------------------------
 

@@ -1,6 +1,6 @@
-"""`python -m engine demo`: a whole migration on the simulator, with zero configuration.
+"""`python -m engine demo --api v1`: a whole migration on the legacy v1 simulator.
 
-It starts the simulator over https, seeds an account (several lists, thousands of contacts,
+It starts the v1 simulator over https, seeds an account (several lists, thousands of contacts,
 some Do Not Mail and some Removed), writes a CSV with new, existing, duplicate and invalid
 rows that takes both the bulk and the per-contact path, migrates it, and then proves
 through the API, from the lists' members feeds, that no membership was lost and every
@@ -10,9 +10,6 @@ valid row reached its lists.
 from __future__ import annotations
 
 import csv
-import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 from engine.backend.v1 import Account, Credentials, RateGovernor, RetryPolicy
@@ -22,7 +19,9 @@ from engine.pipeline.run import migrate
 from engine.progress import ProgressDisplay
 from engine.simulator import AccountStore, SimulatorConfig, serve
 
-__all__ = ["run_demo", "seed_demo_account", "write_demo_source"]
+from ._shared import demo_folder, print_check
+
+__all__ = ["run_v1_demo", "seed_demo_account", "write_demo_source"]
 
 LISTS = ("Customers", "Newsletter", "Prospects", "VIP", "Spring Promo")
 
@@ -78,20 +77,10 @@ async def _memberships(account: Account) -> dict[str, set[str]]:
     return result
 
 
-@contextmanager
-def _folder(keep: Path | None) -> Iterator[Path]:
-    if keep is not None:
-        keep.mkdir(parents=True, exist_ok=True)
-        yield keep
-    else:
-        with tempfile.TemporaryDirectory(prefix="ctct-demo-") as tmp:
-            yield Path(tmp)
-
-
-async def run_demo(*, contacts: int = 5000, keep: Path | None = None) -> int:
-    """Run the demo; returns 0 when every check passed."""
+async def run_v1_demo(*, contacts: int = 5000, keep: Path | None = None) -> int:
+    """Run the v1 demo (at least 4,100 contacts); returns 0 when every check passed."""
     contacts = max(contacts, 4100)
-    with _folder(keep) as folder:
+    with demo_folder(keep) as folder:
         store = AccountStore(SimulatorConfig(seed=7))
         seed_demo_account(store, contacts)
         source = folder / "contacts.csv"
@@ -142,21 +131,27 @@ async def run_demo(*, contacts: int = 5000, keep: Path | None = None) -> int:
                 for email, lists in wanted.items()
                 if lists - after.get(email, set())
             }
-            print(
-                f"check 1: memberships before the run still present: "
-                f"{'yes' if not lost else f'NO, {len(lost)} contacts lost lists'}"
-            )
-            print(
-                f"check 2: every valid, mailable row is on its target lists: "
-                f"{'yes' if not missing else f'NO, {len(missing)} contacts missing lists'}"
-            )
             rows_accounted = sum(report.outcomes.values()) == report.rows
-            print(
-                f"check 3: every row has exactly one outcome: {'yes' if rows_accounted else 'NO'}"
-            )
+            passed = [
+                print_check(
+                    1,
+                    "memberships before the run still present",
+                    f"{len(lost)} contacts lost lists" if lost else None,
+                ),
+                print_check(
+                    2,
+                    "every valid, mailable row is on its target lists",
+                    f"{len(missing)} contacts missing lists" if missing else None,
+                ),
+                print_check(
+                    3,
+                    "every row has exactly one outcome",
+                    None if rows_accounted else "outcomes and rows differ",
+                ),
+            ]
             if keep is not None:
                 print(f"files kept in {folder}")
-            return 0 if not lost and not missing and rows_accounted else 1
+            return 0 if all(passed) else 1
 
 
 def _targets_of_valid_rows(source: Path, store: AccountStore) -> dict[str, set[str]]:
