@@ -31,6 +31,7 @@ __all__ = [
     "ContactStatus",
     "ListId",
     "ListInfo",
+    "ListReader",
     "ListWrite",
     "UntouchableIndex",
 ]
@@ -365,4 +366,15 @@ class UntouchableIndex(Protocol):
 
     async def untouchable_contacts(self) -> dict[str, ContactStatus]:
         """Email (lower-cased) -> status (`deleted` or `opted_out`), read now."""
+        ...
+
+
+@runtime_checkable
+class ListReader(Protocol):
+    """A backend that reads a list's contacts with their lists, many a request (v3: 500),
+    so a read of many contacts (the audit) can page their lists instead of looking each
+    one up."""
+
+    def list_contacts(self, list_id: ListId) -> AsyncIterator[ContactState]:
+        """The contacts on a list, each with its lists."""
         ...
