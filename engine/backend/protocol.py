@@ -11,7 +11,7 @@ in `document` fields the pipeline never opens.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol, runtime_checkable
 
@@ -19,6 +19,7 @@ from engine.backend.retry import RetryPolicy
 from engine.errors import RetryableApiError
 
 __all__ = [
+    "AccountReader",
     "ActivityState",
     "AppendingBackend",
     "Backend",
@@ -377,4 +378,14 @@ class ListReader(Protocol):
 
     def list_contacts(self, list_id: ListId) -> AsyncIterator[ContactState]:
         """The contacts on a list, each with its lists."""
+        ...
+
+
+@runtime_checkable
+class AccountReader(Protocol):
+    """A backend that reads every contact of the account with its lists, many a request
+    (v3: 500), for reads of many contacts (the dry run's lookups, the rehearsal copy)."""
+
+    def account_contacts(self) -> AsyncGenerator[ContactState, None]:
+        """Every contact of the account, deleted ones included, with its lists."""
         ...

@@ -16,7 +16,7 @@ import hashlib
 import json
 import logging
 import math
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
 from typing import Any
 
 from engine.backend.protocol import (
@@ -172,7 +172,7 @@ class V3Backend:
             if isinstance(address, str):
                 yield address.strip().lower()
 
-    async def account_contacts(self) -> AsyncIterator[ContactState]:
+    async def account_contacts(self) -> AsyncGenerator[ContactState, None]:
         """Every contact of the account, deleted ones included, with its lists: 500 a
         request (`GET /contacts?status=all&include=list_memberships&limit=500`), for reads
         of a whole account (the rehearsal copy) at a 500th of a lookup per contact."""

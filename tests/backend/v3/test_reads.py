@@ -9,6 +9,7 @@ import anyio
 
 from engine.audit import audit
 from engine.pipeline.config import MigrationConfig
+from engine.pipeline.dryrun import plan_migration
 from engine.pipeline.run import migrate
 from engine.simulator.v3 import RunningSimulator
 
@@ -54,3 +55,22 @@ async def test_the_audit_pages_the_target_lists_and_finds_what_is_wrong(
     assert not dirty.ok
     found = {f.email: (f.missing_targets, f.lost_lists) for f in dirty.findings}
     assert found == {emails[0]: ((), ("Old",)), emails[1]: (("News",), ())}
+
+
+async def test_the_dry_run_pages_a_small_account_instead_of_looking_each_contact_up(
+    sim: RunningSimulator, open_backend: BackendOpener
+) -> None:
+    """`--lookup` over 600 contacts of a 700-contact account reads 2 pages of the account
+    (500 a request) instead of 600 lookups, and still counts who exists."""
+    old = sim.store.add_list("Old")
+    sim.store.add_list("News")
+    for n in range(700):
+        sim.store.add_contact(f"c{n:04d}@example.com", lists=[old])
+    source = [{"email": f"c{n:04d}@example.com"} for n in range(300)]
+    source += [{"email": f"new{n}@example.com"} for n in range(300)]
+    config = MigrationConfig(bulk_threshold=None)
+    async with open_backend(sim) as backend:
+        with anyio.fail_after(30):
+            plan = await plan_migration(backend, source, lists=["News"], config=config, lookup=True)
+    assert plan.existing == 300
+    assert plan.lookup_requests <= 6, plan.lookup_requests  # 2 account pages, lists, members
