@@ -58,7 +58,7 @@ def _error_items(body: bytes) -> list[tuple[str, str]]:
     errors, an object for rate limits and 401s (§2.2); [] when it is neither."""
     try:
         data = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError):
+    except (ValueError, RecursionError):  # not JSON, not UTF-8, or nested past the stack
         return []
     items = data if isinstance(data, list) else [data]
     pairs = []
@@ -283,9 +283,9 @@ class V3Client:
                     return None
                 try:
                     return json.loads(answer.body)
-                except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+                except (ValueError, RecursionError) as exc:  # RecursionError: deep nesting
                     raise MalformedResponseError(
-                        f"the answer is not JSON: {exc}",
+                        f"the answer is not JSON: {type(exc).__name__}",
                         status=answer.status,
                         method=method,
                         url=str(target),

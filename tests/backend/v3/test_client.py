@@ -107,3 +107,49 @@ def test_plain_http_is_refused_before_any_request(tmp_path: Path, m: aioresponse
     with pytest.raises(ConfigError, match="non-loopback"):
         OAuthEndpoints("c", auth_url="http://auth.example.com/oauth2/default/v1/")
     assert not m.requests
+
+
+CONTACTS = re.compile(r"^https://api\.example\.com/v3/contacts.*$")
+
+
+@pytest.mark.parametrize(
+    ("body", "headers"),
+    [
+        pytest.param(b"<html><body>Service Unavailable</body></html>", {}, id="html-as-200"),
+        pytest.param(b'{"contacts": [', {}, id="truncated-json"),
+        pytest.param(b"[" * 20_000 + b"]" * 20_000, {}, id="deep-nesting"),
+        pytest.param(b"\xff\xfe\x00garbage", {}, id="not-utf8"),
+        pytest.param(b"{}", {"Content-Type": "text/plain"}, id="wrong-content-type-ok-json"),
+    ],
+)
+async def test_a_hostile_answer_is_a_malformed_response_never_a_crash(
+    client: V3Client, m: aioresponses, body: bytes, headers: dict[str, str]
+) -> None:
+    """An answer that is not JSON (HTML, cut short, nested past the stack, not UTF-8) raises
+    MalformedResponseError, naming no body; JSON under a wrong content type is still read."""
+    m.get(CONTACTS, status=200, body=body, headers=headers, repeat=True)  # retried: garbled
+    if body == b"{}":
+        assert await client.send("GET", client.url("contacts")) == {}
+        return
+    with pytest.raises(MalformedResponseError, match="not JSON") as caught:
+        await client.send("GET", client.url("contacts"))
+    assert "garbage" not in str(caught.value)
+    assert "<html>" not in str(caught.value)
+
+
+async def test_an_oversize_answer_is_refused_before_it_is_read_whole(
+    tmp_path: Path, m: aioresponses
+) -> None:
+    """A body over the response cap is refused (MalformedResponseError), not buffered."""
+    async with V3Client(
+        _auth(tmp_path),
+        base_url=BASE,
+        governor=RateGovernor(rate=None),
+        retry=FAST_RETRY,
+        sleep=no_sleep,
+        max_response_bytes=1024,
+    ) as small:
+        body = b'{"contacts": [' + b" " * 4096 + b"]}"
+        m.get(CONTACTS, status=200, body=body, repeat=True)
+        with pytest.raises(MalformedResponseError, match="over the cap"):
+            await small.send("GET", small.url("contacts"))
