@@ -1,6 +1,6 @@
 """Helpers of the durability suites: the simulator and the engine as real subprocesses, a
-seeded scenario that exercises both paths, and the whole-account checks (I1, I2, I3, one
-contact per email, the write count).
+seeded scenario that exercises both paths (on a v1 or a V3 account), and the backend-neutral
+whole-account checks (I1, I2, I3, one contact per email, I7; the write count).
 
 The simulator runs as `python -m engine simulate --state FILE` and saves the whole account to
 that file when it gets SIGTERM, so a test reads the final account exactly as the server holds
@@ -22,7 +22,7 @@ import tempfile
 import time
 import urllib.request
 from collections import Counter
-from collections.abc import Iterator, Mapping, Sequence, Set as AbstractSet
+from collections.abc import Iterable, Iterator, Mapping, Sequence, Set as AbstractSet
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +30,7 @@ from typing import Any
 
 import aiohttp
 
-from engine.simulator import AccountStore, RunningSimulator, SimulatorConfig
+from engine.simulator import AccountStore, RunningSimulator, SimulatorConfig, v3
 from engine.simulator.testing import (  # re-exported for the test modules
     read_stats as sim_stats_sync,  # noqa: F401
     serve_in_thread as simulator_in_thread,  # noqa: F401
@@ -275,18 +275,31 @@ def run_engine(
 
 # --- a seeded scenario --------------------------------------------------------------------
 
+#: The backends a scenario can seed: the v1 simulator's account or the V3 simulator's.
+BACKENDS = ("v1", "v3")
+#: An account reduced to what the invariants talk about: email -> (status, list names).
+#: Statuses are the simulator's own (v1: Active, Do Not Mail, Removed; V3: active,
+#: unsubscribed, deleted…); list names are the same on both.
+AccountView = dict[str, tuple[str, frozenset[str]]]
+#: Whatever `memberships` can reduce: a v1 or V3 store, a state file of either, a view.
+Account = AccountStore | v3.AccountStore | Path | Mapping[str, tuple[str, frozenset[str]]]
+
 
 @dataclass(frozen=True)
 class Scenario:
     """A seeded account and a source file that exercise both paths.
 
     Attributes:
-        seed: the account before the run, as a simulator state file.
+        seed: the account before the run, as a simulator state file (of `backend`).
         source: the CSV source (header `Email Address,First Name,Lists`).
         rows: every data line number of the source.
         targets: email -> list names it must end up on (valid rows only, duplicates unioned).
         rejected_rows: line numbers of the rows the engine must reject.
-        opted_out: the source's Do Not Mail emails (to be skipped, never changed).
+        opted_out: the source's Do Not Mail (v1) or unsubscribed (V3) emails (to be skipped,
+            never changed).
+        backend: `v1` or `v3`: which simulator's account `seed` is.
+        deleted: the source's deleted V3 contacts (to be skipped, never revived; v1's
+            Removed contacts are re-added by design and are not here).
     """
 
     seed: Path
@@ -295,13 +308,16 @@ class Scenario:
     targets: dict[str, frozenset[str]]
     rejected_rows: tuple[int, ...]
     opted_out: frozenset[str]
+    backend: str = "v1"
+    deleted: frozenset[str] = frozenset()
 
-    def before(self) -> AccountStore:
+    def before(self) -> AccountStore | v3.AccountStore:
         """The seeded account."""
-        return AccountStore.load(self.seed, SimulatorConfig(username=USERNAME))
+        return load_account(self.seed)
 
-    def migrate_args(self, sim: SimProcess, report: Path, *extra: str) -> list[str]:
-        """The `migrate` command line of this scenario on `sim`."""
+    def migrate_args(self, sim: Any, report: Path, *extra: str) -> list[str]:
+        """The `migrate` command line of this scenario on `sim` (a `SimProcess`, or any
+        simulator handle with `account_args()`, such as a V3 one)."""
         return [
             "migrate",
             str(self.source),
@@ -329,25 +345,80 @@ SMALL_SETS = (
 )
 
 
+class _Seeder:
+    """Seeds the same account on either simulator's store (lists by name)."""
+
+    def __init__(self, backend: str) -> None:
+        assert backend in BACKENDS, backend
+        self.backend = backend
+        self.v1: AccountStore | None = None
+        self.v3: v3.AccountStore | None = None
+        if backend == "v1":
+            self.v1 = AccountStore(SimulatorConfig(username=USERNAME, seed=3))
+        else:
+            self.v3 = v3.AccountStore(v3.SimulatorConfig(seed=3))
+        self.ids: dict[str, Any] = {}
+
+    def create_list(self, name: str) -> None:
+        if self.v1 is not None:
+            self.ids[name] = self.v1.create_list(name)
+        else:
+            assert self.v3 is not None
+            self.ids[name] = self.v3.add_list(name)
+
+    def add(
+        self, email: str, lists: Sequence[str] = (), first_name: str | None = None, **kind: bool
+    ) -> None:
+        """A contact on `lists`; `opted_out=True` or `removed=True` for those statuses."""
+        opted_out, removed = kind.get("opted_out", False), kind.get("removed", False)
+        ids = [self.ids[n] for n in lists]
+        if self.v1 is not None:
+            status = "Do Not Mail" if opted_out else "Removed" if removed else "Active"
+            fields = {"FirstName": first_name} if first_name else None
+            self.v1.add_contact(email, lists=ids, status=status, fields=fields)
+            return
+        assert self.v3 is not None
+        self.v3.add_contact(
+            email,
+            lists=ids,
+            permission="unsubscribed" if opted_out else "implicit",
+            first_name=first_name,
+            deleted=removed,
+        )
+
+    def save(self, path: Path) -> None:
+        if self.v1 is not None:
+            self.v1.save(path)
+        else:
+            assert self.v3 is not None
+            self.v3.save(path)
+
+
 def build_scenario(
-    folder: Path, *, bulk: tuple[int, int, int] = (450, 300, 250), per_set: int = 20
+    folder: Path,
+    *,
+    bulk: tuple[int, int, int] = (450, 300, 250),
+    per_set: int = 20,
+    backend: str = "v1",
 ) -> Scenario:
-    """Seed an account and write its source: by default about 1,200 rows.
+    """Seed an account (of the `backend` simulator) and write its source: by default about
+    1,200 rows.
 
     Three bulk target sets (`bulk` contacts each: Beta, Beta;Gamma, Delta; half of them
-    already on other lists), eight per-contact sets of `per_set` contacts, Do Not Mail and
-    Removed contacts, duplicated emails (some with another list), five invalid rows, and
-    bystanders the source does not name.
+    already on other lists), eight per-contact sets of `per_set` contacts, Do Not Mail
+    (V3: unsubscribed) and Removed (V3: deleted) contacts, duplicated emails (some with
+    another list), five invalid rows, and bystanders the source does not name.
     """
     folder.mkdir(parents=True, exist_ok=True)
-    store = AccountStore(SimulatorConfig(username=USERNAME, seed=3))
-    ids = {name: store.create_list(name) for name in LIST_NAMES}
+    seeder = _Seeder(backend)
+    for name in LIST_NAMES:
+        seeder.create_list(name)
     rows: list[tuple[str, str, str]] = []  # (email, first name, lists)
 
     def existing(email: str, i: int) -> str:
         # Existing contacts sit on other lists, some already on a target.
         lists = [["Alpha"], ["Alpha", "Gamma"], ["Epsilon"], ["Beta", "Alpha"]][i % 4]
-        store.add_contact(email, lists=[ids[n] for n in lists], fields={"FirstName": f"Old{i}"})
+        seeder.add(email, lists, first_name=f"Old{i}")
         return email
 
     groups = dict(zip(("Beta", "Beta;Gamma", "Delta"), bulk, strict=True))
@@ -366,12 +437,14 @@ def build_scenario(
     opted_out = []
     for i in range(8):
         email = f"optedout{i}@example.net"
-        store.add_contact(email, status="Do Not Mail")
+        seeder.add(email, opted_out=True)
         opted_out.append(email)
         rows.append((email, "", "Beta" if i % 2 else "Alpha;Delta"))
+    removed = []
     for i in range(6):
         email = f"removed{i}@example.net"
-        store.add_contact(email, status="Removed")
+        seeder.add(email, removed=True)
+        removed.append(email)
         rows.append((email, "", "Beta" if i % 2 else "Gamma;Delta"))
     # Duplicates: the same email again, with another list (unioned with the first row's).
     for i in range(0, min(40, bulk[0]), 4):
@@ -381,7 +454,7 @@ def build_scenario(
     for i, email in enumerate(invalid):
         rows.append((email, f"Invalid{i}", "Beta"))
     for i in range(30):  # contacts that exist but are in no source row must not change
-        store.add_contact(f"bystander{i}@example.com", lists=[ids["Alpha"], ids["Delta"]])
+        seeder.add(f"bystander{i}@example.com", ["Alpha", "Delta"])
 
     source = folder / "contacts.csv"
     with source.open("w", encoding="utf-8", newline="") as file:
@@ -389,7 +462,7 @@ def build_scenario(
         for email, name, lists in rows:
             file.write(f"{email},{name},{lists}\n")
     seed = folder / "seed.json"
-    store.save(seed)
+    seeder.save(seed)
 
     targets: dict[str, set[str]] = {}
     rejected = []
@@ -406,6 +479,9 @@ def build_scenario(
         targets={e: frozenset(t) for e, t in targets.items()},
         rejected_rows=tuple(rejected),
         opted_out=frozenset(opted_out),
+        backend=backend,
+        # A deleted V3 contact is never revived (I2); a Removed v1 contact is re-added.
+        deleted=frozenset(removed) if backend == "v3" else frozenset(),
     )
 
 
@@ -419,31 +495,109 @@ def read_report(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in text.splitlines()]
 
 
-def memberships(store: AccountStore) -> dict[str, tuple[str, frozenset[str]]]:
-    """email -> (status, list names) for every contact of the account."""
-    names = {item.id: item.name for item in store.lists()}
-    return {c.email: (c.status, frozenset(names[i] for i in c.lists)) for c in store.contacts()}
+def load_account(path: Path) -> AccountStore | v3.AccountStore:
+    """A simulator's saved state file, read by the loader of its own dialect (the V3 state
+    names its format; the v1 one does not)."""
+    data = json.loads(path.read_text(encoding="utf-8"))
+    if isinstance(data, dict) and str(data.get("format", "")).startswith("ctct-v3"):
+        return v3.AccountStore.load(path)
+    return AccountStore.load(path, SimulatorConfig(username=USERNAME))
+
+
+def memberships(account: Account) -> AccountView:
+    """email -> (status, list names) for every contact of the account (a v1 or V3 store, or
+    either's state file); an email held by two contacts fails here."""
+    if isinstance(account, Mapping):
+        return dict(account)
+    if isinstance(account, Path):
+        account = load_account(account)
+    view: AccountView = {}
+    if isinstance(account, v3.AccountStore):
+        v3_names = {item.id: item.name for item in account.lists("all")}
+        for contact in account.contacts():
+            assert contact.email is not None, f"contact {contact.id} lost its email address"
+            email = contact.email.strip().lower()
+            assert email not in view, f"{email} is in the account twice"
+            view[email] = (contact.status, frozenset(v3_names[i] for i in contact.lists))
+        return view
+    v1_names = {item.id: item.name for item in account.lists()}
+    for c in account.contacts():
+        email = c.email.strip().lower()
+        assert email not in view, f"{email} is in the account twice"
+        view[email] = (c.status, frozenset(v1_names[i] for i in c.lists))
+    return view
+
+
+#: V3 write-log endpoints a list-safe migration never calls (I2): they remove memberships,
+#: contacts or lists, or assert the contact's own consent (`sign_up_form`).
+FORBIDDEN_V3_ENDPOINTS = frozenset(v3.DESTRUCTIVE_ENDPOINTS)
+
+
+def check_v3_writes(writes: Iterable[Mapping[str, Any] | tuple[Any, ...]]) -> None:
+    """I2 on V3: the write log (`/_sim/writes`, or the store's `writes`) holds no DELETE and
+    no `sign_up_form`, `remove_list_memberships`, `contact_delete` or `list_delete`."""
+    for write in writes:
+        record = write if isinstance(write, Mapping) else write._asdict()  # type: ignore[union-attr]
+        assert record["method"] != "DELETE", f"I2: DELETE sent: {record}"
+        assert record["endpoint"] not in FORBIDDEN_V3_ENDPOINTS, f"I2: {record} sent"
+        for name in ("sign_up_form", "remove_list_memberships", "contact_delete", "list_delete"):
+            assert name not in record["path"], f"I2: {record} sent"
+
+
+def secret_forms(secret: str) -> set[bytes]:
+    """How a secret can show in a file: as is, lower-cased, UTF-16 (SQLite text may be)."""
+    return {secret.encode(), secret.lower().encode(), secret.encode("utf-16-le")}
+
+
+def check_no_secrets(secrets: Iterable[str], *outputs: str | bytes | Path) -> None:
+    """I7: no secret in any of the texts, files, or files under the folders given."""
+    forms = {f"secret #{n}": secret_forms(s) for n, s in enumerate(secrets, 1) if s}
+    assert forms, "no secret to look for"
+
+    def blobs() -> Iterator[tuple[str, bytes]]:
+        for output in outputs:
+            if isinstance(output, Path):
+                files = sorted(output.rglob("*")) if output.is_dir() else [output]
+                for file in files:
+                    if file.is_file():
+                        yield str(file), file.read_bytes()
+            else:
+                yield "a text", output.encode() if isinstance(output, str) else output
+
+    for where, data in blobs():
+        lowered = data.lower()
+        for secret, variants in forms.items():
+            shown = any(v in data or v in lowered for v in variants)
+            assert not shown, f"I7: {secret} is in {where}"
 
 
 def check_migration(
     scenario: Scenario,
-    after: AccountStore,
+    after: Account,
     report: Path,
     *,
     complete: bool = True,
     exempt: frozenset[str] = frozenset(),
     since_seed: bool = True,
+    writes: Iterable[Mapping[str, Any] | tuple[Any, ...]] | None = None,
+    secrets: Sequence[str] = (),
+    outputs: Sequence[str | bytes | Path] = (),
 ) -> list[dict[str, Any]]:
-    """Assert I1, I2, I3 and one contact per email over the whole account; return the report.
+    """Assert I1, I2, I3, one contact per email over the whole account, and I7; return the
+    report. Backend-neutral: the scenario says which simulator's account `after` is.
 
     Args:
         scenario: what was seeded and migrated.
-        after: the account after the run(s).
+        after: the account after the run(s): a store, a saved state file, or a view.
         report: the final report.
         complete: every valid row must be done (not only accounted for).
         exempt: emails excused from "no list lost" (another writer removed their lists).
         since_seed: the report covers every write since the seed; False after `--restart`,
             whose report starts over (a contact written before it is `unchanged` then).
+        writes: the V3 simulator's write log (required on V3: I2 is also what was sent).
+        secrets: credentials or tokens that must be in no output (I7): the report, the
+            journal beside it and every one of `outputs` (texts, files or folders).
+        outputs: what else the runs left (stdout, stderr, logs, folders of them).
     """
     lines = read_report(report)
     was = memberships(scenario.before())
@@ -478,11 +632,15 @@ def check_migration(
         else:
             assert line.get("reason"), f"I3: {line} has no reason"
 
-    # I2: Do Not Mail contacts are skipped and unchanged.
-    for email in scenario.opted_out:
-        assert now[email] == was[email], f"I2: the Do Not Mail contact {email} changed"
+    # I2: Do Not Mail (unsubscribed) contacts are skipped and unchanged; deleted V3 contacts
+    # are skipped and stay deleted, on no list (never revived); V3 sent nothing destructive.
+    for email in scenario.opted_out | scenario.deleted:
+        assert now[email] == was[email], f"I2: the contact {email} changed: {now[email]}"
         if complete:
             assert outcome_of.get(email) == "skipped", f"I2: {email} is {outcome_of.get(email)}"
+    if scenario.backend == "v3":
+        assert writes is not None, "a V3 check needs the simulator's write log"
+        check_v3_writes(writes)
 
     # I3: every source row in exactly one report line.
     seen = sorted(row for line in lines for row in line["rows"])
@@ -493,13 +651,17 @@ def check_migration(
     rejected = sorted(r for line in lines if line["outcome"] == "rejected" for r in line["rows"])
     assert rejected == sorted(scenario.rejected_rows)
     if complete:
-        for email in scenario.targets.keys() - scenario.opted_out:
+        for email in scenario.targets.keys() - scenario.opted_out - scenario.deleted:
             assert outcome_of.get(email) in SUCCESSES, f"{email} is {outcome_of.get(email)}"
 
-    # One contact per email, and none the source does not name.
-    emails = [c.email for c in after.contacts()]
-    assert len(emails) == len(set(emails)), "an email is in the account twice"
-    assert set(emails) == set(was) | set(scenario.targets), "contacts appeared or vanished"
+    # One contact per email (`memberships` checks it), and none the source does not name.
+    assert set(now) == set(was) | set(scenario.targets), "contacts appeared or vanished"
+
+    # I7: no secret in the report, the journal, or anything else the runs left.
+    if secrets:
+        journal = report.with_name(report.name.removesuffix(".jsonl") + ".journal.sqlite")
+        files = [p for p in report.parent.glob(journal.name + "*") if p.is_file()]
+        check_no_secrets(secrets, report, *files, *outputs)
     return lines
 
 

@@ -185,7 +185,7 @@ class FileTokenStore:
             raise ConfigError(f"cannot read the token file {self.path}: {exc.strerror}") from None
         try:
             data = json.loads(text)
-        except json.JSONDecodeError:
+        except (ValueError, RecursionError):
             raise ConfigError(f"the token file {self.path} is not JSON; {LOGIN_HINT}") from None
         if not isinstance(data, dict):
             raise ConfigError(f"the token file {self.path} is not a token set; {LOGIN_HINT}")
@@ -272,11 +272,26 @@ class DeviceCode:
     device_code: str = field(repr=False)
 
 
+def _json_object(body: bytes, what: str) -> dict[str, Any]:
+    """The JSON object of an authorization server's answer.
+
+    Raises:
+        AuthenticationError: not JSON, not UTF-8, nested past the stack, or not an object.
+    """
+    try:
+        data = json.loads(body)
+    except (ValueError, RecursionError):
+        raise AuthenticationError(f"the {what} answered no JSON") from None
+    if not isinstance(data, dict):
+        raise AuthenticationError(f"the {what} answered no JSON object")
+    return data
+
+
 def _oauth_error(body: bytes) -> tuple[str, str]:
     """(`error`, `error_description`) of a token endpoint refusal, or what can be read."""
     try:
         data = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError):
+    except (ValueError, RecursionError):
         return "", body[:200].decode("utf-8", "replace")
     if isinstance(data, list) and data and isinstance(data[0], dict):
         data = data[0]
@@ -386,7 +401,9 @@ class V3Auth:
         refresh_token: a refresh token to start from (headless runs).
         access_token: an access token to use as is (headless runs, no refresh possible).
         clock: epoch seconds (tests inject one).
-        margin: refresh when the access token expires within this many seconds.
+        margin: refresh when the access token expires within this many seconds (at most
+            half the lifetime of the tokens the server hands out, once one was seen: a
+            server whose tokens live less than `margin` must not be asked per request).
     """
 
     def __init__(
@@ -412,6 +429,8 @@ class V3Auth:
             where = f" in {store.path}" if store is not None else ""
             raise ConfigError(f"no V3 tokens{where}: run `python -m engine login` first")
         self._tokens = tokens
+        #: the lifetime of the last access token the server issued (None: none seen yet).
+        self._lifetime: float | None = None
         #: refreshes done by this object.
         self.refreshes = 0
 
@@ -423,10 +442,17 @@ class V3Auth:
         """The current token set."""
         return self._tokens
 
+    def _expiring(self, tokens: TokenSet) -> bool:
+        """Whether `tokens` expires within the margin (capped at half a token's lifetime)."""
+        margin = self._margin
+        if self._lifetime is not None:
+            margin = min(margin, self._lifetime / 2)
+        return tokens.expiring(self._clock(), margin)
+
     async def access_token(self) -> str:
         """The access token to send now, refreshed first when it expires soon."""
         tokens = self._tokens
-        if tokens.expiring(self._clock(), self._margin) and tokens.refresh_token:
+        if self._expiring(tokens) and tokens.refresh_token:
             await self._refresh(tokens.access_token)
         return self._tokens.access_token
 
@@ -441,9 +467,7 @@ class V3Auth:
     async def _refresh(self, stale: str, *, forced: bool = False) -> None:
         async with self._lock:
             current = self._tokens
-            if current.access_token != stale and (
-                forced or not current.expiring(self._clock(), self._margin)
-            ):
+            if current.access_token != stale and (forced or not self._expiring(current)):
                 return  # another task refreshed while this one waited
             if self.store is None:
                 await self._grant(current)
@@ -453,7 +477,7 @@ class V3Auth:
                 if (
                     on_disk is not None
                     and on_disk.access_token not in (stale, "")
-                    and (not on_disk.expiring(self._clock(), self._margin))
+                    and not self._expiring(on_disk)
                 ):
                     self._tokens = on_disk  # another process refreshed meanwhile
                     return
@@ -489,11 +513,11 @@ class V3Auth:
                 method="POST",
                 url=self.endpoints.auth_url + "token",
             )
-        try:
-            data = json.loads(body)
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            raise AuthenticationError("the token endpoint answered no JSON") from None
-        fresh = TokenSet.from_response(data, self._clock(), current)
+        data = _json_object(body, "token endpoint")
+        now = self._clock()
+        fresh = TokenSet.from_response(data, now, current)
+        if math.isfinite(fresh.expires_at):
+            self._lifetime = max(0.0, fresh.expires_at - now)
         if self.store is not None:
             # Before the new access token is used: the old refresh token is dead already,
             # and a rotation not saved would lock the user out.
@@ -552,7 +576,9 @@ async def device_login(
             f"the device authorization was refused: {error or status} {text}".strip(),
             status=status,
         )
-    data = json.loads(body)
+    data = _json_object(body, "device authorization endpoint")
+    if "user_code" not in data or "device_code" not in data:
+        raise AuthenticationError("the device authorization answered no user or device code")
     code = DeviceCode(
         user_code=str(data["user_code"]),
         verification_uri=str(data.get("verification_uri", "")),
@@ -581,7 +607,7 @@ async def device_login(
             },
         )
         if status == 200:
-            tokens = TokenSet.from_response(json.loads(body), clock())
+            tokens = TokenSet.from_response(_json_object(body, "token endpoint"), clock())
             if store is not None:
                 store.save(tokens)
             return tokens
