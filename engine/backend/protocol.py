@@ -140,6 +140,9 @@ class BulkActivity:
         created: the server's creation stamp, when it gives one: with the id, what tells
             this activity from another that a server which lost its state gave the same id.
         document: the backend's own record of it (its errors, its counters).
+        partial: it ended part way (v3's `timed_out`, `cancelled`): some of its rows may
+            have been applied, so a contact of it found on its targets afterwards was
+            added by it.
     """
 
     id: str
@@ -148,6 +151,7 @@ class BulkActivity:
     progress: object = None
     created: str = ""
     document: object = field(default=None, repr=False, compare=False)
+    partial: bool = False
 
     @property
     def finished(self) -> bool:

@@ -383,7 +383,13 @@ class BulkPath:
         outcomes: list[Outcome] = []
         for activity, (_, contacts) in zip(finished, activities, strict=True):
             if activity.state != "complete":
-                await self._fall_back(contacts, f"activity {activity.id} ended {activity.status}")
+                # One that ended part way may have added some: found on their targets, they
+                # are `bulk_added`, not `unchanged`.
+                await self._fall_back(
+                    contacts,
+                    f"activity {activity.id} ended {activity.status}",
+                    maybe_applied=activity.partial,
+                )
                 continue
             settled, unknown = await self._outcomes(activity, contacts, targets)
             outcomes += settled

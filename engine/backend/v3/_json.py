@@ -478,4 +478,5 @@ def bulk_activity(raw: object) -> BulkActivity:
         progress=(state, doc.get("percent_done")),
         created=created if isinstance(created, str) else "",
         document=V3Activity(doc),
+        partial=state in ("timed_out", "cancelled"),
     )
