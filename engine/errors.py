@@ -50,6 +50,7 @@ __all__ = [
     "PipelineError",
     "QuotaExhaustedError",
     "RetryableApiError",
+    "RunStoppedError",
     "ServerError",
     "SkippableApiError",
     "SourceError",
@@ -216,6 +217,13 @@ class QuotaExhaustedError(FatalApiError):
 class OutputError(EngineError):
     """Raised when the report or the journal cannot be written mid-run (a full or read-only
     disk). The account holds every write already made; rerunning resumes."""
+
+
+class RunStoppedError(EngineError):
+    """Raised when a run that had started stops on an error the user must fix first (a
+    login refused mid-run, a privilege withdrawn): unlike the same error at start-up, writes
+    may have been made, all journaled; the message says what to fix and that the same
+    command then resumes."""
 
 
 class PipelineError(EngineError):

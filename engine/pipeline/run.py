@@ -32,10 +32,13 @@ from engine.backend.protocol import AppendingBackend, Backend, BulkActivity, Lis
 from engine.backend.v1.client import Account
 from engine.crashpoints import crash_point
 from engine.errors import (
+    AccessDeniedError,
+    AuthenticationError,
     ConfigError,
     EngineError,
     OutputError,
     PipelineError,
+    RunStoppedError,
     SourceError,
     unknown_lists_message,
 )
@@ -599,6 +602,13 @@ class _Run:
                 if crashed is None:
                     raise
                 log.error("%s", exc)
+        if isinstance(crashed, AuthenticationError | AccessDeniedError):
+            resume = "run the same command again to resume" + (
+                "" if self.journal is None else f" (journal {self.journal.path})"
+            )
+            raise RunStoppedError(f"{crashed}. Nothing is lost: once that is done, {resume}") from (
+                crashed
+            )
         if crashed is not None:
             raise crashed
         result = await self._summary(report_path, bulk)

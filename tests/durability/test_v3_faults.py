@@ -309,15 +309,17 @@ def test_v3_requests_in_flight_meeting_an_expired_token_refresh_it_once(
 def test_v3_refresh_token_revoked_mid_run_stops_then_resumes_after_login(
     scenario: Scenario, tmp_path: Path
 ) -> None:
-    """Grant revoked mid-run: a clean stop saying to log in again; after login it completes."""
+    """Grant revoked mid-run: a clean stop (exit 1: writes were made) saying to log in again
+    and that the same command resumes; after login it completes."""
     report = tmp_path / "run" / "report.jsonl"
     report.parent.mkdir()
     with v3_simulator(tmp_path / "sim", scenario.seed, latency_ms=8.0) as sim:
         args = scenario.migrate_args(sim, report)
         stopped = run_until(args, sim, lambda: sim.write_count() >= 20, sim.revoke_all)
-        assert stopped.returncode in (1, 2), stopped.output
+        assert stopped.returncode == 1, stopped.output
         assert "Traceback" not in stopped.stderr
         assert "python -m engine login" in stopped.stderr
+        assert "run the same command again to resume" in stopped.stderr
         assert "invalid or expired" in stopped.stderr
         done = journal_outcomes(report.with_name("report.journal.sqlite"))
         assert 0 < done < len(scenario.targets)
