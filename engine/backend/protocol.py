@@ -361,6 +361,15 @@ class AppendingBackend(Backend, Protocol):
         every item processed); anything else sends them through the write path."""
         ...
 
+    def fields_write(self, state: ContactState, fields: Mapping[str, str]) -> ListWrite | None:
+        """A write of `fields` that names no list (the lists stay as they are on the
+        server, whatever was added since the read); None when no field changes.
+
+        Raises:
+            DoNotMailError: the contact is opted out or deleted: never written.
+        """
+        ...
+
 
 @runtime_checkable
 class UntouchableIndex(Protocol):

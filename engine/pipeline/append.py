@@ -7,7 +7,9 @@ one append. No list can be dropped (the request names only lists to add), there 
 read→write window for another writer to fall into, and one request carries up to 500
 contacts, so such a contact costs its lookup and a 500th of a request (plus polls).
 
-A put worker hands the write over (`Appends.add`) and takes the next one; a batch goes out
+A contact whose row also changes fields gets them first by a PUT that names no list (the API
+keeps the lists it omits), so its lists still go by append and no list can be dropped even
+then. A put worker hands the write over (`Appends.add`) and takes the next one; a batch goes out
 when it is full, when its first write has waited `append_linger` seconds, or when the input
 ends. Each write's intent is journaled before its batch is posted, as for a PUT, so a run
 killed meanwhile leaves the truth (appends are idempotent: a resumed run appends again, or
@@ -93,13 +95,12 @@ class Appends:
 
     @staticmethod
     def takes(write: Write) -> bool:
-        """Whether a write is an append: an existing contact gaining lists, no field
-        written, not brought back from Removed or deleted (which only its PUT does)."""
+        """Whether a write goes this way: an existing contact (not brought back from
+        Removed or deleted, which only its PUT does) gaining lists or fields. The put
+        stage writes its fields first by a PUT that names no list (`_write_fields`), and
+        hands its lists here."""
         return (
-            write.update is not None
-            and not write.fields
-            and not write.reactivates
-            and bool(write.added)
+            write.update is not None and not write.reactivates and bool(write.added or write.fields)
         )
 
     async def add(self, write: Write) -> None:

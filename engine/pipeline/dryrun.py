@@ -7,9 +7,10 @@ each path would send, step by step as the stages send them:
   `snapshot` every list's members (one request per 50);
 - per-contact path: one search per 50 contacts (v3: one per contact, with the lists); for an
   existing contact a GET (not on v3), then a PUT unless it needs none (already on its lists
-  and no field to write), two more reads each with `verify_writes="all"`; on v3 a contact that
-  only gains lists goes into an append of up to 500 ids instead (one POST and its polls per
-  append); for a new contact a POST; nothing for an opted-out contact;
+  and no field to write), two more reads each with `verify_writes="all"`; on v3 an existing
+  contact's lists go into an append of up to 500 ids instead (one POST and its polls per
+  append), after a PUT of its fields that names no list when the row changes any; for a new
+  contact a POST; nothing for an opted-out contact;
 - bulk path: with `skip_removed` or `lists_only`, one search per 50 contacts; until the probe
   has passed, the probe's scan (a search per 50 contacts and a read of each existing contact
   until `probe_size` witnesses are found), the witnesses' activity and their reads after it;
@@ -320,8 +321,10 @@ class _Estimate:
             lists_only = config.lists_only or not contact.fields
             if on_targets and status != "removed" and lists_only:
                 continue  # unchanged: no write
-            if appending and lists_only and status not in ("removed", "deleted"):
-                appends[contact.targets] = appends.get(contact.targets, 0) + 1
+            if appending and status not in ("removed", "deleted"):
+                requests += 0 if lists_only else 1  # its fields: a PUT that names no list
+                if not on_targets:
+                    appends[contact.targets] = appends.get(contact.targets, 0) + 1
                 continue  # its id goes into an append
             requests += 1 + (2 if config.verify_writes == "all" else 0)
         polls = polls_for(config.activity_seconds, config)

@@ -11,10 +11,10 @@ from typing import TYPE_CHECKING
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from engine.backend.protocol import Backend, ContactState
+from engine.backend.protocol import AppendingBackend, Backend, ContactState
 from engine.backend.retry import SINGLE_ATTEMPT
 from engine.crashpoints import crash_point
-from engine.errors import ConflictError, RetryableApiError
+from engine.errors import ConflictError, DoNotMailError, RetryableApiError
 from engine.pipeline.merge import Write, decide
 from engine.pipeline.models import REACTIVATED, REVIVED, Outcome, join_notes
 from engine.pipeline.stats import StageStats, outcome_for_error
@@ -202,6 +202,46 @@ async def _update(
             await backend.back_off(attempt, error, started)
 
 
+async def _write_fields(
+    write: Write,
+    backend: AppendingBackend,
+    *,
+    verify: str,
+    stale_after: float,
+    intend: Intend | None,
+) -> Outcome | None:
+    """For a write that goes by append: its fields, if it changes any, by a PUT that names
+    no list (the server keeps the lists, whatever another writer added since the read: no
+    window for lists). A stale read (every one with `verify="all"`) is read again first;
+    one that changed status meanwhile (opted out, deleted) is not written. Returns the
+    contact's outcome when the write is refused or fails, None when the lists may follow."""
+    if not write.fields:
+        return None
+    assert write.update is not None
+    contact, state = write.contact, write.update.state
+    try:
+        await backend.take_turn()
+        if verify == "all" or anyio.current_time() - write.fetched_at > stale_after:
+            state = await backend.read(state.ref)
+        fields = backend.fields_write(state, contact.fields)
+        if fields is None:
+            return None  # its fields are as the row wants them now
+        if intend is not None:
+            await intend(contact.email, "updated", state.list_ids, write.added)
+        await backend.update(fields, prepaid=True)
+        crash_point("put")
+    except DoNotMailError as exc:  # opted out or deleted since the lookup: left alone
+        rows, before = tuple(contact.rows), tuple(sorted(state.list_ids))
+        reason = "deleted" if state.ref.status == "deleted" else "opted-out"
+        log.info("%s: %s", contact.email, exc)
+        return Outcome(
+            contact.email, "skipped", rows, reason, (), "contact", contact.targets, before
+        )
+    except Exception as exc:
+        return outcome_for_error(contact, exc, "contact")
+    return None
+
+
 async def _refresh(
     write: Write,
     backend: Backend,
@@ -266,8 +306,24 @@ async def put_contacts(
             if stop is not None and stop.is_set():
                 continue
             if appends is not None and appends.takes(write):
-                await appends.add(write)
+                stats.busy += 1
+                try:
+                    refused = await _write_fields(
+                        write,
+                        appends.backend,
+                        verify=verify,
+                        stale_after=stale_after,
+                        intend=intend,
+                    )
+                finally:
+                    stats.busy -= 1
                 stats.done += 1
+                if refused is not None:
+                    await send_outcomes.send(refused)
+                elif write.added:
+                    await appends.add(write)  # its outcome comes when the append is settled
+                else:
+                    await send_outcomes.send(updated_outcome(write))
                 continue
             stats.busy += 1
             try:

@@ -250,10 +250,18 @@ def _subresource_writes(
 
 
 def put_body(
-    state: ContactState, targets: Sequence[ListId], fields: Mapping[str, str] | None = None
+    state: ContactState,
+    targets: Sequence[ListId],
+    fields: Mapping[str, str] | None = None,
+    *,
+    lists: bool = True,
 ) -> tuple[bytes, tuple[ListId, ...], tuple[str, ...]] | None:
     """The safe `PUT /contacts/{id}` body that puts the contact on `targets` and writes
     `fields`, with the lists it adds and the fields it writes; None when nothing changes.
+
+    With `lists=False` the body writes the fields only and carries no `list_memberships`
+    at all, which the API then leaves as they are ([C] §3.5): no list can be dropped, even
+    one another writer added since the read (the lists then go by append).
 
     The recipe of §9.1: `email_address` (address and permission as read: consent is never
     changed), every core property present resent verbatim (a PUT nulls those it does not
@@ -271,7 +279,7 @@ def put_body(
     if not isinstance(email.get("address"), str):
         raise UnsafeMergeError(f"contact {state.ref.id} has no email address to resend")
     existing = list(dict.fromkeys(state.lists))
-    added = tuple(t for t in dict.fromkeys(targets) if t not in set(existing))
+    added = tuple(t for t in dict.fromkeys(targets) if t not in set(existing)) if lists else ()
     changes = _changes(fields, state.fields)
     if not added and not changes:
         return None
@@ -294,10 +302,11 @@ def put_body(
         if _FIELDS[name][0] == "core":
             body[_FIELDS[name][1]] = value
     body.update(_subresource_writes(document, changes))
-    body["list_memberships"] = union
+    if lists:
+        body["list_memberships"] = union
     body["update_source"] = "Account"
     encoded = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
-    _prove(encoded, document, existing, targets, changes)
+    _prove(encoded, document, existing, targets if lists else None, changes)
     return encoded, added, tuple(sorted(changes))
 
 
@@ -305,14 +314,18 @@ def _prove(
     encoded: bytes,
     document: Mapping[str, Any],
     existing: Sequence[ListId],
-    targets: Sequence[ListId],
+    targets: Sequence[ListId] | None,
     changes: Mapping[str, str],
 ) -> None:
-    """Read the encoded body back: it keeps every list, the address, the permission and each
-    core property not deliberately changed, and carries no consent or source change."""
+    """Read the encoded body back: it keeps every list (or, with `targets` None, names no
+    list at all), the address, the permission and each core property not deliberately
+    changed, and carries no consent or source change."""
     sent = json.loads(encoded)
     lists = sent.get("list_memberships")
-    if not isinstance(lists, list) or not set(existing) | set(targets) <= set(lists):
+    if targets is None:
+        if "list_memberships" in sent:
+            raise UnsafeMergeError("the fields-only PUT body, read back, names lists")
+    elif not isinstance(lists, list) or not set(existing) | set(targets) <= set(lists):
         raise UnsafeMergeError("the PUT body, read back, does not keep every list")
     email = _email_of(document)
     sent_email = sent.get("email_address") or {}

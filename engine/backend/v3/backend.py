@@ -254,6 +254,18 @@ class V3Backend:
         body, added, written = built
         return ListWrite(state, added, written, body)
 
+    def fields_write(self, state: ContactState, fields: Mapping[str, str]) -> ListWrite | None:
+        """The PUT that writes `fields` and names no list (the API keeps them: §3.5), None
+        when no field changes; an unsubscribed or deleted contact is never written (a PUT
+        would revive a deleted one)."""
+        if state.ref.status in ("opted_out", "deleted"):
+            raise DoNotMailError(f"the contact is {state.ref.status}: its fields are not written")
+        built = put_body(state, (), fields, lists=False)
+        if built is None:
+            return None
+        body, _, written = built
+        return ListWrite(state, (), written, body)
+
     async def take_turn(self) -> None:
         await self.client.governor.take_turn()
 

@@ -5,9 +5,15 @@ back on both paths."""
 
 from __future__ import annotations
 
+import json
+
 import anyio
 import pytest
 
+from engine.backend.protocol import ContactRef, ContactState
+from engine.backend.v3 import V3Backend
+from engine.backend.v3._json import put_body
+from engine.errors import DoNotMailError
 from engine.pipeline.config import MigrationConfig
 from engine.pipeline.dryrun import plan_migration
 from engine.pipeline.models import REVIVED
@@ -99,11 +105,11 @@ async def test_no_append_uses_the_put(sim: RunningSimulator, open_backend: Backe
     assert "activities.add_list_memberships" not in endpoints
 
 
-async def test_a_contact_with_new_field_values_is_put_not_appended(
+async def test_new_field_values_go_by_a_put_that_names_no_list_and_the_lists_by_append(
     sim: RunningSimulator, open_backend: BackendOpener
 ) -> None:
-    """A row that changes a field needs the PUT (an append writes lists only); the others of
-    the run are still appended."""
+    """A row that changes a field gets a PUT of its fields that names no list (the API keeps
+    them), and its list goes in the same append as the others'."""
     old, news, emails = _existing(sim, 4)
     source = [{"email": e} for e in emails[1:]] + [{"email": emails[0], "first_name": "New"}]
     async with open_backend(sim) as backend:
@@ -217,3 +223,34 @@ async def test_the_bulk_path_looks_up_no_contact_once_the_probe_has_passed(
         stored = sim.store.contact_by_email(email)
         assert stored is not None
         assert old in stored.lists
+
+
+def test_a_fields_only_put_names_no_list_and_never_writes_the_unsubscribed() -> None:
+    """The fields-only PUT body carries no `list_memberships` (so no list can be dropped),
+    resends the core properties, and is refused for an unsubscribed or deleted contact."""
+    document = {
+        "contact_id": "c1",
+        "email_address": {"address": "a@example.com", "permission_to_send": "implicit"},
+        "first_name": "Old",
+        "last_name": "Kept",
+        "list_memberships": ["l1", "l2"],
+    }
+    state = ContactState(
+        ContactRef("c1", "a@example.com", "active"),
+        ("l1", "l2"),
+        {"FirstName": "Old", "LastName": "Kept"},
+        "v",
+        document,
+    )
+    built = put_body(state, ("l3",), {"FirstName": "New"}, lists=False)
+    assert built is not None
+    body = json.loads(built[0])
+    assert "list_memberships" not in body
+    assert body["first_name"] == "New"
+    assert body["last_name"] == "Kept"
+    assert built[1] == ()  # it adds no list: the lists go by append
+    backend = V3Backend.__new__(V3Backend)  # fields_write is pure: no client needed
+    for status in ("opted_out", "deleted"):
+        gone = ContactState(ContactRef("c1", "a@example.com", status), (), {}, "v", document)
+        with pytest.raises(DoNotMailError):
+            backend.fields_write(gone, {"FirstName": "New"})
