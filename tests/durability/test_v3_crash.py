@@ -153,3 +153,56 @@ def test_killed_v3_run_resumes_on_the_simulator_as_its_own_process(
         secrets=sim.all_secrets(),
         outputs=[killed.output, final.output, report.parent, tmp_path / "sim" / "sim-stderr.log"],
     )
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize(
+    "signum",
+    [pytest.param(signal.SIGTERM, id="SIGTERM"), pytest.param(signal.SIGINT, id="SIGINT")],
+)
+def test_v3_graceful_stop_then_resume_and_audit(
+    signum: signal.Signals, scenario: Scenario, tmp_path: Path
+) -> None:
+    """SIGTERM/SIGINT mid-run on V3 (with --snapshot): exit 1 saying how to resume, whole
+    journal and report; the resume completes, and the audit proves every list kept."""
+    report = tmp_path / "run" / "report.jsonl"
+    report.parent.mkdir()
+    journal = report.with_name("report.journal.sqlite")
+    with v3_simulator(tmp_path / "sim", scenario.seed, latency_ms=20.0) as sim:
+        args = scenario.migrate_args(sim, report, "--snapshot")
+        with engine_process(args, env=v3_env()) as (process, out, err):
+            deadline = time.monotonic() + 60
+            while sim.write_count() < 10 and process.poll() is None:
+                if time.monotonic() > deadline:
+                    break
+                time.sleep(0.02)
+            assert process.poll() is None, "the run ended before it could be stopped"
+            process.send_signal(signum)
+            status = process.wait(timeout=60)
+            stdout, stderr = out.read_text(), err.read_text()
+        assert status == 1, stdout + stderr
+        assert "Traceback" not in stderr
+        assert "not done yet: run the same command again to resume" in stdout
+        partial = read_report(report)
+        assert journal_outcomes(journal) == len(partial)
+
+        final = run_engine(args, env=v3_env())
+        audit = run_engine(
+            ["audit", "--report", str(report), "--journal", str(journal), *sim.account_args()],
+            env=v3_env(),
+        )
+        sim.stop()
+    assert final.returncode == 1, final.output  # 1: the invalid rows
+    assert "not done yet" not in final.stdout
+    assert "done by an earlier run" in final.stdout
+    assert audit.returncode == 0, audit.output
+    assert "no violation" in audit.stdout
+    assert sim.account is not None
+    check_migration(
+        scenario,
+        sim.account,
+        report,
+        writes=sim.writes(),
+        secrets=sim.all_secrets(),
+        outputs=[stdout, stderr, final.output, audit.output, report.parent],
+    )
