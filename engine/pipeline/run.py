@@ -622,13 +622,20 @@ class _Run:
         send: MemoryObjectSendStream[Found],
         send_outcomes: MemoryObjectSendStream[Outcome],
     ) -> None:
+        """The fetch stage. Where a lookup takes one email and gives the lists (v3), it is
+        each contact's read, which on v1 the merge stage's `limits.put` workers send: it
+        gets as many lookups in flight (4 would cap a run at 4 round trips at a time)."""
+        limits, capabilities = self.config.limits, self.backend.capabilities
+        limit = limits.fetch
+        if capabilities.lookup_batch == 1 and capabilities.lookup_has_lists:
+            limit = max(limits.fetch, limits.put)
         await fetch_contacts(
             receive,
             send,
             backend=self.backend,
             send_outcomes=send_outcomes,
             stats=self.stats.stages["fetch"],
-            limit=self.config.limits.fetch,
+            limit=limit,
             stop=self.stop,
         )
 
