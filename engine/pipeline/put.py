@@ -177,7 +177,9 @@ async def _update(
     turn, then checks the read's age (every read with `verify="all"`) and reads again when
     stale, then sends the write at once: the window is one round trip at any rate, instead
     of the wait for a rate token (seconds at 4 requests/s). A retry (5xx, throttling) goes
-    through the same steps after its backoff, since its read has aged meanwhile.
+    through the same steps after its backoff, since its read has aged meanwhile, and reads
+    the contact again whatever its age (the attempt before may have been applied, its answer
+    lost): one found with nothing left to add is `updated`, by this write, not `unchanged`.
     """
     started = time.monotonic()
     attempt = 0
@@ -185,9 +187,14 @@ async def _update(
         attempt += 1
         await backend.take_turn()
         stale = anyio.current_time() - write.fetched_at > stale_after
-        if verify == "all" or (verify == "stale" and stale):
+        if verify == "all" or (verify == "stale" and stale) or attempt > 1:
             refreshed = await _refresh(write, backend, skip_removed, lists_only, revive_deleted)
             if isinstance(refreshed, Outcome):
+                if attempt > 1 and refreshed.kind == "unchanged":
+                    # The attempt before was applied and its answer lost (a timeout, a
+                    # reset): the contact is on its lists because of this very write.
+                    note = "the answer to its PUT was lost; the contact was found on its lists"
+                    return updated_outcome(write, note=note)
                 return refreshed
             write = refreshed
         update = write.update

@@ -11,6 +11,7 @@ import pytest
 from engine.backend import ContactState, V1Backend
 from engine.backend.v1 import Account, contact_state
 from engine.backend.v1.records import ContactEntry
+from engine.errors import ConnectionLostError
 from engine.pipeline.merge import Write, decide
 from engine.pipeline.models import Contact
 from engine.pipeline.put import send_write
@@ -113,3 +114,35 @@ async def test_verify_all_re_applies_the_union_after_a_concurrent_stale_put(
     assert "concurrent write" in outcome.reason
     assert _lists(simulator, "jane@example.com") == {a, b, c}
     assert calls == 2
+
+
+async def test_a_put_applied_whose_answer_was_lost_is_updated_not_unchanged(
+    simulator: RunningSimulator, account: Account
+) -> None:
+    """A PUT the server applied but whose answer was lost (a timeout) is retried: the contact
+    is read again, found on its lists, and reported `updated` by this write, not `unchanged`."""
+    store = simulator.store
+    a, b = store.create_list("A"), store.create_list("B")
+    store.add_contact("jane@example.com", lists=[a])
+    entry = await _fetch(account, simulator, "jane@example.com")
+    backend = V1Backend(account)
+    write = await _write(
+        backend, Contact("jane@example.com", (str(b),), {}, [2]), entry, anyio.current_time()
+    )
+    update = backend.update
+    calls: list[int] = []
+
+    async def applied_then_lost(*args: object, **kwargs: object) -> None:
+        await update(*args, **kwargs)  # type: ignore[arg-type]
+        calls.append(1)
+        if len(calls) == 1:
+            raise ConnectionLostError("no answer: TimeoutError")
+
+    backend.update = applied_then_lost  # type: ignore[method-assign]
+    outcome = await send_write(write, backend, skip_removed=False)
+
+    assert outcome.kind == "updated", outcome
+    assert outcome.lists_before == (str(a),)
+    assert "answer to its PUT was lost" in outcome.note
+    assert len(calls) == 1  # found on its lists: not sent again
+    assert _lists(simulator, "jane@example.com") == {a, b}
