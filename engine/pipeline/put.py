@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from engine.backend.protocol import AppendingBackend, Backend, ContactState
+from engine.backend.protocol import AppendingBackend, Backend, ContactRef, ContactState
 from engine.backend.retry import SINGLE_ATTEMPT
 from engine.crashpoints import crash_point
 from engine.errors import ConflictError, DoNotMailError, RetryableApiError
@@ -116,7 +116,7 @@ async def send_write(
                     contact.email, "created", rows, "", write.added, "contact", targets, ()
                 )
             except ConflictError as conflict:
-                found = (await backend.find([contact.email])).get(contact.email)
+                found = await _look_up_existing(contact.email, backend)
                 if found is None:
                     continue  # gone again: try the create once more
                 state = found if isinstance(found, ContactState) else await backend.read(found)
@@ -158,6 +158,22 @@ async def send_write(
         )
     except Exception as exc:
         return outcome_for_error(contact, exc, "contact")
+
+
+#: Lookups of a contact a create was told exists (409), before it is tried again.
+CONFLICT_LOOKUPS = 5
+
+
+async def _look_up_existing(email: str, backend: Backend) -> ContactRef | ContactState | None:
+    """The contact a create was answered 409 for: it exists, so a lookup that misses it
+    failed (v1 answers a search fault as it answers a miss, with a 500): it is looked up
+    again, with a short pause, up to `CONFLICT_LOOKUPS` times, before the create is."""
+    for attempt in range(CONFLICT_LOOKUPS):
+        found = (await backend.find([email])).get(email)
+        if found is not None:
+            return found
+        await anyio.sleep(min(0.1 * 2**attempt, 1.0))
+    return None
 
 
 async def _update(

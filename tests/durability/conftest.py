@@ -651,8 +651,9 @@ def check_migration(
     rejected = sorted(r for line in lines if line["outcome"] == "rejected" for r in line["rows"])
     assert rejected == sorted(scenario.rejected_rows)
     if complete:
+        by_email = {line["email"]: line for line in lines if line.get("path")}
         for email in scenario.targets.keys() - scenario.opted_out - scenario.deleted:
-            assert outcome_of.get(email) in SUCCESSES, f"{email} is {outcome_of.get(email)}"
+            assert outcome_of.get(email) in SUCCESSES, f"{email}: {by_email.get(email)}"
 
     # One contact per email (`memberships` checks it), and none the source does not name.
     assert set(now) == set(was) | set(scenario.targets), "contacts appeared or vanished"
