@@ -1,6 +1,7 @@
-"""One measured run in a fresh process: the engine, the ceiling loop or the naive baseline.
+"""One measured run in a fresh process: the engine, the ceiling loop or the naive baseline,
+on the v1 API or the V3 one.
 
-    python -m benchmarks.child '{"client": "engine", "base_url": …}'
+    python -m benchmarks.child '{"client": "engine", "api": "v3", "base_url": …}'
 
 The harness starts the simulator, then this process with a JSON job, and reads one JSON
 object from its last line of output. A fresh process per run keeps the peak memory (the
@@ -27,18 +28,29 @@ from yarl import URL
 
 from engine.backend._http import Answer
 from engine.backend.v1 import Account, Credentials, RateGovernor, RetryPolicy
+from engine.backend.v3 import FileTokenStore, OAuthEndpoints, TokenSet, V3Auth, V3Backend, V3Client
 from engine.pipeline.config import MigrationConfig, StageLimits
 from engine.pipeline.read import ReadOptions
 from engine.pipeline.run import migrate
 from engine.pipeline.stats import Progress
 
-__all__ = ["CREDENTIALS", "Job", "current_rss_mb", "main", "peak_rss_mb"]
+__all__ = [
+    "CREDENTIALS",
+    "V3_CLIENT_ID",
+    "Job",
+    "current_rss_mb",
+    "main",
+    "peak_rss_mb",
+    "v3_access_token",
+]
 
 T = TypeVar("T")
 Client = Literal["engine", "ceiling", "naive"]
 
 #: The simulator's default account.
 CREDENTIALS = Credentials("demo", "demo-key", "demo-password")
+#: The V3 simulator's default application (its OAuth2 client id).
+V3_CLIENT_ID = "demo-client"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -50,6 +62,12 @@ class Job:
         base_url: the simulator's API base URL.
         ca_path: its CA file.
         source: the CSV source.
+        api: `v1` or `v3`.
+        auth_url: V3: the simulator's authorization server.
+        tokens: V3: a file holding the tokens the simulator's hook issued (a token
+            endpoint's answer), kept by the engine in a token file beside it.
+        append: V3: the engine's `append_writes`; the ceiling appends existing contacts
+            that gain a list by id (True) or PUTs each of them (False).
         lists: target list names for every row.
         lists_column: the source's lists column, if any.
         report: where the engine writes its JSON Lines report.
@@ -71,6 +89,10 @@ class Job:
     base_url: str
     ca_path: str | None
     source: str
+    api: Literal["v1", "v3"] = "v1"
+    auth_url: str | None = None
+    tokens: str | None = None
+    append: bool = True
     lists: tuple[str, ...] = ()
     lists_column: str | None = None
     report: str | None = None
@@ -130,17 +152,70 @@ class MeteredAccount(Account):
         return answer
 
 
-async def run_engine(job: Job) -> dict[str, Any]:
-    """Migrate `job.source` through the real engine; figures of the run."""
-    c = job.concurrency
-    account = MeteredAccount(
-        CREDENTIALS,
+class MeteredV3Client(V3Client):
+    """A `V3Client` that also counts request and response body bytes (its one attempt, a
+    private method, wrapped as `MeteredAccount` wraps v1's)."""
+
+    bytes_sent = 0
+    bytes_received = 0
+
+    async def _attempt(
+        self,
+        session: aiohttp.ClientSession,
+        method: str,
+        url: URL,
+        body: bytes | None,
+        token: str,
+        prepaid: bool,
+    ) -> Answer:
+        answer = await super()._attempt(session, method, url, body, token, prepaid)
+        self.bytes_sent += len(body) if body else 0
+        self.bytes_received += len(answer.body)
+        return answer
+
+
+def v3_access_token(job: Job) -> str:
+    """The access token the simulator's hook issued for this run (for the bare loops)."""
+    if job.tokens is None:
+        raise ValueError("a V3 job needs the issued tokens")
+    issued: dict[str, Any] = json.loads(Path(job.tokens).read_text(encoding="utf-8"))
+    return str(issued["access_token"])
+
+
+def v3_client(job: Job) -> MeteredV3Client:
+    """The engine's V3 client as the CLI builds it after `login`: the tokens in a token file
+    (0600 in a 0700 folder), the same governor and retry policy as v1's account."""
+    if job.tokens is None or job.auth_url is None:
+        raise ValueError("a V3 job needs the issued tokens and the authorization server")
+    issued = json.loads(Path(job.tokens).read_text(encoding="utf-8"))
+    store = FileTokenStore(Path(job.tokens).parent / "tokens" / f"v3-{V3_CLIENT_ID}.json")
+    store.save(TokenSet.from_response(issued, time.time()))
+    endpoints = OAuthEndpoints(V3_CLIENT_ID, auth_url=job.auth_url, ca_file=job.ca_path)
+    return MeteredV3Client(
+        V3Auth(endpoints, store=store),
         base_url=job.base_url,
         ca_file=job.ca_path,
-        governor=RateGovernor(rate=job.rate, concurrency=c),
+        governor=RateGovernor(rate=job.rate, concurrency=job.concurrency),
         retry=RetryPolicy(),
         timeout=300,
     )
+
+
+async def run_engine(job: Job) -> dict[str, Any]:
+    """Migrate `job.source` through the real engine; figures of the run."""
+    c = job.concurrency
+    client: MeteredAccount | MeteredV3Client
+    if job.api == "v3":
+        client = v3_client(job)
+    else:
+        client = MeteredAccount(
+            CREDENTIALS,
+            base_url=job.base_url,
+            ca_file=job.ca_path,
+            governor=RateGovernor(rate=job.rate, concurrency=c),
+            retry=RetryPolicy(),
+            timeout=300,
+        )
     config = MigrationConfig(
         lists=job.lists,
         read=ReadOptions(lists_column=job.lists_column),
@@ -151,6 +226,7 @@ async def run_engine(job: Job) -> dict[str, Any]:
         # start and cap low so that the bulk figures measure the engine, not its waits.
         poll_initial=0.2,
         poll_max=1.0,
+        append_writes=job.append,
     )
     timeline: list[tuple[float, int, float, int]] = []
 
@@ -170,12 +246,12 @@ async def run_engine(job: Job) -> dict[str, Any]:
         await anyio.sleep(seconds)
         stop.set()
 
-    async with account, anyio.create_task_group() as tg:
+    async with client, anyio.create_task_group() as tg:
         if job.max_seconds is not None:
             tg.start_soon(stop_later, job.max_seconds)
         cpu, wall = time.process_time(), time.perf_counter()
         report = await migrate(
-            account,
+            V3Backend(client) if isinstance(client, V3Client) else client,
             Path(job.source),
             config=config,
             report=Path(job.report) if job.report else None,
@@ -199,8 +275,8 @@ async def run_engine(job: Job) -> dict[str, Any]:
         "throttles": report.throttles,
         "activities": report.activities,
         "polls": report.polls,
-        "bytes_sent": account.bytes_sent,
-        "bytes_received": account.bytes_received,
+        "bytes_sent": client.bytes_sent,
+        "bytes_received": client.bytes_received,
         "bulk_enabled": report.bulk_enabled,
         "timeline": timeline,
     }
@@ -220,12 +296,12 @@ def _dispatch(job: Job) -> Coroutine[Any, Any, dict[str, Any]]:
     if job.client == "engine":
         return run_engine(job)
     if job.client == "ceiling":
-        from benchmarks.ceiling import run_ceiling
+        from benchmarks.ceiling import run_ceiling, run_ceiling_v3
 
-        return run_ceiling(job)
-    from benchmarks.naive import run_naive
+        return run_ceiling_v3(job) if job.api == "v3" else run_ceiling(job)
+    from benchmarks.naive import run_naive, run_naive_v3
 
-    return run_naive(job)
+    return run_naive_v3(job) if job.api == "v3" else run_naive(job)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -24,9 +24,10 @@ from typing import Any, Literal
 
 from benchmarks.profiling import collapsed
 from benchmarks.simulator_process import simulator_process
-from benchmarks.workloads import Workload, prepare, report_summary
+from benchmarks.workloads import Api, Workload, prepare, report_summary
 
 __all__ = [
+    "APIS",
     "Bench",
     "Figure",
     "Run",
@@ -40,9 +41,20 @@ __all__ = [
 
 Client = Literal["engine", "ceiling", "naive"]
 
-#: Seconds the simulator takes from an activity's POST to its completion: short, so the
+#: Both APIs, in the order their columns and rows are shown.
+APIS: tuple[Api, ...] = ("v1", "v3")
+
+#: Seconds the simulator takes from an activity's POST to its completion (v1) or to its
+#: processing (V3, which then applies its rows as fast as the simulator can): short, so the
 #: bulk figures measure the engine rather than a wait (the real API takes minutes).
 ACTIVITY_DELAY = 0.2
+#: The V3 simulator's processing pace, in rows per second: unlimited in effect (its
+#: default, 1,000/s, is the real API's order of magnitude, and would make a million-contact
+#: run last a quarter of an hour of waiting).
+V3_ROWS_PER_SECOND = 1e9
+#: The V3 simulator's daily quota when a run is about the rate: out of reach (the quota is
+#: not what is measured; `budget` computes days from requests per contact).
+V3_NO_QUOTA = 10**9
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -52,6 +64,7 @@ class RunSpec:
     Attributes:
         client: the engine, the ceiling loop or the naive baseline.
         workload: the account and the source.
+        api: the API and its simulator: `v1` (XML, basic auth) or `v3` (JSON, OAuth2).
         concurrency: requests in flight (the engine's governor cap and put workers).
         bulk: let the engine's planner send batches of 25 or more as bulk activities
             (its default); False forces the per-contact path.
@@ -63,10 +76,14 @@ class RunSpec:
         journal: keep the engine's resume journal, as the CLI does by default.
         max_seconds: stop the engine after this long (its graceful stop); the figures
             cover the rows it finished.
+        append: V3 only: an existing contact that only gains lists is appended by id
+            (`add_list_memberships`, the engine's default); False sends its PUT instead
+            (`append_writes=False`, the CLI's `--no-append`).
     """
 
     client: Client = "engine"
     workload: Workload
+    api: Api = "v1"
     concurrency: int = 64
     bulk: bool = False
     rate: float | None = None
@@ -76,15 +93,18 @@ class RunSpec:
     profile: bool = False
     journal: bool = True
     max_seconds: float | None = None
+    append: bool = True
 
     @property
     def label(self) -> str:
-        """A short human name, e.g. `engine existing-10000 c=64 per-contact`."""
-        parts = [self.client, self.workload.name]
+        """A short human name, e.g. `v1 engine existing-10000 c=64 per-contact`."""
+        parts = [self.api, self.client, self.workload.name]
         if self.client != "naive":
             parts.append(f"c={self.concurrency}")
         if self.client == "engine":
             parts.append("planner" if self.bulk else "per-contact")
+        if self.api == "v3" and not self.append and self.client != "naive":
+            parts.append("no-append")
         if self.rate is not None:
             parts.append(f"rate={self.rate:g}")
         if self.limit is not None:
@@ -96,8 +116,19 @@ class RunSpec:
         return " ".join(parts)
 
     def simulator_args(self) -> list[str]:
-        """The `python -m engine simulate` options of this run."""
+        """The `python -m engine simulate` options of this run.
+
+        V3: no rate limit, daily quota or token-endpoint limit (`--no-limits`) unless the
+        run is about the rate; then the limit is `sim_rate` (its 429 `throttled`), the
+        quota out of reach and the token endpoint at its default (no token is refreshed).
+        """
         args = ["--activity-delay", str(ACTIVITY_DELAY), "--latency-ms", str(self.latency_ms)]
+        if self.api == "v3":
+            args = ["--api", "v3", *args]
+            args += ["--activity-rows-per-second", str(V3_ROWS_PER_SECOND)]
+            if self.sim_rate is None:
+                return [*args, "--no-limits"]
+            return [*args, "--rate-limit", str(self.sim_rate), "--daily-quota", str(V3_NO_QUOTA)]
         if self.sim_rate is not None:
             args += ["--rate-limit", str(self.sim_rate)]
         return args
@@ -149,9 +180,15 @@ class Run:
         return self.per_row(1e6 * float(self.sim["cpu_s"]))
 
     @property
+    def api(self) -> Api:
+        """The API it ran against."""
+        return self.spec.api
+
+    @property
     def throttled(self) -> int:
-        """Throttle answers the simulator sent (403 with the rate-limit text)."""
-        return int(self.sim["by_status"].get("403", 0)) if self.spec.sim_rate else 0
+        """Throttle answers the simulator sent (v1: 403 with the rate-limit text; V3: 429)."""
+        status = "429" if self.spec.api == "v3" else "403"
+        return int(self.sim["by_status"].get(status, 0)) if self.spec.sim_rate else 0
 
     @property
     def answered(self) -> int:
@@ -160,8 +197,12 @@ class Run:
 
     @property
     def setup_requests(self) -> int:
-        """The service document and the lists feed, fetched once per run."""
+        """The requests of the set-up, once per run: v1's service document and lists feed;
+        V3's check of the token (`GET contact_lists?limit=1`) and its lists (one page).
+        V3's bulk path reads the lists again to settle an activity: those are not set-up."""
         routes = self.sim["by_route"]
+        if self.spec.api == "v3":
+            return min(2, int(routes.get("GET contact_lists", 0)))
         return int(routes.get("GET /", 0) + routes.get("GET lists", 0))
 
     @property
@@ -187,7 +228,7 @@ class Run:
     @classmethod
     def from_json(cls, record: dict[str, Any]) -> Run:
         """The run `as_json` wrote."""
-        spec = {k: v for k, v in record["spec"].items() if k != "label"}
+        spec = {k: v for k, v in record["spec"].items() if k != "label"}  # older: no api
         spec["workload"] = Workload(**spec["workload"])
         return cls(RunSpec(**spec), int(record["rep"]), record["result"], record["sim"])
 
@@ -230,6 +271,8 @@ class Figure:
         target: the target it is held to, if any.
         met: whether the median meets it.
         note: how it was computed, when that is not obvious.
+        api: the API it was measured on (`v1`, `v3`); "" when it is not one API's. The
+            summary pairs the figures of one name side by side, a column per API.
     """
 
     scenario: str
@@ -242,6 +285,7 @@ class Figure:
     target: str = ""
     met: bool | None = None
     note: str = ""
+    api: str = ""
 
 
 @dataclass(slots=True)
@@ -294,6 +338,7 @@ class ScenarioResult:
         *,
         target: Target | None = None,
         note: str = "",
+        api: str = "",
     ) -> Figure:
         """Add the figure of `values` (one per repetition) and return it.
 
@@ -317,6 +362,7 @@ class ScenarioResult:
             target.text if target else "",
             target.met(median) if target else None,
             note,
+            api,
         )
         self.figures.append(item)
         return item
@@ -349,6 +395,12 @@ class Sizes:
         memory_per_contact: the larger size on the per-contact path.
         memory_bulk: the larger size on the bulk path.
         profile: profile the per-contact path after the scenarios.
+        bulk_v3: the two bulk sizes on V3 (smaller than v1's: the simulator serves each
+            page of a list's members in time proportional to the list, and the engine's
+            read-back of an activity pages the whole target list, so a V3 bulk run grows
+            quadratically; a million would take hours). Its larger size is also the
+            larger size of V3's bulk memory comparison.
+        memory_per_contact_v3: the larger size on V3's per-contact path.
     """
 
     reps: int
@@ -365,6 +417,8 @@ class Sizes:
     memory_per_contact: int
     memory_bulk: int
     profile: bool
+    bulk_v3: tuple[int, int] = (10_000, 50_000)
+    memory_per_contact_v3: int = 30_000
 
 
 FULL = Sizes(
@@ -382,23 +436,27 @@ FULL = Sizes(
     memory_per_contact=100_000,
     memory_bulk=1_000_000,
     profile=True,
+    bulk_v3=(10_000, 50_000),
+    memory_per_contact_v3=30_000,
 )
 
 QUICK = Sizes(
     reps=1,
-    per_contact=2_000,
-    latency={8: 100, 32: 400, 128: 1_500},
-    rate_seconds=4.0,
+    per_contact=1_500,
+    latency={8: 100, 32: 200, 128: 500},
+    rate_seconds=3.0,
     rates=(40.0,),
-    bulk=(10_000, 100_000),
-    mixed=3_000,
+    bulk=(10_000, 50_000),
+    mixed=1_200,
     naive_sample=10,
-    naive_engine=1_000,
-    budget_rows=2_000,
-    memory_small=2_000,
-    memory_per_contact=10_000,
-    memory_bulk=100_000,
+    naive_engine=200,
+    budget_rows=1_500,
+    memory_small=1_500,
+    memory_per_contact=6_000,
+    memory_bulk=50_000,
     profile=False,
+    bulk_v3=(10_000, 20_000),
+    memory_per_contact_v3=4_000,
 )
 
 
@@ -410,6 +468,9 @@ def py_spy() -> str | None:
 
 class Bench:
     """Runs specs and keeps their runs for every scenario of this harness run.
+
+    `apis` are the APIs the scenarios run on (both by default; `--api` picks one; a
+    results file of older runs has only v1's).
 
     Args:
         sizes: the sizes and repetitions.
@@ -427,6 +488,7 @@ class Bench:
         self.sizes = sizes
         self.folder = folder
         self.code = code
+        self.apis: tuple[Api, ...] = APIS
         self._log = log
         self._runs: dict[RunSpec, list[Run]] = {}
         self._count = 0
@@ -445,6 +507,7 @@ class Bench:
         """Take runs measured earlier (from a results.json); measure nothing new after."""
         for run in runs:
             self._runs.setdefault(run.spec, []).append(run)
+        self.apis = tuple(api for api in APIS if any(s.api == api for s in self._runs))
         self._frozen = True
 
     def measure(self, *specs: RunSpec, reps: int | None = None) -> list[list[Run]]:
@@ -463,15 +526,26 @@ class Bench:
         return [self._runs[s][:count] for s in specs]
 
     def _run(self, spec: RunSpec, rep: int, reps: int) -> Run:
-        prepared = prepare(spec.workload, self.folder / "workloads")
+        prepared = prepare(spec.workload, self.folder / "workloads", spec.api)
         self._count += 1
         scratch = self.folder / "runs" / str(self._count)
         scratch.mkdir(parents=True)
         with simulator_process(spec.simulator_args(), state=prepared.state, cwd=self.code) as sim:
+            tokens = None
+            if spec.api == "v3":
+                # A login without a browser: the simulator's hook mints the tokens, and the
+                # child keeps them in a token file as `python -m engine login` would.
+                tokens = scratch / "issued-tokens.json"
+                tokens.touch(mode=0o600)
+                tokens.write_text(json.dumps(sim.issue_tokens()), encoding="utf-8")
             sim.reset_stats()
             sim_cpu = sim.cpu_seconds()
             job = {
                 "client": spec.client,
+                "api": spec.api,
+                "auth_url": sim.auth_url,
+                "tokens": str(tokens) if tokens else None,
+                "append": spec.append,
                 "base_url": sim.base_url,
                 "ca_path": str(sim.ca_path) if sim.ca_path else None,
                 "source": str(prepared.source),

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import report
-from benchmarks.harness import FULL, QUICK, Bench, Run, ScenarioResult, Sizes
+from benchmarks.harness import APIS, FULL, QUICK, Bench, Run, ScenarioResult, Sizes
 from benchmarks.scenarios import SCENARIOS
 
 __all__ = ["main"]
@@ -31,7 +31,14 @@ def _parser() -> argparse.ArgumentParser:
         description="Run the engine's benchmark scenarios against the simulator.",
     )
     parser.add_argument(
-        "--quick", action="store_true", help="smaller inputs, one repetition (under 2 minutes)"
+        "--quick", action="store_true", help="smaller inputs, one repetition (about 3 minutes)"
+    )
+    parser.add_argument(
+        "--api",
+        nargs="+",
+        choices=list(APIS),
+        metavar="API",
+        help="run the scenarios on these APIs only (default: v1 and v3, side by side)",
     )
     parser.add_argument(
         "--only",
@@ -85,7 +92,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.reps:
         sizes = dataclasses.replace(sizes, reps=args.reps)
     chosen = args.only or [k for k in SCENARIOS if k != "profile" or sizes.profile]
-    complete = not args.quick and not args.only and args.reps is None
+    apis = tuple(a for a in APIS if a in (args.api or APIS))
+    complete = not args.quick and not args.only and args.reps is None and apis == APIS
     out: Path = args.out or (HERE / "results" if complete else HERE / "results" / "partial")
     out.mkdir(parents=True, exist_ok=True)
     if not complete and args.out is None:
@@ -95,6 +103,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     meta["mode"] = "quick" if args.quick else "full"
     meta["reps"] = sizes.reps
     meta["scenarios"] = chosen
+    meta["apis"] = list(apis)
     meta["complete"] = complete
     meta["sizes"] = dataclasses.asdict(sizes)
     started = time.monotonic()
@@ -103,6 +112,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         code = Path(tmp) / "code"
         meta["snapshot"] = _snapshot(code)
         bench = Bench(sizes, Path(tmp), _log, code)
+        bench.apis = apis
         for key in chosen:
             _log(f"--- {key}")
             try:
@@ -133,6 +143,7 @@ def _write(
     *,
     readme: bool,
 ) -> None:
+    out.mkdir(parents=True, exist_ok=True)
     plots = report.plot(out, results)
     report.write_json(out / "results.json", meta, results, runs)
     (out / "results.md").write_text(report.markdown(meta, results, plots), encoding="utf-8")
@@ -146,19 +157,22 @@ def _render(path: Path, out: Path) -> int:
     """Rebuild every output from the raw runs of a results.json, measuring nothing."""
     document = json.loads(path.read_text(encoding="utf-8"))
     meta = document["meta"]
-    given = meta["sizes"]
+    known = {f.name for f in dataclasses.fields(Sizes)}
+    given = {k: v for k, v in meta["sizes"].items() if k in known}
     sizes = Sizes(
         **{
             **given,
             "latency": {int(c): n for c, n in given["latency"].items()},
             "rates": tuple(given["rates"]),
             "bulk": tuple(given["bulk"]),
+            **({"bulk_v3": tuple(given["bulk_v3"])} if "bulk_v3" in given else {}),
         }
     )
     runs = [Run.from_json(record) for record in document["runs"]]
     with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
         bench = Bench(sizes, Path(tmp), _log)
         bench.preload(runs)
+        meta.setdefault("apis", list(bench.apis))
         results = [SCENARIOS[key](bench) for key in meta["scenarios"]]
     readme = meta.get("complete", False) and out.resolve() == (HERE / "results").resolve()
     _write(out, meta, results, runs, readme=readme)

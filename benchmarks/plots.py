@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import statistics
+import textwrap
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -28,8 +29,8 @@ def _errors(values: list[float]) -> tuple[float, list[float]]:
 
 
 def per_contact(data: dict[str, Any], path: Path) -> None:
-    """Engine vs ceiling contacts/s per kind of contact (median, min–max bars)."""
-    fig, ax = plt.subplots(figsize=(7, 4))
+    """Engine vs ceiling contacts/s per kind of contact and API (median, min–max bars)."""
+    fig, ax = plt.subplots(figsize=(max(7, 1.3 * len(data)), 4.5))
     kinds = list(data)
     for offset, who, color in ((-0.2, "ceiling", "#999999"), (0.2, "engine", "#1f77b4")):
         mids: list[float] = []
@@ -42,7 +43,7 @@ def per_contact(data: dict[str, Any], path: Path) -> None:
         xs = [i + offset for i in range(len(kinds))]
         ax.bar(xs, mids, 0.4, yerr=errs, capsize=4, label=who, color=color)
     ax.axhline(2000, color="#d62728", linestyle="--", linewidth=1, label="target 2,000/s")
-    ax.set_xticks(range(len(kinds)), kinds)
+    ax.set_xticks(range(len(kinds)), kinds, fontsize=8)
     ax.set_ylabel("contacts/s")
     ax.set_title("Per-contact path, no latency: engine vs bare aiohttp loop")
     ax.legend()
@@ -50,22 +51,27 @@ def per_contact(data: dict[str, Any], path: Path) -> None:
 
 
 def latency(data: dict[str, Any], path: Path) -> None:
-    """Contacts/s against concurrency at 100 ms, with the bound C / (rpc × latency)."""
-    points = data["points"]
-    cs = [p["concurrency"] for p in points]
+    """Contacts/s against concurrency at 100 ms, with the bound C / (rpc × latency), per API."""
+    by_api = data.get("by_api") or {"": data["points"]}
     fig, ax = plt.subplots(figsize=(7, 4))
-    ax.plot(cs, [p["bound"] for p in points], "--", color="#999999", label="bound C/(rpc×L)")
-    ax.errorbar(
-        cs,
-        [p["median"] for p in points],
-        yerr=[
-            [p["median"] - p["low"] for p in points],
-            [p["high"] - p["median"] for p in points],
-        ],
-        fmt="o-",
-        capsize=4,
-        label="engine",
-    )
+    cs: list[int] = []
+    for (api, points), color in zip(by_api.items(), ("#1f77b4", "#ff7f0e"), strict=False):
+        cs = [p["concurrency"] for p in points]
+        ax.plot(
+            cs, [p["bound"] for p in points], "--", color=color, alpha=0.5, label=f"{api} bound"
+        )
+        ax.errorbar(
+            cs,
+            [p["median"] for p in points],
+            yerr=[
+                [p["median"] - p["low"] for p in points],
+                [p["high"] - p["median"] for p in points],
+            ],
+            fmt="o-",
+            color=color,
+            capsize=4,
+            label=f"{api} engine".strip(),
+        )
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
     ax.set_xticks(cs, [str(c) for c in cs])
@@ -79,8 +85,9 @@ def latency(data: dict[str, Any], path: Path) -> None:
 def rate(data: dict[str, Any], path: Path) -> None:
     """Achieved request rate as a fraction of the simulator's limit."""
     points = data["points"]
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig, ax = plt.subplots(figsize=(max(7, 1.3 * len(points)), 4.5))
     names = [p["name"] for p in points]
+    ax.tick_params(axis="x", labelsize=8)
     ax.bar(
         names,
         [p["median"] for p in points],
@@ -120,8 +127,9 @@ def bulk(data: dict[str, Any], path: Path) -> None:
 
 def memory(data: dict[str, Any], path: Path) -> None:
     """Peak RSS per path and size, and RSS over the larger runs."""
-    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    fig, (left, right) = plt.subplots(1, 2, figsize=(14, 4.5))
     peaks = data["peaks"]
+    left.tick_params(axis="x", labelsize=7)
     left.bar(
         [p["name"] for p in peaks],
         [p["median"] for p in peaks],
@@ -146,8 +154,11 @@ def memory(data: dict[str, Any], path: Path) -> None:
 def budget(data: dict[str, Any], path: Path) -> None:
     """Days to migrate 1,000,000 contacts at 10,000 requests/day, per strategy."""
     points = data["points"]
-    fig, ax = plt.subplots(figsize=(7, 4))
-    bars = ax.bar([p["name"] for p in points], [p["days"] for p in points], color="#1f77b4")
+    fig, ax = plt.subplots(figsize=(max(7, 1.6 * len(points)), 5))
+    ax.tick_params(axis="x", labelsize=7)
+    names = [textwrap.fill(p["name"].replace("`", ""), 20) for p in points]
+    colors = ["#ff7f0e" if p["name"].startswith("V3") else "#1f77b4" for p in points]
+    bars = ax.bar(names, [p["days"] for p in points], color=colors)
     ax.bar_label(bars, [f"{p['days']:,} d" for p in points])
     ax.set_yscale("log")
     ax.set_ylabel("days at 10,000 requests/day")

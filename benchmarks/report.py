@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.harness import Figure, Run, ScenarioResult
-from benchmarks.scenarios import fmt
+from benchmarks.scenarios import API_NAMES, fmt
 
 __all__ = ["machine", "markdown", "plot", "summary_table", "update_readme", "write_json"]
 
@@ -107,8 +107,57 @@ def _met(figure: Figure) -> str:
     return "met" if figure.met else "**not met**"
 
 
+def _value(figure: Figure) -> str:
+    """The median, with the min–max of its repetitions when there are several."""
+    if figure.reps > 1:
+        return f"{fmt(figure.median)} ({fmt(figure.low)}–{fmt(figure.high)})"
+    return fmt(figure.median)
+
+
 def summary_table(scenarios: Sequence[ScenarioResult], *, targets_only: bool = False) -> str:
-    """One Markdown table of every figure (or only those held to a target)."""
+    """One Markdown table of every figure (or only those held to a target): a row per
+    figure, and for figures measured on each API (tagged with it) a column per API, side
+    by side: the median (min–max of the repetitions), the target, met or not."""
+    figures = [f for s in scenarios for f in s.figures]
+    apis = [a for a in API_NAMES if any(f.api == a for f in figures)]
+    if not apis:
+        return _single_table(scenarios, targets_only=targets_only)
+    head = "| scenario | figure | unit |"
+    rule = "| --- | --- | --- |"
+    for api in apis:
+        head += f" {API_NAMES[api]} | {API_NAMES[api]} target | |"
+        rule += " --- | --- | --- |"
+    lines = [head, rule]
+    for scenario in scenarios:
+        by_name: dict[str, dict[str, Figure]] = {}
+        order: list[str] = []
+        after: dict[str, int] = {}  # per API: where its last figure's row is
+        for f in scenario.figures:
+            api = f.api or apis[0]
+            if f.name not in by_name:
+                # A figure one API alone has goes after that API's previous one.
+                order.insert(after.get(api, len(order) - 1) + 1, f.name)
+            by_name.setdefault(f.name, {})[api] = f
+            after[api] = order.index(f.name)
+        for name in order:
+            row = by_name[name]
+            if targets_only and not any(f.target for f in row.values()):
+                continue
+            unit = next(iter(row.values())).unit
+            line = f"| {scenario.title.split('.')[0]} | {name} | {unit} |"
+            for api in apis:
+                cell = row.get(api)
+                line += (
+                    " — | | |"
+                    if cell is None
+                    else f" {_value(cell)} | {cell.target} | {_met(cell)} |"
+                )
+            lines.append(line)
+    return "\n".join(lines)
+
+
+def _single_table(scenarios: Sequence[ScenarioResult], *, targets_only: bool) -> str:
+    """The table of figures of a results file from before the figures had an API."""
     lines = [
         "| scenario | figure | median | min–max | unit | target | |",
         "| --- | --- | --- | --- | --- | --- | --- |",
@@ -132,9 +181,10 @@ def _meta_lines(meta: dict[str, Any]) -> list[str]:
     load = ", ".join(f"{x:.2f}" for x in meta["load_average"])
     end = ", ".join(f"{x:.2f}" for x in meta.get("load_average_end", ()))
     changed = meta.get("git_end", git) != git
+    apis = ", ".join(API_NAMES.get(a, a) for a in meta.get("apis", ["v1"]))
     return [
         f"- Date: {meta['date']}; harness wall time {meta['wall_s'] / 60:.1f} min "
-        f"({meta['mode']}, {meta['reps']} repetition(s) per figure).",
+        f"({meta['mode']}, {meta['reps']} repetition(s) per figure; APIs: {apis}).",
         f"- Machine: {meta['cpu']}, {meta['cores']} cores, {meta['memory_gib']} GiB, Linux "
         f"{meta['kernel']}; load average (1, 5, 15 min) {load} at the start, {end} at the end "
         "(the machine is shared).",

@@ -15,32 +15,54 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 __all__ = ["SimulatorProcess", "simulator_process"]
 
 
 @dataclass(frozen=True, slots=True)
 class SimulatorProcess:
-    """A simulator running as `python -m engine simulate`.
+    """A simulator running as `python -m engine simulate` (`--api v1` or `--api v3`).
 
     Attributes:
         base_url: the API base URL it printed.
         ca_path: its CA file (None without TLS).
         pid: its process id.
+        auth_url: the V3 simulator's authorization server (None for v1).
     """
 
     base_url: str
     ca_path: Path | None
     pid: int
+    auth_url: str | None = None
+
+    @property
+    def origin(self) -> str:
+        """Scheme, host and port: where the `/_sim/` hooks are, for either API."""
+        parts = urlsplit(self.base_url)
+        return f"{parts.scheme}://{parts.netloc}"
 
     @property
     def stats_url(self) -> str:
         """The `/_sim/stats` URL."""
-        origin = self.base_url.split("/ws/", 1)[0]
-        return f"{origin}/_sim/stats"
+        return f"{self.origin}/_sim/stats"
 
     def _context(self) -> ssl.SSLContext | None:
         return ssl.create_default_context(cafile=str(self.ca_path)) if self.ca_path else None
+
+    def issue_tokens(self) -> dict[str, Any]:
+        """V3 only: a fresh login's tokens from the `POST /_sim/tokens` hook (no browser, no
+        device flow), as the token endpoint answers them (`access_token`, `refresh_token`,
+        `expires_in`, `scope`)."""
+        request = urllib.request.Request(
+            f"{self.origin}/_sim/tokens",
+            data=json.dumps({"scopes": "contact_data offline_access"}).encode(),
+            headers={"Content-Type": "application/json"},
+            method="POST",
+        )
+        with urllib.request.urlopen(request, context=self._context(), timeout=30) as answer:
+            tokens: dict[str, Any] = json.load(answer)
+            return tokens
 
     def stats(self) -> dict[str, Any]:
         """The request counters (GET /_sim/stats): `total`, `by_route`, `by_status`."""
@@ -84,8 +106,9 @@ def simulator_process(
         state: a state file to load.
         keep_state: stop with SIGTERM, which saves the state over a copy of `state`
             (seconds for a million contacts). By default the process is killed instead,
-            so nothing is saved: a benchmark never needs the state afterwards, and the CA
-            file lives in a folder removed here.
+            and its periodic saves are off (`--save-every 0`), so nothing is saved: the
+            state file is shared by every run of its workload (a run must not start from
+            what the one before it wrote), and the CA file lives in a folder removed here.
         cwd: the folder to run in; `python -m engine` imports the engine found there.
     """
     with tempfile.TemporaryDirectory(prefix="bench-sim-") as tmp:
@@ -98,6 +121,8 @@ def simulator_process(
                 copy.write_bytes(state.read_bytes())
                 state = copy
             command += ["--state", str(state)]
+            if not keep_state:
+                command += ["--save-every", "0"]
         log_path = folder / "stderr.log"
         with log_path.open("w") as log:
             process = subprocess.Popen(
@@ -113,7 +138,8 @@ def simulator_process(
                 )
             parts = line.split()
             ca = next((p[3:] for p in parts if p.startswith("ca=")), None)
-            yield SimulatorProcess(parts[1], Path(ca) if ca else None, process.pid)
+            auth = next((p[5:] for p in parts if p.startswith("auth=")), None)
+            yield SimulatorProcess(parts[1], Path(ca) if ca else None, process.pid, auth)
         finally:
             if process.poll() is None:
                 process.send_signal(signal.SIGTERM if keep_state else signal.SIGKILL)
