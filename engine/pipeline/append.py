@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 
 import anyio
@@ -35,7 +35,7 @@ from engine.errors import ApiError, ConnectionLostError, FatalApiError, QuotaExh
 from engine.pipeline.bulk import BulkPath, Stopping
 from engine.pipeline.merge import Write
 from engine.pipeline.models import Outcome, join_notes
-from engine.pipeline.put import Intend, updated_outcome
+from engine.pipeline.put import updated_outcome
 
 __all__ = ["Appends"]
 
@@ -43,6 +43,9 @@ log = logging.getLogger("engine.append")
 
 #: Sends one write through the write path (its PUT) and returns its outcome.
 SendWrite = Callable[[Write], Awaitable[Outcome]]
+#: The journal's `intend_many`: (email, kind, lists before, lists added) of each write about
+#: to go, committed at once.
+IntendMany = Callable[[Iterable[tuple[str, str, Iterable[str], Iterable[str]]]], Awaitable[None]]
 
 
 @dataclass(slots=True)
@@ -62,7 +65,7 @@ class Appends:
         linger: see `MigrationConfig.append_linger`.
         limit: append activities in flight at once.
         writers: writes in flight at once when a batch goes the write path.
-        intend: the journal's record of a write about to go.
+        intend: the journal's record of the writes about to go (one commit a batch).
         stop: set when the run is stopping: nothing more is posted.
     """
 
@@ -75,7 +78,7 @@ class Appends:
         linger: float,
         limit: int,
         writers: int = 8,
-        intend: Intend | None = None,
+        intend: IntendMany | None = None,
         stop: anyio.Event | None = None,
     ) -> None:
         self.backend = backend
@@ -159,11 +162,14 @@ class Appends:
         """Post one append and settle it; what it cannot vouch for goes the write path."""
         targets = writes[0].contact.targets
         try:
-            if self._intend is not None:
-                for write in writes:
-                    assert write.update is not None
-                    state = write.update.state
-                    await self._intend(write.contact.email, "updated", state.list_ids, write.added)
+            if self._intend is not None:  # one commit for the batch
+                await self._intend(
+                    [
+                        (w.contact.email, "updated", w.update.state.list_ids, w.added)
+                        for w in writes
+                        if w.update is not None
+                    ]
+                )
             ids = [w.update.state.ref.id for w in writes if w.update is not None]
             activity = await self.backend.append(ids, targets)
             self._waiter.stats.activities += 1

@@ -691,7 +691,7 @@ class _Run:
                 linger=config.append_linger,
                 limit=config.limits.bulk,
                 writers=config.limits.put,
-                intend=intend,
+                intend=self.journal.intend_many if self.journal is not None else None,
                 stop=self.stop,
             )
 
