@@ -14,6 +14,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import sqlite3
 import ssl
 import subprocess
@@ -22,13 +23,14 @@ import tempfile
 import time
 import urllib.request
 from collections import Counter
-from collections.abc import Iterable, Iterator, Mapping, Sequence, Set as AbstractSet
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence, Set as AbstractSet
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+from aiohttp import web
 
 from engine.simulator import AccountStore, RunningSimulator, SimulatorConfig, v3
 from engine.simulator.testing import (  # re-exported for the test modules
@@ -704,3 +706,22 @@ def journal_outcomes(path: Path) -> int:
     finally:
         db.close()
     return int(count)
+
+
+@asynccontextmanager
+async def plain_http_server(route: web.RouteDef) -> AsyncIterator[str]:
+    """A tiny plain-http server on 127.0.0.1:0 with one route; yields its origin."""
+    app = web.Application()
+    app.add_routes([route])
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    sock = socket.socket()
+    try:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(8)
+        sock.setblocking(False)
+        await web.SockSite(runner, sock).start()
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        await runner.cleanup()
+        sock.close()

@@ -22,6 +22,7 @@ from .conftest import (
     USERNAME,
     build_scenario,
     engine_env,
+    plain_http_server,
     run_engine,
     simulator_process,
 )
@@ -192,12 +193,12 @@ async def test_redirects_are_not_followed() -> None:
         seen.append(request)
         return web.Response(text="ok")
 
-    async with _server(web.get("/{tail:.*}", steal)) as thief:
+    async with plain_http_server(web.get("/{tail:.*}", steal)) as thief:
 
         async def redirect(request: web.Request) -> web.Response:
             raise web.HTTPFound(f"{thief}/steal")
 
-        async with _server(web.get("/{tail:.*}", redirect)) as origin:
+        async with plain_http_server(web.get("/{tail:.*}", redirect)) as origin:
             url = f"{origin}/ws/customers/{USERNAME}/"
             async with account(url, None, api_key=API_KEY, password=PASSWORD) as client:
                 with pytest.raises(FatalApiError) as caught:
@@ -205,22 +206,3 @@ async def test_redirects_are_not_followed() -> None:
     assert caught.value.status == 302
     assert seen == []
     assert not leaks(error_text(caught.value))
-
-
-@asynccontextmanager
-async def _server(route: web.RouteDef) -> AsyncIterator[str]:
-    """A tiny plain-http server on 127.0.0.1:0 with one route; yields its origin."""
-    app = web.Application()
-    app.add_routes([route])
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    sock = socket.socket()
-    try:
-        sock.bind(("127.0.0.1", 0))
-        sock.listen(8)
-        sock.setblocking(False)
-        await web.SockSite(runner, sock).start()
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
-    finally:
-        await runner.cleanup()
-        sock.close()

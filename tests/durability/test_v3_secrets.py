@@ -5,11 +5,8 @@ http to another host, nor follow a redirect.
 
 from __future__ import annotations
 
-import socket
 import time
 import traceback
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +25,13 @@ from engine.backend.v3 import (
 )
 from engine.errors import AuthenticationError, FatalApiError
 
-from .conftest import Scenario, build_scenario, check_no_secrets, run_engine
+from .conftest import (
+    Scenario,
+    build_scenario,
+    check_no_secrets,
+    plain_http_server,
+    run_engine,
+)
 from .test_v3_faults import assert_completes
 from .v3_support import CLIENT_ID, v3_backend, v3_env, v3_served, v3_simulator
 
@@ -133,12 +136,12 @@ async def test_v3_redirects_are_not_followed(tmp_path: Path) -> None:
         seen.append(request)
         return web.Response(text="ok")
 
-    async with _server(web.route("*", "/{tail:.*}", steal)) as thief:
+    async with plain_http_server(web.route("*", "/{tail:.*}", steal)) as thief:
 
         async def redirect(request: web.Request) -> web.Response:
             raise web.HTTPTemporaryRedirect(f"{thief}/steal")
 
-        async with _server(web.route("*", "/{tail:.*}", redirect)) as origin:
+        async with plain_http_server(web.route("*", "/{tail:.*}", redirect)) as origin:
             endpoints = OAuthEndpoints(
                 CLIENT_ID, auth_url=f"{origin}/oauth2/default/v1/", allow_http=True
             )
@@ -155,22 +158,3 @@ async def test_v3_redirects_are_not_followed(tmp_path: Path) -> None:
     assert caught.value.status in (302, 307)
     assert seen == []
     check_no_secrets([MADE_UP_ACCESS, MADE_UP_REFRESH], error_text(caught.value))
-
-
-@asynccontextmanager
-async def _server(route: web.RouteDef) -> AsyncIterator[str]:
-    """A tiny plain-http server on 127.0.0.1:0 with one route; yields its origin."""
-    app = web.Application()
-    app.add_routes([route])
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    sock = socket.socket()
-    try:
-        sock.bind(("127.0.0.1", 0))
-        sock.listen(8)
-        sock.setblocking(False)
-        await web.SockSite(runner, sock).start()
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
-    finally:
-        await runner.cleanup()
-        sock.close()
