@@ -27,10 +27,12 @@ demo: $(VENV)/.installed
 	$(BIN)/python -m engine demo
 	$(BIN)/python -m engine demo --api v1
 
+# Four workers, each test file in one of them (its module fixtures are built once): the suite
+# mostly waits on loopback sockets and subprocesses, so four beat two on 2 cores.
 test: $(VENV)/.installed-test
 	$(BIN)/python -m ruff check engine tests benchmarks
 	$(BIN)/python -m mypy
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n 4 --dist loadfile
 
 lint: $(VENV)/.installed-test
 	$(BIN)/python -m ruff check engine tests benchmarks
