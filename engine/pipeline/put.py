@@ -236,8 +236,9 @@ async def _write_fields(
     """For a write that goes by append: its fields, if it changes any, by a PUT that names
     no list (the server keeps the lists, whatever another writer added since the read: no
     window for lists). A stale read (every one with `verify="all"`) is read again first;
-    one that changed status meanwhile (opted out, deleted) is not written. Returns the
-    contact's outcome when the write is refused or fails, None when the lists may follow."""
+    one that changed status meanwhile (opted out, deleted) is not written, and one found with
+    its fields and lists as the row wants them is `unchanged`. Returns the contact's outcome
+    when it needs no more (refused, failed, or unchanged), None when the lists may follow."""
     if not write.fields:
         return None
     assert write.update is not None
@@ -247,8 +248,15 @@ async def _write_fields(
         if verify == "all" or anyio.current_time() - write.fetched_at > stale_after:
             state = await backend.read(state.ref)
         fields = backend.fields_write(state, contact.fields)
-        if fields is None:
-            return None  # its fields are as the row wants them now
+        if fields is None:  # its fields are as the row wants them now
+            if state is not write.update.state and state.list_ids >= set(write.added):
+                # read again: another writer did it all meanwhile, nothing left to send
+                before = tuple(sorted(state.list_ids))
+                rows = tuple(contact.rows)
+                return Outcome(
+                    contact.email, "unchanged", rows, "", (), "contact", contact.targets, before
+                )
+            return None
         if intend is not None:
             await intend(contact.email, "updated", state.list_ids, write.added)
         await backend.update(fields, prepaid=True)

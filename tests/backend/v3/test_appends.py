@@ -16,7 +16,9 @@ from engine.backend.v3._json import put_body
 from engine.errors import DoNotMailError
 from engine.pipeline.config import MigrationConfig
 from engine.pipeline.dryrun import plan_migration
-from engine.pipeline.models import REVIVED
+from engine.pipeline.merge import Write, decide
+from engine.pipeline.models import REVIVED, Contact
+from engine.pipeline.put import _write_fields
 from engine.pipeline.run import migrate
 from engine.simulator.v3 import RunningSimulator
 
@@ -123,6 +125,45 @@ async def test_new_field_values_go_by_a_put_that_names_no_list_and_the_lists_by_
     assert first is not None
     assert first.core["first_name"] == "New"
     assert first.lists == [old, news]
+
+
+async def test_a_field_write_found_done_on_its_fresh_read_is_unchanged(
+    sim: RunningSimulator, open_backend: BackendOpener
+) -> None:
+    """A row's new field value and list, given to the contact by another writer before the
+    write's fresh read, leave it `unchanged`: no PUT, no append."""
+    old, news, emails = _existing(sim, 1)
+    email = emails[0]
+    async with open_backend(sim) as backend:
+        await backend.lists()
+        state = (await backend.find([email]))[email]
+        assert isinstance(state, ContactState)
+        contact = Contact(email, (news,), {"FirstName": "New"}, [1])
+        write = decide(contact, state, backend=backend, skip_removed=False, fetched_at=0.0)
+        assert isinstance(write, Write)
+        assert write.fields
+        assert write.added == (news,)
+        stored = sim.store.contact_by_email(email)
+        assert stored is not None
+        sim.store.update_contact(  # the other writer, between the lookup and the write
+            stored.id,
+            {
+                "email_address": {"address": email},
+                "update_source": "Account",
+                **stored.core,
+                "first_name": "New",
+                "list_memberships": [old, news],
+            },
+        )
+        writes = len(sim.store.writes)
+        with anyio.fail_after(10):
+            outcome = await _write_fields(
+                write, backend, verify="stale", stale_after=2.0, intend=None
+            )
+    assert outcome is not None
+    assert outcome.kind == "unchanged", outcome
+    assert set(outcome.lists_before) == {old, news}
+    assert len(sim.store.writes) == writes
 
 
 @pytest.mark.parametrize("bulk", [True, False], ids=["bulk", "per-contact"])
