@@ -356,9 +356,12 @@ class AppendingBackend(Backend, Protocol):
         """Submit one append of the contacts `ids` to `targets` (an activity to poll)."""
         ...
 
-    def appended_all(self, activity: BulkActivity) -> bool:
-        """Whether a finished append activity added every contact it was given (no error,
-        every item processed); anything else sends them through the write path."""
+    async def appended(
+        self, activity: BulkActivity, ids: Sequence[str], targets: Sequence[ListId]
+    ) -> set[str]:
+        """The ids of `ids` a finished append activity is seen to have put on every one of
+        `targets` (read back: an API may count a contact it skipped as done); the others
+        go through the write path."""
         ...
 
     def fields_write(self, state: ContactState, fields: Mapping[str, str]) -> ListWrite | None:

@@ -8,9 +8,9 @@ each path would send, step by step as the stages send them:
 - per-contact path: one search per 50 contacts (v3: one per contact, with the lists); for an
   existing contact a GET (not on v3), then a PUT unless it needs none (already on its lists
   and no field to write), two more reads each with `verify_writes="all"`; on v3 an existing
-  contact's lists go into an append of up to 500 ids instead (one POST and its polls per
-  append), after a PUT of its fields that names no list when the row changes any; for a new
-  contact a POST; nothing for an opted-out contact;
+  contact's lists go into appends of up to 500 ids, one list each, instead (per append a
+  POST, its polls and a page of the list read back), after a PUT of its fields that names
+  no list when the row changes any; for a new contact a POST; nothing for an opted-out contact;
 - bulk path: with `skip_removed` or `lists_only`, one search per 50 contacts; until the probe
   has passed, the probe's scan (a search per 50 contacts and a read of each existing contact
   until `probe_size` witnesses are found), the witnesses' activity and their reads after it;
@@ -299,7 +299,7 @@ class _Estimate:
         found = await self._statuses([c.email for c in contacts]) if self.lookup else None
         capabilities = self.backend.capabilities
         appending = config.append_writes and capabilities.append_max > 0
-        appends: dict[tuple[str, ...], int] = {}  # target set -> contacts appended by id
+        appends: dict[str, int] = {}  # list id -> contacts appended to it by id
         existing = 0
         for contact in contacts:
             summary = None if found is None else found.get(contact.email)
@@ -323,15 +323,16 @@ class _Estimate:
                 continue  # unchanged: no write
             if appending and status not in ("removed", "deleted"):
                 requests += 0 if lists_only else 1  # its fields: a PUT that names no list
-                if not on_targets:
-                    appends[contact.targets] = appends.get(contact.targets, 0) + 1
+                for key in contact.targets:  # one batch per list it gains
+                    if targets_members is None or contact.email not in targets_members.get(key, ()):
+                        appends[key] = appends.get(key, 0) + 1
                 continue  # its id goes into an append
             requests += 1 + (2 if config.verify_writes == "all" else 0)
         polls = polls_for(config.activity_seconds, config)
         for count in appends.values():
             activities = math.ceil(count / capabilities.append_max)
             self.activities += activities
-            requests += activities * (1 + polls)
+            requests += activities * (2 + polls)  # its POST, polls, a page read back
         return requests, existing
 
 

@@ -687,7 +687,8 @@ class _Run:
             appends = Appends(
                 backend,
                 bulk,
-                write,
+                # a contact an append did not vouch for is read again, whatever `verify`
+                functools.partial(write, verify=config.verify_writes.replace("off", "stale")),
                 linger=config.append_linger,
                 limit=config.limits.bulk,
                 writers=config.limits.put,

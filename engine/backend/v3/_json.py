@@ -36,7 +36,6 @@ __all__ = [
     "V3Activity",
     "activity_state",
     "append_body",
-    "appended_all",
     "bulk_activity",
     "contact_permission",
     "contact_state",
@@ -456,18 +455,6 @@ def append_body(ids: Sequence[str], lists: Sequence[str]) -> bytes:
         raise ValueError(f"an append takes 1-{APPEND_MAX_IDS} ids and 1-50 lists")
     body = {"source": {"contact_ids": list(ids)}, "list_ids": list(lists)}
     return json.dumps(body, separators=(",", ":")).encode()
-
-
-def appended_all(raw: Mapping[str, Any]) -> bool:
-    """Whether a finished `add_list_memberships` status object vouches for every contact:
-    `completed`, no `activity_errors`, and every item processed."""
-    if raw.get("state") != "completed" or raw.get("activity_errors"):
-        return False
-    status = raw.get("status")
-    if not isinstance(status, dict):
-        return False
-    total, done = status.get("items_total_count"), status.get("items_completed_count")
-    return isinstance(total, int) and total == done
 
 
 def is_import_activity(raw: Mapping[str, Any]) -> bool:

@@ -16,7 +16,10 @@ import hashlib
 import json
 import logging
 import math
-from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
+import time
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping, Sequence
+from contextlib import aclosing
+from datetime import datetime
 from typing import Any
 
 from engine.backend.protocol import (
@@ -42,7 +45,6 @@ from engine.backend.v3._json import (
     JsonImport,
     V3Activity,
     append_body,
-    appended_all,
     bulk_activity,
     contact_state,
     create_body,
@@ -82,6 +84,10 @@ V3_CAPABILITIES = Capabilities(
 _INCLUDE = "list_memberships,phone_numbers,street_addresses"
 #: Contacts per page of a list read-back (§3.2: 500 at most).
 _PAGE = "500"
+#: How far beyond an activity's own stamps (created, last updated) its read-back looks for
+#: the contacts it changed: the stamps are whole seconds (§2.1), and whether the server's
+#: clocks agree to the second is not known [I].
+_WINDOW_MARGIN = 2.0
 
 
 class V3Backend:
@@ -335,9 +341,24 @@ class V3Backend:
         )
         return bulk_activity(answer)
 
-    def appended_all(self, activity: BulkActivity) -> bool:
-        document = activity.document
-        return isinstance(document, V3Activity) and appended_all(document.raw)
+    async def appended(
+        self, activity: BulkActivity, ids: Sequence[str], targets: Sequence[ListId]
+    ) -> set[str]:
+        """The ids of `ids` a finished append is seen to have put on every target, read
+        back rather than taken from its counters: a contact the API skips (unsubscribed or
+        deleted meanwhile, at its 50 lists) may be counted as done without an error (§5.4,
+        [U]). A failed activity, or a read-back that fails, vouches for none."""
+        if activity.state == "failed" and not activity.partial:
+            return set()
+        try:
+            found = await self._members(activity, set(ids), _contact_id, targets)
+        except (FatalApiError, ConnectionLostError):
+            raise
+        except ApiError as exc:
+            log.warning("append %s could not be read back: %s", activity.id, exc)
+            return set()
+        wanted = set(targets)
+        return {i for i, state in found.items() if wanted <= state.list_ids}
 
     async def recent_activities(self) -> list[BulkActivity]:
         """The first page of `GET /activities` (the last 10 days, newest first), json imports
@@ -363,7 +384,7 @@ class V3Backend:
         of the import, not found, or not on its targets) or when the read-back fails: the
         pipeline sends those contact by contact, which is safe to repeat."""
         try:
-            results = await self._read_back(emails, targets)
+            results = await self._read_back(activity, emails, targets)
         except (FatalApiError, ConnectionLostError):
             raise
         except ApiError as exc:  # nothing vouched for: all go contact by contact
@@ -374,15 +395,11 @@ class V3Backend:
         ]
 
     async def _read_back(
-        self, emails: Sequence[str], targets: Sequence[ListId]
+        self, activity: BulkActivity, emails: Sequence[str], targets: Sequence[ListId]
     ) -> dict[str, BulkResult]:
         """Each imported contact's result, read from the server (an email over the import's
-        limit was left out of it, and is not read).
-
-        Two ways, whichever costs fewer requests: the members of the smallest target, 500 a
-        page with their lists (every target is checked from a member's lists), then a
-        lookup of each contact not found there; or a lookup per contact.
-        """
+        limit was left out of it, and is not read): the members of a target the activity
+        changed (`_members`), then a lookup of each contact not found there."""
         wanted = [
             e
             for e in dict.fromkeys(e.strip().lower() for e in emails)
@@ -390,29 +407,71 @@ class V3Backend:
         ]
         if not wanted:
             return {}
-        results: dict[str, BulkResult] = {}
         target_set = set(targets)
-        smallest = await self._smallest_target(targets)
-        if smallest is not None and math.ceil(smallest[1] / int(_PAGE)) + 1 < len(wanted):
-            remaining = set(wanted)
-            params = {
-                "lists": smallest[0],
-                "status": "all",
-                "include": "list_memberships",
-                "limit": _PAGE,
-            }
-            async for document in self.client.pages("contacts", "contacts", params):
-                state = contact_state(document)
-                if state.ref.email in remaining:
-                    remaining.discard(state.ref.email)
-                    results[state.ref.email] = _result(state, target_set)
-            wanted = [e for e in wanted if e in remaining]
+        found = await self._members(activity, set(wanted), _email, targets)
+        results = {email: _result(state, target_set) for email, state in found.items()}
         for email in wanted:
-            found = await self._lookup(email)
-            results[email] = (
-                _result(found, target_set) if found is not None else BulkResult(email, "unknown")
-            )
+            if email not in found:
+                state = await self._lookup(email)
+                results[email] = (
+                    _result(state, target_set)
+                    if state is not None
+                    else BulkResult(email, "unknown")
+                )
         return results
+
+    async def _members(
+        self,
+        activity: BulkActivity,
+        keys: set[str],
+        key: Callable[[ContactState], str],
+        targets: Sequence[ListId],
+    ) -> dict[str, ContactState]:
+        """The contacts of `keys` (by `key`) found among the targets' members, with their
+        lists, 500 a request, at a cost that does not grow with the lists' size.
+
+        First the members of one target updated while the activity ran (every mutating call
+        updates `updated_at`, §10.6.33): about the activity's own contacts. Those not found
+        there (a server that does not stamp them, a contact changed again since) are looked
+        for among all the members of the smallest target, when that costs fewer requests
+        than reading them one by one; the caller reads or rewrites the rest one by one.
+        """
+        found: dict[str, ContactState] = {}
+        window = _window(activity)
+        if window and targets:
+            found = await self._scan(targets[0], keys, key, window)
+        missing = keys - found.keys()
+        if missing:
+            smallest = await self._smallest_target(targets)
+            if smallest is not None and math.ceil(smallest[1] / int(_PAGE)) + 1 < len(missing):
+                found |= await self._scan(smallest[0], missing, key, {})
+        return found
+
+    async def _scan(
+        self,
+        list_id: ListId,
+        keys: set[str],
+        key: Callable[[ContactState], str],
+        window: Mapping[str, str],
+    ) -> dict[str, ContactState]:
+        """The contacts of `keys` among a list's members (within `window`), 500 a page;
+        the read stops at the page that holds the last of them."""
+        params = {
+            "lists": list_id,
+            "status": "all",
+            "include": "list_memberships",
+            "limit": _PAGE,
+            **window,
+        }
+        found: dict[str, ContactState] = {}
+        async with aclosing(self.client.pages("contacts", "contacts", params)) as pages:
+            async for document in pages:
+                state = contact_state(document)
+                if key(state) in keys:
+                    found[key(state)] = state
+                    if len(found) == len(keys):
+                        break
+        return found
 
     async def _smallest_target(self, targets: Sequence[ListId]) -> tuple[ListId, int] | None:
         """The target with the fewest members and their count (one page of lists, with
@@ -427,6 +486,42 @@ class V3Backend:
             return None
         best = min(counts, key=counts.__getitem__)
         return best, counts[best]
+
+
+def _email(state: ContactState) -> str:
+    return state.ref.email
+
+
+def _contact_id(state: ContactState) -> str:
+    return state.ref.id
+
+
+def _window(activity: BulkActivity) -> dict[str, str]:
+    """The `updated_after`/`updated_before` range of the contacts a finished activity can
+    have changed, from its own stamps with a margin; {} when it gives none readable."""
+    document = activity.document
+    raw = document.raw if isinstance(document, V3Activity) else {}
+    started, ended = _epoch(raw.get("created_at")), _epoch(raw.get("updated_at"))
+    if started is None:
+        return {}
+    window = {"updated_after": _iso(started - _WINDOW_MARGIN)}
+    if ended is not None and ended >= started:
+        window["updated_before"] = _iso(ended + _WINDOW_MARGIN)
+    return window
+
+
+def _epoch(stamp: object) -> float | None:
+    if not isinstance(stamp, str):
+        return None
+    try:
+        moment = datetime.fromisoformat(stamp.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return moment.timestamp() if moment.tzinfo is not None else None
+
+
+def _iso(epoch: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))
 
 
 def _result(state: ContactState, targets: set[ListId]) -> BulkResult:

@@ -13,7 +13,7 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
@@ -338,7 +338,7 @@ class V3Client:
 
     async def pages(
         self, path: str, key: str, params: Mapping[str, str]
-    ) -> AsyncIterator[dict[str, Any]]:
+    ) -> AsyncGenerator[dict[str, Any], None]:
         """The items under `key` of a collection, following `_links.next.href` to the end
         (an absent, `{}` or `null` `_links` ends it, §3.2)."""
         url: str | None = self.url(path)

@@ -5,7 +5,10 @@ back on both paths."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
+from collections.abc import Sequence
+from typing import Any
 
 import anyio
 import pytest
@@ -13,12 +16,13 @@ import pytest
 from engine.backend.protocol import ContactRef, ContactState
 from engine.backend.v3 import V3Backend
 from engine.backend.v3._json import put_body
-from engine.errors import DoNotMailError
+from engine.errors import ApiError, DoNotMailError
 from engine.pipeline.config import MigrationConfig
 from engine.pipeline.dryrun import plan_migration
 from engine.pipeline.merge import Write, decide
-from engine.pipeline.models import REVIVED, Contact
+from engine.pipeline.models import REVIVED, Contact, Outcome
 from engine.pipeline.put import _write_fields
+from engine.pipeline.read import ReadOptions
 from engine.pipeline.run import migrate
 from engine.simulator.v3 import RunningSimulator
 
@@ -61,6 +65,106 @@ async def test_existing_contacts_are_appended_by_id_in_batches(
     # lookups, the start-up reads (the token check, the lists), the append; polls apart
     assert report.polls >= 1
     assert sent - report.polls <= 200 * 1.05, (sent, report.polls)
+
+
+async def test_appends_go_one_list_a_batch_whatever_the_sets_of_lists(
+    sim: RunningSimulator, open_backend: BackendOpener
+) -> None:
+    """300 contacts gaining News, Promo or both: one append per list (2), not one per set of
+    lists (3); each contact gets one `updated` outcome, once all its batches are settled."""
+    old, news, emails = _existing(sim, 300)
+    promo = sim.store.add_list("Promo")
+    sets = (["News"], ["Promo"], ["News", "Promo"])
+    source = [{"email": e, "lists": sets[n % 3]} for n, e in enumerate(emails)]
+    seen: list[str] = []
+    async with open_backend(sim) as backend:
+        with anyio.fail_after(40):
+            report = await migrate(
+                backend,
+                source,
+                config=dataclasses.replace(PER_CONTACT, read=ReadOptions(lists_column="lists")),
+                on_outcome=lambda o: seen.append(o.email),
+            )
+
+    assert report.outcomes["updated"] == 300
+    assert sorted(seen) == sorted(emails)  # one outcome each
+    appends = sim.store.calls("activities.add_list_memberships")
+    assert len(appends) == 2
+    assert not sim.store.calls("contacts.update")
+    for n, email in enumerate(emails):
+        stored = sim.store.contact_by_email(email)
+        assert stored is not None
+        wanted = {old, *({"News": news, "Promo": promo}[name] for name in sets[n % 3])}
+        assert set(stored.lists) == wanted
+
+
+async def test_a_contact_an_append_skips_silently_is_not_called_updated(
+    start_sim: SimStarter, open_backend: BackendOpener
+) -> None:
+    """A contact unsubscribed after its lookup, which the append skips while counting it
+    done (the [U] `skip` answer): read back, it is not on the list, so it goes the write
+    path and ends `skipped` (opted-out), never `updated`; the others are appended."""
+    async with start_sim(unsubscribed_or_deleted_ids="skip") as sim:
+        old, _, emails = _existing(sim, 20)
+        async with open_backend(sim) as backend:
+            append = backend.append
+
+            async def unsubscribed_meanwhile(ids: Sequence[str], targets: Sequence[str]) -> Any:
+                stored = sim.store.contact_by_email(emails[0])
+                assert stored is not None
+                stored.permission = "unsubscribed"  # the test plays the contact opting out
+                return await append(ids, targets)
+
+            backend.append = unsubscribed_meanwhile  # type: ignore[method-assign]
+            with anyio.fail_after(40):
+                report = await migrate(
+                    backend, [{"email": e} for e in emails], lists=["News"], config=PER_CONTACT
+                )
+
+    assert report.outcomes["updated"] == 19
+    assert report.outcomes["skipped"] == 1
+    assert len(sim.store.calls("activities.add_list_memberships")) == 1
+    assert not sim.store.calls("contacts.update")  # I2: the opted-out contact is not written
+    out = sim.store.contact_by_email(emails[0])
+    assert out is not None
+    assert out.lists == [old]
+
+
+async def test_a_contact_whose_other_append_failed_reports_what_the_run_added(
+    sim: RunningSimulator, open_backend: BackendOpener
+) -> None:
+    """A contact gaining News and Promo whose Promo append fails goes the write path; its
+    outcome counts News (added by its other append) as added by the run, not as a list it
+    had before (I3)."""
+    old, news, emails = _existing(sim, 3)
+    promo = sim.store.add_list("Promo")
+    async with open_backend(sim) as backend:
+        append = backend.append
+
+        async def promo_refused(ids: Sequence[str], targets: Sequence[str]) -> Any:
+            if tuple(targets) == (promo,):
+                raise ApiError("refused", status=400, method="POST")
+            return await append(ids, targets)
+
+        backend.append = promo_refused  # type: ignore[method-assign]
+        outcomes: list[Outcome] = []
+        with anyio.fail_after(30):
+            await migrate(
+                backend,
+                [{"email": e} for e in emails],
+                lists=["News", "Promo"],
+                config=PER_CONTACT,
+                on_outcome=outcomes.append,
+            )
+    assert len(outcomes) == 3
+    for outcome in outcomes:
+        assert outcome.kind == "updated", outcome
+        assert outcome.lists_before == (old,)
+        assert set(outcome.lists_added) == {news, promo}
+        assert "not confirmed" in outcome.note
+        stored = sim.store.contact_by_email(outcome.email)
+        assert stored is not None
+        assert set(stored.lists) == {old, news, promo}
 
 
 async def test_an_append_that_fails_sends_its_contacts_through_the_put(

@@ -17,7 +17,7 @@ from engine.pipeline.config import MigrationConfig
 from engine.pipeline.run import migrate
 from engine.simulator.v3 import RunningSimulator
 
-from .conftest import BackendOpener
+from .conftest import BackendOpener, FakeClock
 
 
 async def _state(backend: V3Backend, email: str) -> ContactState:
@@ -315,6 +315,28 @@ async def test_bulk_import_settled_by_reading_back(
         # read-back needs only the emails and the targets the journal kept.
         inherited = BulkActivity(done.id, "complete", "completed", document=V3Activity({}))
         assert {r.kind for r in await backend.settle(inherited, emails, [news])} == {"added"}
+
+
+async def test_an_import_is_settled_by_reading_only_the_members_it_changed(
+    sim: RunningSimulator, open_backend: BackendOpener, clock: FakeClock
+) -> None:
+    """Settling an import of 30 contacts onto a list of 3,000 reads the members updated
+    while it ran (one page), not the whole list (7 pages) nor each contact (30)."""
+    news = sim.store.add_list("News")
+    for n in range(3000):
+        sim.store.add_contact(f"member{n}@example.com", lists=[news])
+    clock.advance(3600)  # the import comes an hour after the list was filled
+    emails = [f"bulk{n:02d}@example.com" for n in range(30)]
+    async with open_backend(sim) as backend:
+        request = backend.encode_bulk(
+            [(e, {}) for e in emails], [news], [], max_rows=40_000, max_bytes=4_000_000
+        )
+        done = await _finish(backend, await backend.submit(request))
+        before = backend.stats().requests
+        settled = await backend.settle(done, emails, [news])
+        spent = backend.stats().requests - before
+    assert {r.kind for r in settled} == {"added"}
+    assert spent == 1
 
 
 async def test_encode_bulk_stays_under_four_megabytes(
