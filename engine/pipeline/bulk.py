@@ -8,14 +8,15 @@ what the backend cannot vouch for goes through the per-contact path.
 That bulk add *appends* memberships is documented for v3 and inferred, not confirmed, for v1
 (API doc §6.3). So bulk is trusted only after a probe has completed and passed: the batch is
 looked up until `probe_size` *witnesses* are found, existing contacts on lists other than the
-targets, each read in full; they go first, in an activity of their own, and are read again
-after it. If any lost a list, each witness is repaired, the bulk path is switched off for the
-run, and everything goes contact by contact. Until the probe has passed, nothing unverified
-goes out in bulk: when it cannot conclude (its activity failed, a lookup or a read failed),
-the batch goes contact by contact and the next batch probes again. A batch with no witness at
-all, every existing contact of it read and found on no other list, cannot lose a membership
-even on a replacing server, so it is submitted. Other batches wait for the probe before they
-submit.
+targets, each read in full (v3's lookup carries the lists: no second read), several lookups
+at once where a lookup takes one email; they go first, in an activity of their own, and are
+read again after it. If any lost a list, each witness is repaired, the bulk path is switched
+off for the run, and everything goes contact by contact. Until the probe has passed, nothing
+unverified goes out in bulk: when it cannot conclude (its activity failed, a lookup or a read
+failed), the batch goes contact by contact and the next batch probes again. A batch with no
+witness at all, every existing contact of it read and found on no other list, cannot lose a
+membership even on a replacing server, so it is submitted. Other batches wait for the probe
+before they submit.
 
 An activity that fails, cannot be submitted, shows no change of status for `stall_timeout`
 (stuck), or does not finish within `poll_timeout` sends its contacts through the per-contact
@@ -57,6 +58,10 @@ from engine.pipeline.models import Batch, Contact, Outcome, OutcomeKind
 from engine.pipeline.stats import ActivityWait, RunStats
 
 __all__ = ["BulkPath", "field_groups"]
+
+#: A chunk of contacts (as many emails as one lookup takes) and what its lookup found, or
+#: the error it failed with.
+Lookup = tuple[tuple[Contact, ...], "dict[str, ContactRef | ContactState] | ApiError"]
 
 log = logging.getLogger("engine.bulk")
 
@@ -221,7 +226,6 @@ class BulkPath:
         contacts = batch.contacts
         found: dict[str, str] = {}  # email -> status, of the contacts that exist
         unknown: list[Contact] = []
-        size = self.backend.capabilities.lookup_batch
         untouchable = None
         if not (self.config.skip_removed or self.config.lists_only):
             # Only deleted and opted-out contacts matter here: listed, not looked up.
@@ -231,17 +235,16 @@ class BulkPath:
             contacts_to_look_up: tuple[Contact, ...] = ()
         else:
             contacts_to_look_up = contacts
-        for start in range(0, len(contacts_to_look_up), size):
-            chunk = contacts_to_look_up[start : start + size]
-            try:
-                page = await self.backend.find([c.email for c in chunk], strict=True)
-            except (FatalApiError, ConnectionLostError, QuotaExhaustedError):
-                raise
-            except ApiError as exc:
-                log.info("a status lookup failed (%s): its contacts go contact by contact", exc)
-                unknown += chunk
-                continue
-            found.update((e, _ref(hit).status) for e, hit in page.items())
+        for start in range(0, len(contacts_to_look_up), self._lookup_window):
+            window = contacts_to_look_up[start : start + self._lookup_window]
+            for chunk, page in await self._lookups(window):
+                if isinstance(page, ApiError):
+                    log.info(
+                        "a status lookup failed (%s): its contacts go contact by contact", page
+                    )
+                    unknown += chunk
+                    continue
+                found.update((e, _ref(hit).status) for e, hit in page.items())
         if unknown:
             await self._fall_back(tuple(unknown), "their status could not be looked up")
         # With `revive_deleted`, a deleted contact is revived contact by contact (its own
@@ -644,7 +647,8 @@ class BulkPath:
         """Up to `probe_size` witnesses of the batch (contact id -> state read now), and
         whether the whole batch was looked at with every existing contact read.
 
-        The batch is looked up (50 emails a request on v1) until enough witnesses are found:
+        The batch is looked up (50 emails a request on v1, `_lookup_window` lookups at once
+        on v3) until enough witnesses are found:
         existing contacts on lists other than the targets, which a replacing server would
         make lose a list. A failed lookup raises (an email not found must really be absent);
         a contact that cannot be read (gone since the lookup, a broken entry) is no witness,
@@ -654,12 +658,16 @@ class BulkPath:
         witnesses: dict[str, ContactState] = {}
         unread = 0
         contacts = batch.contacts
-        step = self.backend.capabilities.lookup_batch
-        for start in range(0, len(contacts), step):
-            chunk = contacts[start : start + step]
-            found = await self.backend.find([c.email for c in chunk], strict=True)
-            hits = [hit for hit in found.values() if _ref(hit).status != "opted_out"]
-            states = await self._read_all(hits)
+        for start in range(0, len(contacts), self._lookup_window):
+            hits: list[ContactRef | ContactState] = []
+            for _, found in await self._lookups(contacts[start : start + self._lookup_window]):
+                if isinstance(found, ApiError):
+                    raise found  # an email not found must really be absent
+                hits += [hit for hit in found.values() if _ref(hit).status != "opted_out"]
+            if self.backend.capabilities.lookup_has_lists:  # the lookup read them, just now
+                states = [hit for hit in hits if isinstance(hit, ContactState)]
+            else:
+                states = await self._read_all(hits)
             unread += len(hits) - len(states)
             for state in states:
                 if state.list_ids - set(batch.targets):
@@ -667,6 +675,45 @@ class BulkPath:
                     if len(witnesses) >= size:
                         return witnesses, False
         return witnesses, unread == 0
+
+    @property
+    def _lookup_window(self) -> int:
+        """Contacts looked up at once: one request's worth (50 on v1), or, on an API that
+        takes one email a lookup (v3), as many lookups as the fetch stage keeps in flight."""
+        capabilities = self.backend.capabilities
+        if capabilities.lookup_batch > 1:
+            return capabilities.lookup_batch
+        return max(self.config.limits.fetch, self.config.limits.put)
+
+    async def _lookups(self, contacts: Sequence[Contact]) -> list[Lookup]:
+        """Each chunk of `contacts` (as many emails as a lookup takes) with what its strict
+        lookup found, or the `ApiError` it failed with; the chunks are looked up at once
+        (the governor paces them). Fatal errors propagate."""
+        step = self.backend.capabilities.lookup_batch
+        chunks = [tuple(contacts[i : i + step]) for i in range(0, len(contacts), step)]
+        results: list[Lookup] = []
+        fatal: list[BaseException] = []
+
+        async def one(chunk: tuple[Contact, ...]) -> None:
+            try:
+                page = await self.backend.find([c.email for c in chunk], strict=True)
+            except (FatalApiError, ConnectionLostError, QuotaExhaustedError) as exc:
+                fatal.append(exc)
+                return
+            except ApiError as exc:
+                results.append((chunk, exc))
+                return
+            results.append((chunk, page))
+
+        if len(chunks) == 1:
+            await one(chunks[0])
+        else:
+            async with anyio.create_task_group() as tg:
+                for chunk in chunks:
+                    tg.start_soon(one, chunk)
+        if fatal:
+            raise fatal[0]  # not wrapped in an exception group: the run's handlers see it
+        return results
 
     async def _read_all(self, hits: Sequence[ContactRef | ContactState]) -> list[ContactState]:
         """The contacts of `hits` that could be read, read concurrently (the governor bounds

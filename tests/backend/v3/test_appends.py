@@ -370,6 +370,49 @@ async def test_the_bulk_path_looks_up_no_contact_once_the_probe_has_passed(
         assert old in stored.lists
 
 
+async def test_the_probe_looks_up_several_contacts_at_once_and_reads_none_again(
+    start_sim: SimStarter, open_backend: BackendOpener
+) -> None:
+    """On V3 (one email a lookup) the probe's scan keeps several lookups in flight, and takes
+    its witnesses from the lookups, which carry the lists: the only reads of single contacts
+    are the witnesses' read-back after the probe's activity."""
+    async with start_sim(latency_ms=20.0) as sim:
+        old, _, emails = _existing(sim, 10)
+        source = [{"email": f"new{n:03d}@example.com"} for n in range(60)]
+        source += [{"email": e} for e in emails]  # the witnesses come last
+        config = MigrationConfig(probe_size=5, poll_initial=0.02, poll_max=0.05)
+        async with open_backend(sim) as backend:
+            find, read = backend.find, backend.read
+            in_flight, peak, reads = 0, 0, 0
+
+            async def counted_find(emails: Sequence[str], **options: Any) -> Any:
+                nonlocal in_flight, peak
+                in_flight += 1
+                peak = max(peak, in_flight)
+                try:
+                    return await find(emails, **options)
+                finally:
+                    in_flight -= 1
+
+            async def counted_read(ref: ContactRef) -> ContactState:
+                nonlocal reads
+                reads += 1
+                return await read(ref)
+
+            backend.find = counted_find  # type: ignore[method-assign]
+            backend.read = counted_read  # type: ignore[method-assign]
+            with anyio.fail_after(40):
+                report = await migrate(backend, source, lists=["News"], config=config)
+
+    assert report.outcomes["bulk_added"] == 70
+    assert peak >= 4, peak
+    assert reads == 5  # the five witnesses, read back after their activity
+    for email in emails:
+        stored = sim.store.contact_by_email(email)
+        assert stored is not None
+        assert old in stored.lists
+
+
 def test_a_fields_only_put_names_no_list_and_never_writes_the_unsubscribed() -> None:
     """The fields-only PUT body carries no `list_memberships` (so no list can be dropped),
     resends the core properties, and is refused for an unsubscribed or deleted contact."""
