@@ -339,3 +339,27 @@ def test_store_email_index_follows_a_changed_address() -> None:
     assert store.contact_by_email("old@example.com") is None
     assert store.contact_by_email("NEW@example.com") is store.get_contact(contact_id)
     store.add_contact("old@example.com")
+
+
+def test_paging_a_list_gives_each_member_once_and_checks_each_row_as_it_is_now() -> None:
+    """Pages after the first of a query come from the rows its first page sorted: every
+    member once, in order; a member that left the list meanwhile is not returned."""
+    store = AccountStore()
+    news = store.add_list("News")
+    ids = [store.add_contact(f"m{n:04d}@example.com", lists=[news]) for n in range(1_200)]
+    page = store.search_contacts(lists=[news], statuses=["all"], limit=500)
+    seen = [c.id for c in page.contacts]
+    assert page.total == 1_200
+    gone = store.get_contact(ids[700])
+    store.update_contact(  # leaves News before the second page is read
+        gone.id,
+        {
+            "update_source": "Account",
+            "email_address": {"address": gone.email},
+            "list_memberships": [],
+        },
+    )
+    while page.next_key is not None:
+        page = store.search_contacts(lists=[news], statuses=["all"], limit=500, after=page.next_key)
+        seen += [c.id for c in page.contacts]
+    assert seen == [i for i in ids if i != gone.id]
