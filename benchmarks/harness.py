@@ -395,11 +395,8 @@ class Sizes:
         memory_per_contact: the larger size on the per-contact path.
         memory_bulk: the larger size on the bulk path.
         profile: profile the per-contact path after the scenarios.
-        bulk_v3: the two bulk sizes on V3 (smaller than v1's: the simulator serves each
-            page of a list's members in time proportional to the list, and the engine's
-            read-back of an activity pages the whole target list, so a V3 bulk run grows
-            quadratically; a million would take hours). Its larger size is also the
-            larger size of V3's bulk memory comparison.
+        bulk_v3: the two bulk sizes on V3. Its larger size is also the larger size of
+            V3's bulk memory comparison.
         memory_per_contact_v3: the larger size on V3's per-contact path.
     """
 
@@ -436,7 +433,7 @@ FULL = Sizes(
     memory_per_contact=100_000,
     memory_bulk=1_000_000,
     profile=True,
-    bulk_v3=(10_000, 50_000),
+    bulk_v3=(100_000, 1_000_000),
     memory_per_contact_v3=30_000,
 )
 

@@ -587,16 +587,14 @@ def bulk(bench: Bench) -> ScenarioResult:
         "rows at most; both: the membership check's requests), without HTTP headers or TLS. "
         "Reads: v1's membership check (a search, each probed contact read before and after); "
         "V3's too, plus the read-back that settles each activity (V3 names no contact in an "
-        "activity's errors): one page of 500 of the target's members, with their lists, per "
-        "500 members the target has by then, and the lists' counts. The target grows with "
-        "each activity, so the read-back of a run grows with the square of its size. "
-        "Without polls and reads, V3 sends a JSON import per 40,000 rows and one more for the "
-        "probe, each after a check of the recent activities (the lost-answer guard): about 4 "
-        "requests plus 2 per 40,000 rows, so issue 12's ≤ 0.0001 is reachable only from "
-        "about 60,000 contacts on; it is held to V3's larger size. V3 is "
-        f"measured at {', '.join(f'{s:,}' for s in bench.sizes.bulk_v3)} contacts (the "
-        "V3 simulator also serves each page in time proportional to the list, so its CPU, "
-        "not the engine's, sets V3's wall time here)."
+        "activity's errors): pages of 500 of the target's members updated while the "
+        "activity ran (`updated_after`/`updated_before` its own stamps), with their lists, "
+        "so a contact is read about once per activity in flight beside its own, whatever "
+        "the list's size. Without polls and reads, V3 sends a JSON import per 40,000 rows "
+        "(or per set of fields) and one more for the probe, each after a check of the "
+        "recent activities (the lost-answer guard): about 4 requests plus 2 per 40,000 "
+        "rows, so issue 12's ≤ 0.0001 is reachable only from about 60,000 contacts on; it "
+        "is held to V3's larger size."
     )
     result.data = {"timelines": timelines}
     return result
@@ -972,7 +970,7 @@ def memory(bench: Bench) -> ScenarioResult:
         "(scenario 2). New contacts are its fastest kind; existing contacts carry fetched "
         "entries in the queues (their peak is in scenario 2's runs, results.json). The bulk "
         f"path (70% existing) at {small:,} vs {sizes.memory_bulk:,} rows on v1 and "
-        f"{small:,} vs {sizes.bulk_v3[1]:,} on V3 (see scenario 5 for why V3's is smaller). "
+        f"{small:,} vs {sizes.bulk_v3[1]:,} on V3. "
         "The ratios' larger sizes differ by API: the figure's note says which."
     )
     result.data = {"peaks": peaks, "timelines": timelines}
@@ -1065,11 +1063,7 @@ def budget(bench: Bench) -> ScenarioResult:
         "polls and reads included), multiplied out to 1,000,000 contacts. The existing "
         "contacts only gain the list (their names are the rows'), so on V3 they are "
         "appended by id; `--no-append` writes each with a PUT. The planner's polls depend "
-        "on how long activities take: the simulator's are short. V3's planner is measured "
-        f"at {bench.sizes.bulk_v3[1]:,} contacts; its read-back grows with the square of "
-        "the run (scenario 5), so a million would need more reads than this figure "
-        "multiplies out to (about 1,000,000² / (2 × 40,000 × 500) = 25,000 pages of the "
-        "target's members, 2.5 days of quota)."
+        "on how long activities take: the simulator's are short."
     )
     result.data = {"points": plot}
     return result
