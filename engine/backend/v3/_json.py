@@ -43,6 +43,7 @@ __all__ = [
     "create_body",
     "encode_import",
     "is_import_activity",
+    "member_state",
     "put_body",
 ]
 
@@ -185,6 +186,21 @@ def contact_state(document: object) -> ContactState:
     """The neutral state of a contact read with `include=list_memberships` (and the phone
     and address subresources, which a field write resends)."""
     doc = _dict(document, "a contact")
+    member = member_state(doc)
+    return ContactState(
+        ref=member.ref,
+        lists=member.lists,
+        fields=contact_fields(doc),
+        version=_version(doc),
+        document=doc,
+    )
+
+
+def member_state(document: object) -> ContactState:
+    """Who a contact read with `include=list_memberships` is, its status and its lists,
+    and nothing else (no fields, version or document to write from): what settling an
+    activity reads, a million times in a large run, kept small and cheap to build."""
+    doc = _dict(document, "a contact")
     contact_id = doc.get("contact_id")
     address = _email_of(doc).get("address")
     if not isinstance(contact_id, str) or not contact_id:
@@ -193,13 +209,7 @@ def contact_state(document: object) -> ContactState:
     if not isinstance(lists, list) or not all(isinstance(i, str) for i in lists):
         raise MalformedResponseError(f"contact {contact_id}: list_memberships is not a list of ids")
     email = address.strip().lower() if isinstance(address, str) else ""
-    return ContactState(
-        ref=ContactRef(contact_id, email, contact_status(doc)),
-        lists=tuple(lists),
-        fields=contact_fields(doc),
-        version=_version(doc),
-        document=doc,
-    )
+    return ContactState(ContactRef(contact_id, email, contact_status(doc)), tuple(lists))
 
 
 def _changes(fields: Mapping[str, str] | None, current: Mapping[str, str]) -> dict[str, str]:

@@ -50,6 +50,7 @@ from engine.backend.v3._json import (
     create_body,
     encode_import,
     is_import_activity,
+    member_state,
     put_body,
 )
 from engine.backend.v3.client import V3Client
@@ -201,7 +202,7 @@ class V3Backend:
         params = {"status": "deleted,unsubscribed", "limit": _PAGE}
         found: dict[str, ContactStatus] = {}
         async for document in self.client.pages("contacts", "contacts", params):
-            state = contact_state(document)
+            state = member_state(document)
             if state.ref.email and state.ref.status in ("deleted", "opted_out"):
                 found[state.ref.email] = state.ref.status
         return found
@@ -466,7 +467,7 @@ class V3Backend:
         found: dict[str, ContactState] = {}
         async with aclosing(self.client.pages("contacts", "contacts", params)) as pages:
             async for document in pages:
-                state = contact_state(document)
+                state = member_state(document)
                 if key(state) in keys:
                     found[key(state)] = state
                     if len(found) == len(keys):
