@@ -75,6 +75,7 @@ class Job:
         bulk: let the planner use bulk activities (threshold 25) or force the per-contact
             path (`bulk_threshold=None`).
         rate: the governor's rate limit in requests/s (None: none until throttled).
+        discover: the governor starts at `rate` and looks above it for the server's limit.
         limit: process only the first `limit` rows (the naive baseline's sample).
         write_existing: for the ceiling, whether existing contacts get a PUT (False for a
             source whose contacts are already on the target).
@@ -99,6 +100,7 @@ class Job:
     concurrency: int = 64
     bulk: bool = False
     rate: float | None = None
+    discover: bool = False
     limit: int | None = None
     write_existing: bool = True
     profile: str | None = None
@@ -195,7 +197,7 @@ def v3_client(job: Job) -> MeteredV3Client:
         V3Auth(endpoints, store=store),
         base_url=job.base_url,
         ca_file=job.ca_path,
-        governor=RateGovernor(rate=job.rate, concurrency=job.concurrency),
+        governor=RateGovernor(rate=job.rate, discover=job.discover, concurrency=job.concurrency),
         retry=RetryPolicy(),
         timeout=300,
     )
@@ -212,7 +214,7 @@ async def run_engine(job: Job) -> dict[str, Any]:
             CREDENTIALS,
             base_url=job.base_url,
             ca_file=job.ca_path,
-            governor=RateGovernor(rate=job.rate, concurrency=c),
+            governor=RateGovernor(rate=job.rate, discover=job.discover, concurrency=c),
             retry=RetryPolicy(),
             timeout=300,
         )

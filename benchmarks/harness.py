@@ -69,6 +69,8 @@ class RunSpec:
         bulk: let the engine's planner send batches of 25 or more as bulk activities
             (its default); False forces the per-contact path.
         rate: the engine's configured rate limit (None: none until throttled).
+        discover: the governor starts at `rate` and looks above it for the server's limit
+            (the CLI's `--discover-rate`).
         limit: process only the first `limit` rows (the naive baseline's sample).
         latency_ms: latency the simulator adds to every API request.
         sim_rate: the simulator's rate limit in requests/s (None: none).
@@ -87,6 +89,7 @@ class RunSpec:
     concurrency: int = 64
     bulk: bool = False
     rate: float | None = None
+    discover: bool = False
     limit: int | None = None
     latency_ms: float = 0.0
     sim_rate: float | None = None
@@ -106,7 +109,7 @@ class RunSpec:
         if self.api == "v3" and not self.append and self.client != "naive":
             parts.append("no-append")
         if self.rate is not None:
-            parts.append(f"rate={self.rate:g}")
+            parts.append(f"rate={self.rate:g}" + (" discover" if self.discover else ""))
         if self.limit is not None:
             parts.append(f"first {self.limit}")
         if self.latency_ms:
@@ -398,6 +401,9 @@ class Sizes:
         bulk_v3: the two bulk sizes on V3. Its larger size is also the larger size of
             V3's bulk memory comparison.
         memory_per_contact_v3: the larger size on V3's per-contact path.
+        discovery_seconds: how long a rate-limited run lasts when the engine must discover
+            the limit (from the documented 4/s: longer than a configured run's, since the
+            first seconds go to finding it).
     """
 
     reps: int
@@ -416,6 +422,7 @@ class Sizes:
     profile: bool
     bulk_v3: tuple[int, int] = (10_000, 50_000)
     memory_per_contact_v3: int = 30_000
+    discovery_seconds: float = 60.0
 
 
 FULL = Sizes(
@@ -454,6 +461,7 @@ QUICK = Sizes(
     profile=False,
     bulk_v3=(10_000, 20_000),
     memory_per_contact_v3=4_000,
+    discovery_seconds=10.0,
 )
 
 
@@ -552,6 +560,7 @@ class Bench:
                 "concurrency": spec.concurrency,
                 "bulk": spec.bulk,
                 "rate": spec.rate,
+                "discover": spec.discover,
                 "limit": spec.limit,
                 "write_existing": spec.workload.kind != "unchanged",
                 "profile": str(scratch / "profile.pstats") if spec.profile else None,

@@ -152,7 +152,15 @@ def _add_account_arguments(parser: argparse.ArgumentParser, *, v3: bool = True) 
         "--rate-limit",
         type=_positive_float,
         default=4.0,
-        help="requests per second (default: 4, the API's documented limit)",
+        help="requests per second (default: 4, the API's documented limit); never exceeded "
+        "unless --discover-rate",
+    )
+    connection.add_argument(
+        "--discover-rate",
+        action="store_true",
+        help="start at --rate-limit and look above it for the account's real limit (for an "
+        "account whose limit was raised): a faster rate is tried only after a busy stretch "
+        "at the current one passed with no throttle, at most twice what the server accepted",
     )
     connection.add_argument(
         "--concurrency", type=_positive_int, default=8, help="requests in flight (default: 8)"
@@ -214,7 +222,10 @@ def _account(args: argparse.Namespace) -> Account:
 
 def _governor(args: argparse.Namespace) -> RateGovernor:
     return RateGovernor(
-        rate=args.rate_limit, concurrency=args.concurrency, daily_budget=args.daily_budget
+        rate=args.rate_limit,
+        discover=args.discover_rate,
+        concurrency=args.concurrency,
+        daily_budget=args.daily_budget,
     )
 
 

@@ -417,3 +417,14 @@ def test_rows_to_fix_writes_the_rejected_rows_with_their_columns_and_reasons(
     status, out, err = run_cli(capsys, migrate_args(sim, fix, "--list", "Newsletter"))
     assert status == 0, out + err
     assert "1 created" in out
+
+
+def test_the_rate_limit_is_a_ceiling_unless_discover_rate() -> None:
+    """`--rate-limit` is never exceeded by default; with `--discover-rate` it is where the
+    search for the account's limit starts."""
+    from engine.cli import _governor, _parser
+
+    capped = _governor(_parser().parse_args(["migrate", "in.csv", "--rate-limit", "6"]))
+    assert (capped._probe.rate, capped._probe.ceiling) == (6.0, 6.0)
+    found = _governor(_parser().parse_args(["migrate", "in.csv", "--discover-rate"]))
+    assert (found._probe.rate, found._probe.ceiling) == (4.0, None)

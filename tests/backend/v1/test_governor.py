@@ -118,7 +118,7 @@ def test_requests_in_flight_before_a_decrease_do_not_lower_it_again() -> None:
     governor = RateGovernor(rate=4.0, concurrency=8)
     sent = _SENT_AT.set(0.0)  # this task's request left before the decrease below
     try:
-        governor._last_decrease = 1.0  # a decrease happened after it was sent
+        governor._probe._changed = 1.0  # a decrease happened after it was sent
         governor.on_throttle(None)
         governor.on_throttle(None)
     finally:
@@ -146,43 +146,62 @@ async def test_throttle_without_retry_after_does_not_pause(clock: FakeClock) -> 
     assert clock.sleeps == []
 
 
-def test_success_recovers_gradually_up_to_the_cap(clock: FakeClock) -> None:
-    """After a throttle, successes raise rate and concurrency gradually, back to the caps and
-    never above: the rate doubles a second before a limit was measured."""
+async def test_success_recovers_gradually_up_to_the_cap(clock: FakeClock) -> None:
+    """After a throttle, successes bring concurrency back one slot per `concurrency`
+    successes, and the rate back to its cap by trials (a busy stretch with no throttle),
+    never above it."""
     governor = RateGovernor(rate=4.0, concurrency=8, clock=clock)
-    governor.on_throttle(None)  # 3.0/s, 6 in flight, no measure yet
-    clock.now += 0.5
-    governor.on_success()
-    assert governor.stats().rate == pytest.approx(min(4.0, 3.0 * 2**0.5))
-    assert governor.stats().concurrency == 6
-    for _ in range(5):
+    await _starts(governor, clock, 1)
+    governor.on_throttle(None)  # 3.0/s, 6 in flight
+    assert (governor.stats().rate, governor.stats().concurrency) == (3.0, 6)
+    for _ in range(6):
         governor.on_success()
     assert governor.stats().concurrency == 7  # one more slot after `concurrency` successes
     rates: list[float] = []
-    for _ in range(100):
-        clock.now += 0.1
+    for _ in range(400):  # busy: one request after another, each accepted
+        await _starts(governor, clock, 1)
         governor.on_success()
         rate = governor.stats().rate
         assert rate is not None
         rates.append(rate)
     assert rates == sorted(rates)
+    assert rates[0] == 3.0
     assert max(rates) == 4.0
     assert governor.stats().concurrency == 8
 
 
-async def test_after_a_measured_limit_the_rate_creeps_up_slowly(clock: FakeClock) -> None:
-    """Once a limit was measured, a second of successes raises the rate by 0.3% only."""
-    governor = RateGovernor(rate=None, clock=clock)
-    for _ in range(40):
-        await _starts(governor, clock, 1)
-        governor.on_success()
-        clock.now += 0.1
-    governor.on_throttle(None)
-    measured = governor.stats().rate
-    assert measured is not None
-    clock.now += 1.0
-    governor.on_success()
-    assert governor.stats().rate == pytest.approx(measured * 1.003)
+async def test_a_rate_above_the_proven_one_is_tried_soon_far_from_it_late_near_it(
+    clock: FakeClock,
+) -> None:
+    """Discovering: twice the rate after each busy 2 s while nothing is refused; then
+    halfway between the proven and the refused rate, soon (after the check and a 2 s trial)
+    while the refused one is over 25% above, and only after a 10 s wait when it is closer."""
+    governor = RateGovernor(rate=4.0, discover=True, clock=clock)
+    changes: list[tuple[float, float]] = []
+
+    async def busy_until_above(rate: float) -> float:
+        """Busy until the governor tries a rate above `rate`; when it did."""
+        while True:
+            await _starts(governor, clock, 1)
+            governor.on_success()
+            now = governor.stats().rate
+            assert now is not None
+            if not changes or changes[-1][1] != now:
+                changes.append((clock.now - 1000.0, now))
+            if now > rate:
+                return clock.now - 1000.0
+
+    await busy_until_above(8.0)
+    assert [r for _, r in changes] == [4.0, 8.0, 16.0]
+    for refused, tried in [(16.0, 12.0), (12.0, 10.0), (10.0, 9.0)]:
+        governor.on_throttle(None)  # refused: back just under the proven 8/s
+        assert governor.stats().rate == pytest.approx(0.95 * 8)
+        since = clock.now - 1000.0
+        when = await busy_until_above(8.0)
+        assert governor.stats().rate == pytest.approx(tried)  # halfway to the refused
+        wide = refused > 1.25 * 8
+        assert when - since >= (3.0 + 2.0 if wide else 10.0)
+        assert when - since < (10.0 if wide else 30.0)
 
 
 def test_success_at_the_cap_changes_nothing() -> None:
