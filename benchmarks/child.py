@@ -33,6 +33,7 @@ from engine.pipeline.config import MigrationConfig, StageLimits
 from engine.pipeline.read import ReadOptions
 from engine.pipeline.run import migrate
 from engine.pipeline.stats import Progress
+from engine.process import tune_gc
 
 __all__ = [
     "CREDENTIALS",
@@ -311,6 +312,8 @@ def main(argv: list[str] | None = None) -> None:
     raw = json.loads((argv if argv is not None else sys.argv[1:])[0])
     raw["lists"] = tuple(raw.get("lists", ()))
     job = Job(**raw)
+    if job.client == "engine":
+        tune_gc()  # as the command line does
     base_rss = current_rss_mb()
     profiler = cProfile.Profile() if job.profile else None
     if profiler is not None:

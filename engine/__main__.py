@@ -1,5 +1,5 @@
 """`python -m engine`: see `engine.cli`."""
 
-from engine.cli import main
+from engine.cli import run_program
 
-raise SystemExit(main())
+raise SystemExit(run_program())

@@ -428,3 +428,28 @@ def test_the_rate_limit_is_a_ceiling_unless_discover_rate() -> None:
     assert (capped._probe.rate, capped._probe.ceiling) == (6.0, 6.0)
     found = _governor(_parser().parse_args(["migrate", "in.csv", "--discover-rate"]))
     assert (found._probe.rate, found._probe.ceiling) == (4.0, None)
+
+
+def test_the_program_collects_garbage_less_often_and_the_library_never_does(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`python -m engine` raises the collector's thresholds and freezes what is alive before
+    it runs a command; `main` (what a program embedding the CLI calls) changes neither."""
+    import gc
+
+    import engine.cli
+    from engine.process import GC_THRESHOLDS, tune_gc
+
+    calls: list[str] = []
+    monkeypatch.setattr(engine.cli, "tune_gc", lambda: calls.append("tuned"))
+    monkeypatch.setattr(engine.cli, "main", lambda: calls.append("main") or 0)
+    assert engine.cli.run_program() == 0
+    assert calls == ["tuned", "main"]
+    before = gc.get_threshold()
+    try:
+        tune_gc()
+        assert gc.get_threshold() == GC_THRESHOLDS
+        assert gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)

@@ -62,3 +62,45 @@ async def test_a_journal_of_the_previous_format_is_refused_saying_how_to_go_on(
     assert "journal format 3, this one reads 4" in message
     assert "--restart" in message
     assert "another --journal" in message
+
+
+async def test_outcomes_round_trip_and_are_counted_with_or_without_sqlite_json(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Outcomes read back as written (lists, rows, lists before); the counts by kind are the
+    same from SQLite's JSON functions as from reading each row."""
+    from engine.pipeline.models import Outcome
+
+    journal = await Journal.open(
+        tmp_path / "j.sqlite", identity=journal_identity("digest", ["A"], {})
+    )
+    written = [
+        Outcome("a@example.com", "created", (2,), "", ("A",), "contact", ("A",), ()),
+        Outcome("b@example.com", "updated", (3, 7), "", ("A",), "contact", ("A",), ("B", "C")),
+        Outcome("c@example.com", "bulk_added", (4,), "", ("A", 'q"x'), "bulk", ("A",), None),
+        Outcome("", "rejected", (5,), "no email", (), "", (), None),
+    ]
+    for outcome in written:
+        await journal.record(outcome)
+    await journal.flush()
+    read = await anyio.to_thread.run_sync(lambda: list(journal.iter_outcomes()))
+    assert read == written
+    counted = await journal.counts()
+    assert counted == ({"created": 1, "updated": 2, "bulk_added": 1, "rejected": 1}, 4)
+    real_conn = journal._conn
+
+    class NoJson:
+        """A connection whose SQLite lacks the JSON functions."""
+
+        def __init__(self) -> None:
+            self.db = real_conn()
+
+        def execute(self, sql: str, *args: object) -> object:
+            if "json_array_length" in sql:
+                raise sqlite3.OperationalError("no such function: json_array_length")
+            return self.db.execute(sql, *args)
+
+    monkeypatch.setattr(journal, "_conn", NoJson)
+    assert await journal.counts() == counted
+    monkeypatch.undo()
+    await journal.aclose()

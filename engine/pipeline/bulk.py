@@ -56,6 +56,7 @@ from engine.journal import PendingActivity
 from engine.pipeline.config import MigrationConfig
 from engine.pipeline.models import Batch, Contact, Outcome, OutcomeKind
 from engine.pipeline.stats import ActivityWait, RunStats
+from engine.pipeline.streams import send_soon
 
 __all__ = ["BulkPath", "field_groups"]
 
@@ -172,7 +173,7 @@ class BulkPath:
                     if self._stop is not None and self._stop.is_set():
                         return  # not sent: these contacts are redone by a resumed run
                     for outcome in await self.run_batch(batch):
-                        await send_outcomes.send(outcome)
+                        await send_soon(send_outcomes, outcome)
                 except Stopping:
                     return
                 finally:
@@ -440,7 +441,7 @@ class BulkPath:
                 for outcome in await self._settle(
                     [finished], [(finished, item.contacts)], item.targets
                 ):
-                    await send_outcomes.send(outcome)
+                    await send_soon(send_outcomes, outcome)
 
     async def _submit(
         self, contacts: tuple[Contact, ...], targets: tuple[str, ...]

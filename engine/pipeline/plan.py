@@ -22,6 +22,7 @@ from anyio.abc import ObjectReceiveStream, ObjectSendStream
 from engine.backend.protocol import ListInfo
 from engine.pipeline.config import MigrationConfig
 from engine.pipeline.models import Batch, Contact, Outcome, Rejected, SourceRow
+from engine.pipeline.streams import batches, send_soon
 
 __all__ = ["Planner", "estimate_bytes"]
 
@@ -134,15 +135,16 @@ class Planner:
             tg.start_soon(self._release_loop)
             if self.config.linger > 0:
                 tg.start_soon(self._linger_loop)
-            async for item in receive_rows:
-                if isinstance(item, Rejected):
-                    await send_outcomes.send(_rejected(item))
-                    continue
-                contact = self.contact(item)
-                if isinstance(contact, Rejected):
-                    await send_outcomes.send(_rejected(contact))
-                    continue
-                await self._add(contact)
+            async for items in batches(receive_rows):
+                for item in items:
+                    if isinstance(item, Rejected):
+                        await send_outcomes.send(_rejected(item))
+                        continue
+                    contact = self.contact(item)
+                    if isinstance(contact, Rejected):
+                        await send_outcomes.send(_rejected(contact))
+                        continue
+                    await self._add(contact)
             await self._flush_all()
             while self._deferred:
                 self._idle = anyio.Event()
@@ -178,7 +180,7 @@ class Planner:
             async with self._flush_lock:
                 if self._stop is None or not self._stop.is_set():
                     self._in_flight.add(contact.email)
-                    await self._out[0].send(contact)
+                    await send_soon(self._out[0], contact)
             return
         key = contact.target_set
         other_key = self._where.get(contact.email)
@@ -232,7 +234,7 @@ class Planner:
             await send_batches.send(Batch(contacts, contacts[0].targets))
         else:
             for contact in contacts:
-                await send_contacts.send(contact)
+                await send_soon(send_contacts, contact)
 
 
 def _rejected(item: Rejected) -> Outcome:

@@ -6,6 +6,7 @@ import contextlib
 import dataclasses
 import json
 from collections.abc import Callable, Mapping, MutableMapping, MutableSet
+from json.encoder import encode_basestring
 from pathlib import Path
 from typing import IO, TypeVar
 
@@ -17,12 +18,18 @@ from engine.errors import OutputError
 from engine.journal import Intent, Journal
 from engine.pipeline.models import REACTIVATED, Outcome, join_notes
 from engine.pipeline.stats import RunStats
+from engine.pipeline.streams import batches
 
 __all__ = ["ReportWriter", "record_outcomes"]
 
 T = TypeVar("T")
 
 SUCCESSES = frozenset({"created", "updated", "unchanged", "bulk_added"})
+
+
+def _string(text: str) -> str:
+    """A JSON string, as `json.dumps(text, ensure_ascii=False)` writes it."""
+    return encode_basestring(text)
 
 
 class ReportWriter:
@@ -42,6 +49,7 @@ class ReportWriter:
     def __init__(self, path: Path | None, list_names: Mapping[str, str]) -> None:
         self.path = path
         self._names = dict(list_names)
+        self._encoded: dict[tuple[str, ...], str] = {}
         self._buffer: list[str] = []
         self._file: IO[str] | None = None
 
@@ -67,21 +75,33 @@ class ReportWriter:
             ) from exc
 
     def line(self, outcome: Outcome) -> str:
-        """The JSON line of an outcome."""
-        record: dict[str, object] = {"email": outcome.email, "outcome": outcome.kind}
+        """The JSON line of an outcome: `json.dumps` of the record, built from its parts
+        (the arrays of list names are encoded once per set of lists, not once per line)."""
+        parts = ['{"email": ', _string(outcome.email), ', "outcome": ', _string(outcome.kind)]
         if outcome.kind not in SUCCESSES or outcome.reason:
-            record["reason"] = outcome.reason
-        record["lists_added"] = [self._names.get(k, k) for k in outcome.lists_added]
+            parts += [', "reason": ', _string(outcome.reason)]
+        parts += [', "lists_added": ', self._names_of(tuple(outcome.lists_added))]
         if outcome.targets:
-            record["targets"] = [self._names.get(k, k) for k in outcome.targets]
+            parts += [', "targets": ', self._names_of(tuple(outcome.targets))]
         if outcome.lists_before is not None:
-            record["lists_before"] = [self._names.get(k, k) for k in outcome.lists_before]
-        record["rows"] = list(outcome.rows)
+            parts += [', "lists_before": ', self._names_of(tuple(outcome.lists_before))]
+        parts += [', "rows": [', ", ".join(map(str, outcome.rows)), "]"]
         if outcome.path:
-            record["path"] = outcome.path
+            parts += [', "path": ', _string(outcome.path)]
         if outcome.note:
-            record["note"] = outcome.note
-        return json.dumps(record, ensure_ascii=False) + "\n"
+            parts += [', "note": ', _string(outcome.note)]
+        parts.append("}\n")
+        return "".join(parts)
+
+    def _names_of(self, ids: tuple[str, ...]) -> str:
+        """The JSON array of the lists' names, kept per tuple of ids (contacts share them)."""
+        encoded = self._encoded.get(ids)
+        if encoded is None:
+            if len(self._encoded) >= 10_000:  # lists before vary: keep the cache bounded
+                self._encoded.clear()
+            names = [self._names.get(k, k) for k in ids]
+            encoded = self._encoded[ids] = json.dumps(names, ensure_ascii=False)
+        return encoded
 
     async def write(self, outcome: Outcome) -> None:
         """Add an outcome; flushes every 2,000 lines."""
@@ -199,22 +219,23 @@ async def record_outcomes(
     """
     stage = stats.stages["record"]
     async with receive_outcomes:
-        async for outcome in receive_outcomes:
-            if outcome.path:
-                outcome = _settled(outcome, notes, row_notes, intents, maybe_added)
-            stats.outcomes[outcome.kind] += len(outcome.rows)
-            if outcome.path:
-                stats.path_rows[outcome.path] += len(outcome.rows)
-            if REACTIVATED in outcome.note:
-                stats.reactivated += 1
-            stats.emails += 1
-            stage.done += 1
-            if journal is not None:
-                await journal.record(outcome)
-            await writer.write(outcome)
-            # Only a planned contact's outcome (it has a path) ends a write; a rejected row
-            # that names an email being written must not release that email (I5).
-            if outcome.email and outcome.path:
-                on_done(outcome.email)
-            if on_outcome is not None:
-                on_outcome(outcome)
+        async for batch in batches(receive_outcomes):
+            for outcome in batch:
+                if outcome.path:
+                    outcome = _settled(outcome, notes, row_notes, intents, maybe_added)
+                stats.outcomes[outcome.kind] += len(outcome.rows)
+                if outcome.path:
+                    stats.path_rows[outcome.path] += len(outcome.rows)
+                if REACTIVATED in outcome.note:
+                    stats.reactivated += 1
+                stats.emails += 1
+                stage.done += 1
+                if journal is not None:
+                    await journal.record(outcome)
+                await writer.write(outcome)
+                # Only a planned contact's outcome (it has a path) ends a write; a rejected row
+                # that names an email being written must not release that email (I5).
+                if outcome.email and outcome.path:
+                    on_done(outcome.email)
+                if on_outcome is not None:
+                    on_outcome(outcome)

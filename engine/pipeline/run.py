@@ -62,6 +62,7 @@ from engine.pipeline.put import put_contacts, send_write
 from engine.pipeline.read import Source, SourceReader
 from engine.pipeline.record import ReportWriter, record_outcomes
 from engine.pipeline.stats import Progress, RunStats, fan_out
+from engine.pipeline.streams import send_soon
 
 __all__ = ["MigrationReport", "migrate", "prepare_lists", "snapshot_members"]
 
@@ -472,7 +473,7 @@ class _Run:
                 # Put on the contact's outcome by the record stage (and taken off there).
                 earlier = self.row_notes.get(item.email, "")
                 self.row_notes[item.email] = join_notes(earlier, *item.warnings)
-            await send.send(item)
+            await send_soon(send, item)
 
     async def intend_activity(self, batch: Batch) -> None:
         """Journal an activity's contacts before it is posted: a run killed after the POST

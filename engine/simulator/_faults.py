@@ -74,6 +74,7 @@ class Faults:
         route_error_rates: Extra probabilities of a 500 or 503 by route label.
         error_after_commit_rate: Probability that an applied write is answered 500.
         lose_answer_rate: Probability that an applied write gets no answer.
+        route_lose_rates: Extra probabilities of a lost answer by route label.
     """
 
     def __init__(
@@ -88,6 +89,7 @@ class Faults:
         route_error_rates: Mapping[str, float] | None = None,
         error_after_commit_rate: float = 0.0,
         lose_answer_rate: float = 0.0,
+        route_lose_rates: Mapping[str, float] | None = None,
     ) -> None:
         self._rng = rng
         self._latency_ms = latency_ms
@@ -98,6 +100,7 @@ class Faults:
         self._route_rates = dict(route_error_rates or {})
         self._after_commit_rate = error_after_commit_rate
         self._lose_rate = lose_answer_rate
+        self._route_lose = dict(route_lose_rates or {})
 
     @classmethod
     def from_config(
@@ -108,6 +111,7 @@ class Faults:
         latency_lognormal: bool = False,
         route_error_rates: Mapping[str, float] | None = None,
         error_after_commit_rate: float = 0.0,
+        route_lose_rates: Mapping[str, float] | None = None,
     ) -> Faults:
         """The faults of a dialect's `config`, plus the settings only one dialect has."""
         return cls(
@@ -120,6 +124,7 @@ class Faults:
             route_error_rates=route_error_rates,
             error_after_commit_rate=error_after_commit_rate,
             lose_answer_rate=config.lose_answer_rate,
+            route_lose_rates=route_lose_rates,
         )
 
     def delay(self) -> float:
@@ -145,12 +150,15 @@ class Faults:
             return rng.choice(_SERVER_ERRORS)
         return None
 
-    def after_write(self) -> After | None:
-        """The failure of a write after it was applied, if any."""
+    def after_write(self, route: str = "") -> After | None:
+        """The failure of a write to `route` after it was applied, if any."""
         rng = self._rng
         if self._after_commit_rate and rng.random() < self._after_commit_rate:
             return "error"
         if self._lose_rate and rng.random() < self._lose_rate:
+            return "lose"
+        route_rate = self._route_lose.get(route, 0.0)
+        if route_rate and rng.random() < route_rate:
             return "lose"
         return None
 
@@ -191,7 +199,7 @@ class Faults:
         response = await handler(request)
         if request.method in WRITE_METHODS and response.status < 400:
             store.revision += 1
-            after = self.after_write()
+            after = self.after_write(route)
             if after == "error":
                 return server_error(500)
             if after == "lose":

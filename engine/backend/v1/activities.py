@@ -11,7 +11,6 @@ from __future__ import annotations
 import csv
 import io
 from collections.abc import Mapping, Sequence
-from urllib.parse import urlencode
 
 from engine.errors import ActivityTooLargeError
 from engine.fields import field_text
@@ -59,6 +58,22 @@ def line_number(row_index: int) -> int:
     return row_index + 2
 
 
+#: What `urllib.parse.quote_plus` leaves as it is; every other byte is `%XX`, a space `+`.
+_SAFE_BYTES = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-~")
+_QUOTE_TABLE = {b: "+" if b == 0x20 else f"%{b:02X}" for b in range(256) if b not in _SAFE_BYTES}
+
+
+def form_encode(form: Sequence[tuple[str, str]]) -> str:
+    """`urllib.parse.urlencode(form)`, byte for byte, at C speed: its `quote_plus` loops in
+    Python over every byte of a value, and an activity's data is megabytes (a third of
+    the CPU of encoding one). Each value's UTF-8 bytes are mapped by one `str.translate`."""
+
+    def quote(text: str) -> str:
+        return text.encode("utf-8").decode("latin-1").translate(_QUOTE_TABLE)
+
+    return "&".join(f"{quote(key)}={quote(value)}" for key, value in form)
+
+
 def encode_add_contacts(
     rows: Sequence[Mapping[str, str]],
     list_uris: Sequence[str],
@@ -103,7 +118,7 @@ def encode_add_contacts(
     )
     form = [("activityType", "ADD_CONTACTS"), ("data", text.getvalue().rstrip("\n"))]
     form += [("lists", uri) for uri in list_uris]
-    body = urlencode(form).encode("ascii")
+    body = form_encode(form).encode("ascii")
     if len(body) > max_bytes:
         raise ActivityTooLargeError(
             f"the activity body is {len(body)} bytes, over the cap of {max_bytes}"

@@ -488,8 +488,13 @@ async def fault_middleware(request: web.Request, handler: Handler) -> web.Stream
     if not request.path.startswith("/ws/"):
         return await handler(request)
     app = request.app
-    return await app[STATE_KEY].faults.serve(
-        request, handler, store=app[STORE_KEY], server_error=_server_error
+    state = app[STATE_KEY]
+    return await state.faults.serve(
+        request,
+        handler,
+        store=app[STORE_KEY],
+        server_error=_server_error,
+        route=_route_label(request, state.route_labels),
     )
 
 
@@ -644,7 +649,12 @@ def create_app(config: SimulatorConfig, store: AccountStore | None = None) -> we
             bucket_clock=time.monotonic,
             day_clock=store.clock,
         ),
-        faults=Faults.from_config(rng, config, latency_lognormal=config.latency_lognormal),
+        faults=Faults.from_config(
+            rng,
+            config,
+            latency_lognormal=config.latency_lognormal,
+            route_lose_rates=config.route_lose_rates,
+        ),
         activities=ActivityRunner(
             store,
             rng,

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 from typing import Literal
 
 __all__ = ["SimulatorConfig"]
@@ -104,6 +106,8 @@ class SimulatorConfig:
         reset_rate: Probability of aborting the connection without an answer (no effect).
         lose_answer_rate: Probability that a successful write (POST, PUT, DELETE) is applied
             and its answer lost: the connection is aborted after the handler ran.
+        route_lose_rates: Extra probabilities of a lost answer by route label (as the
+            statistics name routes, e.g. `POST activities`).
         seed: Seed of the one random generator behind faults and jitter (activity ids are
             random whatever the seed, so that a restarted server never repeats one).
     """
@@ -162,6 +166,7 @@ class SimulatorConfig:
     error_rate: float = 0.0
     reset_rate: float = 0.0
     lose_answer_rate: float = 0.0
+    route_lose_rates: Mapping[str, float] = field(default_factory=lambda: MappingProxyType({}))
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -211,6 +216,8 @@ class SimulatorConfig:
             rate: float = getattr(self, name)
             _check(0 <= rate <= 1, name, "must be a probability in [0, 1]")
         _check(self.error_rate + self.reset_rate <= 1, "error_rate", "error_rate + reset_rate > 1")
+        for label, probability in self.route_lose_rates.items():
+            _check(0 <= probability <= 1, "route_lose_rates", f"{label}: not a probability")
         _check(
             self.rate_limit is None or (_finite(self.rate_limit) and self.rate_limit > 0),
             "rate_limit",
