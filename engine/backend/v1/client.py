@@ -362,40 +362,40 @@ class Account:
                 self._told_unreachable = True
                 log.warning("%s; retrying (this is said once per run)", error)
 
-        async for attempt in (retry or self.retry).retrying(
-            sleep=self._sleep, on_retry=count_retry
-        ):
-            with attempt:
-                answer = await self._attempt(session, method, target, data, headers, prepaid)
-                prepaid = False  # a retry waits for its own turn
-                if answer.status not in expect:
-                    error = classify(
-                        answer.status,
-                        method=method,
-                        url=url,
-                        kind=kind,
-                        body=answer.body,
-                        headers=answer.headers,
-                    )
-                    if isinstance(error, ThrottledError):
-                        self.governor.on_throttle(error.retry_after)
-                    if isinstance(error, ConflictError):
-                        error.after_retry = attempt.retry_state.attempt_number > 1
-                    raise error
-                self.governor.on_success()
-                if answer.body and "html" in answer.headers.get("Content-Type", "").lower():
-                    raise MalformedResponseError(
-                        "expected XML, the server answered HTML",
-                        status=answer.status,
-                        method=method,
-                        url=url,
-                    )
-                try:
-                    return parse(answer.body)
-                except MalformedResponseError as exc:
-                    exc.status, exc.method, exc.url = answer.status, method, url
-                    raise
-        raise AssertionError("unreachable: tenacity re-raises the last error")  # pragma: no cover
+        async def one(number: int) -> T:
+            # A retry waits for its own turn (the first may have taken it already).
+            answer = await self._attempt(
+                session, method, target, data, headers, prepaid and number == 1
+            )
+            if answer.status not in expect:
+                error = classify(
+                    answer.status,
+                    method=method,
+                    url=url,
+                    kind=kind,
+                    body=answer.body,
+                    headers=answer.headers,
+                )
+                if isinstance(error, ThrottledError):
+                    self.governor.on_throttle(error.retry_after)
+                if isinstance(error, ConflictError):
+                    error.after_retry = number > 1
+                raise error
+            self.governor.on_success()
+            if answer.body and "html" in answer.headers.get("Content-Type", "").lower():
+                raise MalformedResponseError(
+                    "expected XML, the server answered HTML",
+                    status=answer.status,
+                    method=method,
+                    url=url,
+                )
+            try:
+                return parse(answer.body)
+            except MalformedResponseError as exc:
+                exc.status, exc.method, exc.url = answer.status, method, url
+                raise
+
+        return await (retry or self.retry).call(one, sleep=self._sleep, on_retry=count_retry)
 
     async def _attempt(
         self,

@@ -259,38 +259,36 @@ class V3Client:
         def count_retry(error: RetryableApiError, wait: float) -> None:
             self.retries += 1
 
-        async for attempt in (retry or self.retry).retrying(
-            sleep=self._sleep, on_retry=count_retry
-        ):
-            with attempt:
-                answer = await self._authorized(session, method, target, body, prepaid)
-                prepaid = False  # a retry waits for its own turn
-                if answer.status not in expect:
-                    error = classify(
-                        answer.status,
-                        method=method,
-                        url=str(target),
-                        body=answer.body,
-                        headers=answer.headers,
-                    )
-                    if isinstance(error, ThrottledError):
-                        self.governor.on_throttle(error.retry_after)
-                    if isinstance(error, ConflictError):
-                        error.after_retry = attempt.retry_state.attempt_number > 1
-                    raise error
-                self.governor.on_success()
-                if not answer.body.strip():
-                    return None
-                try:
-                    return json.loads(answer.body)
-                except (ValueError, RecursionError) as exc:  # RecursionError: deep nesting
-                    raise MalformedResponseError(
-                        f"the answer is not JSON: {type(exc).__name__}",
-                        status=answer.status,
-                        method=method,
-                        url=str(target),
-                    ) from None
-        raise AssertionError("unreachable: tenacity re-raises the last error")  # pragma: no cover
+        async def one(number: int) -> Any:
+            # A retry waits for its own turn (the first may have taken it already).
+            answer = await self._authorized(session, method, target, body, prepaid and number == 1)
+            if answer.status not in expect:
+                error = classify(
+                    answer.status,
+                    method=method,
+                    url=str(target),
+                    body=answer.body,
+                    headers=answer.headers,
+                )
+                if isinstance(error, ThrottledError):
+                    self.governor.on_throttle(error.retry_after)
+                if isinstance(error, ConflictError):
+                    error.after_retry = number > 1
+                raise error
+            self.governor.on_success()
+            if not answer.body.strip():
+                return None
+            try:
+                return json.loads(answer.body)
+            except (ValueError, RecursionError) as exc:  # RecursionError: deep nesting
+                raise MalformedResponseError(
+                    f"the answer is not JSON: {type(exc).__name__}",
+                    status=answer.status,
+                    method=method,
+                    url=str(target),
+                ) from None
+
+        return await (retry or self.retry).call(one, sleep=self._sleep, on_retry=count_retry)
 
     async def _authorized(
         self,

@@ -219,3 +219,76 @@ async def test_on_retry_sees_each_error_and_wait(fake_time: FakeTime) -> None:
         on_retry=lambda error, wait: seen.append((error, wait)),
     )
     assert seen == [(first, 3.0), (second, 0.0)]
+
+
+async def _call(
+    policy: RetryPolicy, errors: list[BaseException | None], sleep: Callable[[float], object]
+) -> tuple[str, int, list[int]]:
+    """`policy.call` on attempts that raise `errors` in turn; the result, calls, numbers."""
+    numbers: list[int] = []
+
+    async def attempt(number: int) -> str:
+        numbers.append(number)
+        error = errors[min(len(numbers) - 1, len(errors) - 1)]
+        if error is not None:
+            raise error
+        return "ok"
+
+    result = await policy.call(attempt, sleep=sleep)  # type: ignore[arg-type]
+    return result, len(numbers), numbers
+
+
+@pytest.mark.parametrize(
+    "errors",
+    [
+        pytest.param([None], id="first-try"),
+        pytest.param([ServerError("500"), None], id="second-try"),
+        pytest.param(
+            [ThrottledError("slow", retry_after=7.5), ServerError("503"), ServerError("500"), None],
+            id="retry-after-then-backoff",
+        ),
+    ],
+)
+async def test_call_waits_and_numbers_attempts_as_retrying_does(
+    fake_time: FakeTime, monkeypatch: pytest.MonkeyPatch, errors: list[BaseException | None]
+) -> None:
+    """`call` (its first attempt outside tenacity) makes the same attempts, numbered 1, 2,
+    …, with the same waits, as a `retrying` loop."""
+    monkeypatch.setattr("engine.backend.retry.time", fake_time)
+    policy = RetryPolicy(attempts=5, wait_initial=0.5, wait_max=3.0, wait_jitter=0.0)
+    expected = await _run(policy, errors, fake_time.sleep)
+    looped = list(fake_time.sleeps)
+    fake_time.sleeps.clear()
+    result, calls, numbers = await _call(policy, errors, fake_time.sleep)
+    assert (result, calls) == expected
+    assert numbers == list(range(1, calls + 1))
+    assert fake_time.sleeps == looped
+
+
+async def test_call_runs_a_first_success_without_tenacity(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A request answered at once never builds a tenacity loop."""
+
+    def no_loop(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a tenacity loop was built")
+
+    monkeypatch.setattr(RetryPolicy, "retrying", no_loop)
+
+    async def attempt(number: int) -> int:
+        return number
+
+    assert await RetryPolicy().call(attempt) == 1
+
+
+async def test_call_raises_the_last_error_when_attempts_or_time_run_out(
+    fake_time: FakeTime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Out of attempts: the last error; out of time before the first retry: the first."""
+    monkeypatch.setattr("engine.backend.retry.time", fake_time)
+    errors: list[BaseException | None] = [ServerError("a"), ServerError("b"), ServerError("c")]
+    with pytest.raises(ServerError, match="c"):
+        await _call(RetryPolicy(attempts=3, **NO_WAIT), errors, fake_time.sleep)
+    slow = RetryPolicy(attempts=5, timeout=1.0, wait_initial=2.0, wait_max=2.0, wait_jitter=0.0)
+    with pytest.raises(ServerError, match="a"):
+        await _call(slow, errors, fake_time.sleep)
