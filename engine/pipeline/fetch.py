@@ -17,6 +17,7 @@ from engine.backend.protocol import Backend, ContactRef, ContactState
 from engine.crashpoints import crash_point
 from engine.pipeline.models import Contact, Outcome
 from engine.pipeline.stats import StageStats, outcome_for_error
+from engine.pipeline.streams import send_soon
 
 __all__ = ["Found", "fetch_contacts", "receive_batch"]
 
@@ -110,7 +111,7 @@ async def _search(
         crash_point("search")
     except Exception as exc:
         for contact in batch:
-            await send_outcomes.send(outcome_for_error(contact, exc, "contact"))
+            await send_soon(send_outcomes, outcome_for_error(contact, exc, "contact"))
         return
     for contact in batch:
-        await send_found.send(Found(contact, found.get(contact.email)))
+        await send_soon(send_found, Found(contact, found.get(contact.email)))

@@ -12,6 +12,7 @@ from engine.backend.protocol import Backend, ContactRef, ContactState, ListWrite
 from engine.pipeline.fetch import Found
 from engine.pipeline.models import Contact, Outcome
 from engine.pipeline.stats import StageStats, fan_out, outcome_for_error
+from engine.pipeline.streams import send_soon
 
 __all__ = ["Write", "decide", "merge_lists"]
 
@@ -144,9 +145,9 @@ async def merge_lists(
                     stats.busy -= 1
                 stats.done += 1
                 if isinstance(result, Write):
-                    await send.send(result)
+                    await send_soon(send, result)
                 else:
-                    await outcomes.send(result)
+                    await send_soon(outcomes, result)
 
     async with send_outcomes:
         await fan_out(worker, receive_found, send_writes, limit=limit)

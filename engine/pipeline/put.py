@@ -18,6 +18,7 @@ from engine.errors import ConflictError, DoNotMailError, RetryableApiError
 from engine.pipeline.merge import Write, decide
 from engine.pipeline.models import REACTIVATED, REVIVED, Outcome, join_notes
 from engine.pipeline.stats import StageStats, outcome_for_error
+from engine.pipeline.streams import send_soon
 
 if TYPE_CHECKING:
     from engine.pipeline.append import Appends
@@ -350,11 +351,11 @@ async def put_contacts(
                     stats.busy -= 1
                 stats.done += 1
                 if refused is not None:
-                    await send_outcomes.send(refused)
+                    await send_soon(send_outcomes, refused)
                 elif write.added:
                     await appends.add(write)  # its outcome comes when the append is settled
                 else:
-                    await send_outcomes.send(updated_outcome(write))
+                    await send_soon(send_outcomes, updated_outcome(write))
                 continue
             stats.busy += 1
             try:
@@ -371,4 +372,4 @@ async def put_contacts(
             finally:
                 stats.busy -= 1
             stats.done += 1
-            await send_outcomes.send(outcome)
+            await send_soon(send_outcomes, outcome)
