@@ -3,19 +3,28 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
+from typing import Any
 
 import anyio
 import pytest
 
 from engine.backend import ContactState, V1Backend
-from engine.backend.v1 import Account, contact_state
+from engine.backend.v1 import Account, Credentials, RateGovernor, contact_state
 from engine.backend.v1.records import ContactEntry
 from engine.errors import ConnectionLostError
+from engine.pipeline.config import MigrationConfig
 from engine.pipeline.merge import Write, decide
 from engine.pipeline.models import Contact
 from engine.pipeline.put import send_write
+from engine.pipeline.run import migrate
 from engine.simulator import RunningSimulator
+
+from .conftest import sim_stats
+
+#: `start_simulator` (tests/conftest.py): `async with start(**overrides) as (sim, session)`.
+SimulatorStarter = Callable[..., Any]
 
 
 async def _write(
@@ -146,3 +155,37 @@ async def test_a_put_applied_whose_answer_was_lost_is_updated_not_unchanged(
     assert "answer to its PUT was lost" in outcome.note
     assert len(calls) == 1  # found on its lists: not sent again
     assert _lists(simulator, "jane@example.com") == {a, b}
+
+
+@pytest.mark.timeout(60)
+async def test_at_the_documented_rate_no_read_goes_stale_behind_the_other_workers(
+    start_simulator: SimulatorStarter, fast_config: MigrationConfig
+) -> None:
+    """At a 4/s limit, configured, with the default eight put workers: the workers that
+    read and write are as many as the rate lets write within `stale_after`, so each
+    existing contact costs its search share, a GET and a PUT (no read again, no
+    throttle)."""
+    async with start_simulator(rate_limit=4.0) as (sim, _):
+        store = sim.store
+        a, b = store.create_list("A"), store.create_list("B")
+        emails = [f"c{n:02d}@example.com" for n in range(16)]
+        for email in emails:
+            store.add_contact(email, lists=[a])
+        config = dataclasses.replace(fast_config, bulk_threshold=None)
+        account = Account(
+            Credentials(sim.config.username, sim.config.api_key, sim.config.password),
+            base_url=sim.base_url,
+            ca_file=sim.ca_path,
+            governor=RateGovernor(rate=4.0, concurrency=8),
+        )
+        async with account:
+            with anyio.fail_after(40):
+                report = await migrate(
+                    account, [{"email": e} for e in emails], lists=["B"], config=config
+                )
+            stats = await sim_stats(sim)
+    assert report.outcomes["updated"] == 16
+    assert report.throttles == 0
+    gets = stats["by_route"].get("GET contacts/{id}", 0)
+    assert gets == 16, stats["by_route"]  # one read a contact: none read again
+    assert all(_lists(sim, e) == {a, b} for e in emails)
