@@ -14,6 +14,7 @@ import ssl
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NoReturn
 from urllib.parse import unquote, urlsplit
 
 import aiohttp
@@ -21,7 +22,15 @@ from multidict import CIMultiDictProxy
 from yarl import URL
 
 from engine.backend.governor import RateGovernor
-from engine.errors import ConfigError, ConnectionLostError, FatalApiError, MalformedResponseError
+from engine.errors import (
+    ApiError,
+    ConfigError,
+    ConflictError,
+    ConnectionLostError,
+    FatalApiError,
+    MalformedResponseError,
+    ThrottledError,
+)
 
 __all__ = [
     "Answer",
@@ -31,6 +40,7 @@ __all__ = [
     "is_loopback",
     "open_session",
     "read_capped",
+    "refused",
     "retry_after",
 ]
 
@@ -218,3 +228,14 @@ async def attempt(
                 method=method,
                 url=str(url),
             ) from exc
+
+
+def refused(error: ApiError, governor: RateGovernor, attempt_number: int) -> NoReturn:
+    """Raise the classified error of an answer that is not a success, after telling the
+    governor of a throttle; a conflict met by a retry says so (its first try may have been
+    applied, its answer lost)."""
+    if isinstance(error, ThrottledError):
+        governor.on_throttle(error.retry_after)
+    if isinstance(error, ConflictError):
+        error.after_retry = attempt_number > 1
+    raise error

@@ -27,7 +27,14 @@ import aiohttp
 from yarl import URL
 
 from engine.backend import _http
-from engine.backend._http import Answer, check_base_url, follow_link, open_session, retry_after
+from engine.backend._http import (
+    Answer,
+    check_base_url,
+    follow_link,
+    open_session,
+    refused,
+    retry_after,
+)
 from engine.backend.governor import RateGovernor
 from engine.backend.retry import RetryPolicy
 from engine.backend.v1 import codec
@@ -376,11 +383,7 @@ class Account:
                     body=answer.body,
                     headers=answer.headers,
                 )
-                if isinstance(error, ThrottledError):
-                    self.governor.on_throttle(error.retry_after)
-                if isinstance(error, ConflictError):
-                    error.after_retry = number > 1
-                raise error
+                refused(error, self.governor, number)
             self.governor.on_success()
             if answer.body and "html" in answer.headers.get("Content-Type", "").lower():
                 raise MalformedResponseError(

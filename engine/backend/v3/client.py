@@ -23,7 +23,14 @@ import aiohttp
 from yarl import URL
 
 from engine.backend import _http
-from engine.backend._http import Answer, check_base_url, follow_link, open_session, retry_after
+from engine.backend._http import (
+    Answer,
+    check_base_url,
+    follow_link,
+    open_session,
+    refused,
+    retry_after,
+)
 from engine.backend.governor import RateGovernor
 from engine.backend.retry import RetryPolicy
 from engine.backend.v3.auth import V3Auth
@@ -270,11 +277,7 @@ class V3Client:
                     body=answer.body,
                     headers=answer.headers,
                 )
-                if isinstance(error, ThrottledError):
-                    self.governor.on_throttle(error.retry_after)
-                if isinstance(error, ConflictError):
-                    error.after_retry = number > 1
-                raise error
+                refused(error, self.governor, number)
             self.governor.on_success()
             if not answer.body.strip():
                 return None
