@@ -45,7 +45,9 @@ from engine.pipeline.models import Contact, Outcome
 
 __all__ = ["Intent", "Journal", "PendingActivity", "journal_identity"]
 
-SCHEMA_VERSION = "4"
+SCHEMA_VERSION = "5"
+#: Earlier formats this one opens and upgrades in place (5 added `bulk_intents`).
+_READS = frozenset({"4", SCHEMA_VERSION})
 #: Marks a journal of this engine (meta `engine`): no other file is adopted or deleted.
 ENGINE_MARK = "ctct-migration-engine"
 
@@ -83,6 +85,12 @@ CREATE TABLE IF NOT EXISTS intents (
     kind TEXT NOT NULL,         -- 'created' (POST) or 'updated' (PUT)
     lists_before TEXT NOT NULL, -- JSON list of the list keys it was on before the write
     lists_added TEXT NOT NULL,  -- JSON list of the list keys the write adds
+    run INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS bulk_intents (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    targets TEXT NOT NULL,      -- JSON list of the list keys the activity adds
+    emails TEXT NOT NULL,       -- JSON list of the emails of an activity about to be posted
     run INTEGER NOT NULL
 );
 CREATE TABLE IF NOT EXISTS snapshot (
@@ -225,6 +233,7 @@ class Journal:
         self._db: sqlite3.Connection | None = None
         self._lock_fd: int | None = None
         self._intents: list[tuple[Any, ...]] = []
+        self._bulk_intents: list[tuple[Any, ...]] = []
         self._intent_lock = anyio.Lock()
         self._intent_error: OutputError | None = None
         self.run = 0
@@ -369,7 +378,7 @@ class Journal:
                 f"{self.path} is not a journal of this engine ({exc}); pass another --journal "
                 "path or delete the file"
             ) from exc
-        if found and found.get("version") != SCHEMA_VERSION:
+        if found and found.get("version") not in _READS:
             db.close()
             raise ConfigError(
                 f"the journal {self.path} was written by another version of the engine "
@@ -398,6 +407,8 @@ class Journal:
                     ("created", str(time.time())),
                 ],
             )
+        elif found.get("version") != SCHEMA_VERSION:  # its new tables were just created
+            db.execute("UPDATE meta SET value = ? WHERE name = 'version'", (SCHEMA_VERSION,))
         self.resumed = bool(found)
         cursor = db.execute(
             "INSERT INTO runs (started, pid) VALUES (?, ?)", (time.time(), os.getpid())
@@ -607,31 +618,43 @@ class Journal:
         self, writes: Iterable[tuple[str, str, Iterable[str], Iterable[str]]]
     ) -> None:
         """`intend` for many contacts at once, in one commit: (email, kind, lists before,
-        lists added) each; a bulk activity's contacts, before it is posted, are
-        `bulk_added` with no lists before (none were read)."""
+        lists added) each."""
         self._intents += [
             (email, kind, json.dumps(sorted(before)), json.dumps(list(added)), self.run)
             for email, kind, before, added in writes
         ]
+        await self._commit_intents()
+
+    async def intend_bulk(self, emails: Sequence[str], targets: Sequence[str]) -> None:
+        """`intend` for the contacts of a bulk activity about to be posted, in one row: they
+        are `bulk_added` to `targets`, with no lists before (none were read)."""
+        self._bulk_intents.append((_json_ids(tuple(targets)), json.dumps(list(emails)), self.run))
+        await self._commit_intents()
+
+    async def _commit_intents(self) -> None:
+        """Commit every intent buffered so far; writes waiting at the same moment share one
+        transaction (the first to take the lock commits the others' too)."""
         async with self._intent_lock:
             if self._intent_error is not None:
                 # A commit failed (a full disk), ours perhaps with it: the write must not go.
                 raise OutputError(str(self._intent_error)) from self._intent_error
-            if not self._intents:
+            if not self._intents and not self._bulk_intents:
                 return  # the holder before us committed ours with its own
             rows, self._intents = self._intents, []
+            bulk, self._bulk_intents = self._bulk_intents, []
             with anyio.CancelScope(shield=True):
                 try:
-                    await self._call(self._write_intents, rows)
+                    await self._call(self._write_intents, rows, bulk)
                 except OutputError as exc:
                     self._intent_error = exc
                     raise
 
-    def _write_intents(self, rows: list[tuple[Any, ...]]) -> None:
+    def _write_intents(self, rows: list[tuple[Any, ...]], bulk: list[tuple[Any, ...]]) -> None:
         db = self._conn()
         with db:
             db.execute("BEGIN")
             db.executemany("INSERT OR REPLACE INTO intents VALUES (?,?,?,?,?)", rows)
+            db.executemany("INSERT INTO bulk_intents (targets, emails, run) VALUES (?,?,?)", bulk)
 
     async def earlier_intents(self) -> dict[str, Intent]:
         """Writes earlier runs were about to send whose outcome they never recorded."""
@@ -639,14 +662,30 @@ class Journal:
         return result
 
     def _earlier_intents_sync(self) -> dict[str, Intent]:
+        db = self._conn()
+        found: dict[str, tuple[int, Intent]] = {}
+        query = "SELECT targets, emails, run FROM bulk_intents WHERE run < ? ORDER BY seq"
+        for targets, emails, run in db.execute(query, (self.run,)):
+            added = tuple(json.loads(targets))
+            for email in json.loads(emails):
+                found[email] = (run, Intent("bulk_added", (), added))
+        if found:
+            done, retry = self._outcomes_sync(list(found))
+            for email in done | retry:
+                del found[email]
         query = (
-            "SELECT i.email, i.kind, i.lists_before, i.lists_added FROM intents i "
+            "SELECT i.email, i.kind, i.lists_before, i.lists_added, i.run FROM intents i "
             "LEFT JOIN outcomes o ON o.key = i.email WHERE o.key IS NULL AND i.run < ?"
         )
-        return {
-            email: Intent(kind, tuple(json.loads(before)), tuple(json.loads(added)))
-            for email, kind, before, added in self._conn().execute(query, (self.run,))
-        }
+        for email, kind, before, added, run in db.execute(query, (self.run,)):
+            # The latest intent stands: within a run, a contact's own write comes after its
+            # activity's (a contact of a failed activity is then sent alone).
+            if email not in found or found[email][0] <= run:
+                found[email] = (
+                    run,
+                    Intent(kind, tuple(json.loads(before)), tuple(json.loads(added))),
+                )
+        return {email: intent for email, (_, intent) in found.items()}
 
     # --- the pre-run snapshot ---------------------------------------------------------
 

@@ -9,7 +9,7 @@ import anyio
 import pytest
 
 from engine.errors import ConfigError, OutputError
-from engine.journal import Journal, journal_identity
+from engine.journal import Intent, Journal, journal_identity
 
 
 async def test_every_write_whose_intent_commit_failed_is_refused(
@@ -21,7 +21,7 @@ async def test_every_write_whose_intent_commit_failed_is_refused(
         tmp_path / "j.sqlite", identity=journal_identity("digest", ["A"], {})
     )
 
-    def full_disk(rows: object) -> None:
+    def full_disk(rows: object, bulk: object) -> None:
         raise sqlite3.OperationalError("database or disk is full")
 
     monkeypatch.setattr(journal, "_write_intents", full_disk)
@@ -59,7 +59,7 @@ async def test_a_journal_of_the_previous_format_is_refused_saying_how_to_go_on(
         await Journal.open(path, identity=journal_identity("digest", ["A"], {}))
 
     message = str(refused.value)
-    assert "journal format 3, this one reads 4" in message
+    assert "journal format 3, this one reads 5" in message
     assert "--restart" in message
     assert "another --journal" in message
 
@@ -104,3 +104,54 @@ async def test_outcomes_round_trip_and_are_counted_with_or_without_sqlite_json(
     assert await journal.counts() == counted
     monkeypatch.undo()
     await journal.aclose()
+
+
+async def test_a_bulk_activitys_intent_is_one_row_and_a_later_write_of_its_own_wins(
+    tmp_path: Path,
+) -> None:
+    """An activity's contacts are journaled as one row; the next run finds each of them
+    `bulk_added` with no lists before, except a contact with an outcome, and a contact sent
+    alone after its activity, whose own intent (the later one) stands."""
+    from engine.pipeline.models import Outcome
+
+    path = tmp_path / "j.sqlite"
+    identity = journal_identity("digest", ["A"], {})
+    journal = await Journal.open(path, identity=identity)
+    emails = [f"c{i}@example.com" for i in range(30)]
+    await journal.intend_bulk(emails, ["A", "B"])
+    await journal.intend("c1@example.com", "updated", ["C"], ["A", "B"])
+    await journal.record(Outcome("c2@example.com", "bulk_added", (4,), "", ("A", "B"), "bulk"))
+    await journal.aclose()
+    with sqlite3.connect(path) as db:
+        assert db.execute("SELECT COUNT(*) FROM bulk_intents").fetchone() == (1,)
+    db.close()
+
+    later = await Journal.open(path, identity=identity)
+    found = await later.earlier_intents()
+    await later.aclose()
+
+    assert set(found) == set(emails) - {"c2@example.com"}
+    assert found["c0@example.com"] == Intent("bulk_added", (), ("A", "B"))
+    assert found["c1@example.com"] == Intent("updated", ("C",), ("A", "B"))
+
+
+async def test_a_journal_of_format_4_is_resumed_and_upgraded(tmp_path: Path) -> None:
+    """A format-4 journal (before bulk intents had their table) opens, keeps its intents, and
+    is marked format 5."""
+    path = tmp_path / "j.sqlite"
+    identity = journal_identity("digest", ["A"], {})
+    journal = await Journal.open(path, identity=identity)
+    await journal.intend("a@example.com", "created", [], ["A"])
+    await journal.aclose()
+    with sqlite3.connect(path) as db:
+        db.execute("DROP TABLE bulk_intents")
+        db.execute("UPDATE meta SET value = '4' WHERE name = 'version'")
+    db.close()
+
+    again = await Journal.open(path, identity=identity)
+    assert again.resumed
+    assert await again.earlier_intents() == {"a@example.com": Intent("created", (), ("A",))}
+    await again.aclose()
+    with sqlite3.connect(path) as db:
+        assert db.execute("SELECT value FROM meta WHERE name = 'version'").fetchone() == ("5",)
+    db.close()

@@ -227,6 +227,8 @@ class _Columns:
             elif key in _BY_HEADER and _BY_HEADER[key] not in explicit.values():
                 # A field mapped explicitly takes no other column by its usual name.
                 self.mapping[position] = _BY_HEADER[key]
+        #: The positions the first pass reads: the email's and the lists'.
+        self.keys_at = [p for p, e in self.mapping.items() if e in (EMAIL, LISTS)]
         found = set(self.mapping.values())
         if EMAIL not in found:
             shown = ", ".join(repr(n) for n in self.names) or "no columns"
@@ -339,6 +341,29 @@ def _row(
     if reason:
         return Rejected(line, raw_email, reason)
     return SourceRow((line,), email, fields, lists, tuple(warnings))
+
+
+def _scan_row(
+    line: int, values: Mapping[str, Any] | list[str], columns: _Columns, options: ReadOptions
+) -> SourceRow | Rejected:
+    """`_row` for the first pass, which needs a row's email and lists only: a CSV row's
+    fields are neither cleaned nor checked (no field rejects a row; the second pass warns)."""
+    if not isinstance(values, list):
+        return _row(line, values, columns, options)
+    raw_email = ""
+    lists: tuple[str, ...] = ()
+    for position in columns.keys_at:
+        if position >= len(values):
+            continue
+        if columns.mapping[position] == LISTS:
+            names = (n.strip() for n in values[position].split(options.list_separator))
+            lists = tuple(dict.fromkeys(n for n in names if n))
+        else:
+            raw_email = values[position].strip()
+    email, reason = normalise_email(raw_email)
+    if reason:
+        return Rejected(line, raw_email, reason)
+    return SourceRow((line,), email, {}, lists, ())
 
 
 def _flat(value: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -524,14 +549,15 @@ class SourceReader:
 
     # --- files: synchronous, run in a worker thread -----------------------------------
 
-    def _file_rows(self, digest: Any = None) -> Iterator[SourceRow | Rejected]:
+    def _file_rows(self, digest: Any = None, make: Any = _row) -> Iterator[SourceRow | Rejected]:
+        """The file's rows; `make` builds each CSV row (`_scan_row` for the first pass)."""
         assert self.path is not None
         if self.format == "jsonl":
             yield from self._jsonl_rows(digest)
         else:
-            yield from self._csv_rows(digest)
+            yield from self._csv_rows(digest, make)
 
-    def _csv_rows(self, digest: Any = None) -> Iterator[SourceRow | Rejected]:
+    def _csv_rows(self, digest: Any = None, make: Any = _row) -> Iterator[SourceRow | Rejected]:
         assert self.path is not None
         lines = decoded_lines(self.path, self.options.encoding, digest)
         head = list(islice(lines, 50))
@@ -569,7 +595,7 @@ class SourceReader:
                 if bad:
                     yield Rejected(line, "", bad)
                     continue
-                yield _row(line, record, columns, self.options)
+                yield make(line, record, columns, self.options)
         except csv.Error as exc:
             raise SourceError(f"{self.path} line {reader.line_num}: {exc}") from exc
 
@@ -644,7 +670,7 @@ class SourceReader:
         # more than one bucket as Python ints: memory stays flat in the input size.
         buckets = [array("q") for _ in range(256)]
         digest = hashlib.sha256()
-        for item in self._file_rows(digest):
+        for item in self._file_rows(digest, _scan_row):
             scan.rows += 1
             if isinstance(item, Rejected):
                 scan.rejected += 1

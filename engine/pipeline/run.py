@@ -480,9 +480,7 @@ class _Run:
         """Journal an activity's contacts before it is posted: a run killed after the POST
         but before its id is journaled leaves them as writes that may have been applied."""
         if self.journal is not None:
-            await self.journal.intend_many(
-                (c.email, "bulk_added", (), batch.targets) for c in batch.contacts
-            )
+            await self.journal.intend_bulk([c.email for c in batch.contacts], batch.targets)
 
     async def on_submitted(self, activity: BulkActivity, batch: Batch) -> None:
         """Journal an activity as soon as its id is known, before it is relied on."""

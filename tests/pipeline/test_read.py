@@ -574,3 +574,30 @@ async def test_the_backends_field_limits_decide_what_is_kept(tmp_path: Path) -> 
         "City left out: 11 characters, the API's limit is 5 (--truncate-long-fields keeps "
         "the first 5)",
     )
+
+
+async def test_the_first_pass_counts_what_the_second_pass_reads(tmp_path: Path) -> None:
+    """The first pass reads only emails and lists, yet finds the rows, rejections, list names
+    and duplicates that the full read of every row gives."""
+    long_name = "x" * 200
+    source = write_text(
+        tmp_path / "mixed.csv",
+        "Email,First Name,Lists,Note\n"
+        f"A@Example.com ,Ann,Alpha; Beta ,{long_name}\n"
+        "not-an-email,Bob,Alpha,\n"
+        "short@example.com\n"
+        "\n"
+        ",Nobody,Alpha,\n"
+        "a@example.com,Ann again,Gamma;;Alpha,\n"
+        '"b@example.com","B, ""quoted""","Beta",\n',
+    )
+    reader = SourceReader(source, ReadOptions(lists_column="Lists"))
+    scan = await reader.scan()
+    full = list(reader._file_rows())
+
+    good = [item for item in full if isinstance(item, SourceRow)]
+    assert scan.rows == len(full) == 6
+    assert scan.rejected == len(full) - len(good) == 2
+    assert scan.list_names == {name for row in good for name in row.lists}
+    assert scan.list_names == {"Alpha", "Beta", "Gamma"}
+    assert scan.duplicates == {hash("a@example.com"): 2}
