@@ -10,6 +10,9 @@ rather than mixed in. It holds:
 - `activities`: every bulk activity id with the contacts it carries, written (and
   committed) right after the API answered the submission and before the engine relies on
   it; a resumed run polls these instead of submitting them again;
+- `intents` and `bulk_intents`: each write about to be sent (a contact's, or a bulk
+  activity's contacts in one row, before its POST), so that a run killed before its
+  outcome is journaled leaves the next run the truth of what was sent;
 - `runs` and `meta`: when each run started and ended, and the key.
 
 Outcomes are written in batches (every `batch` outcomes or `interval` seconds), so the
