@@ -21,8 +21,10 @@ batch and of requests in flight; redoing those is safe: the union of lists is id
 a repeated POST gets 409 and goes through the merge. WAL with `synchronous=NORMAL` survives
 a killed process (only a power cut can lose the last transactions).
 
-All SQLite work runs in one worker thread at a time (a capacity limiter of 1), never on the
-event loop.
+SQLite work runs one call at a time (a capacity limiter of 1), in a worker thread, except
+the commit of intents: a write waits for it, and a hop to a thread and back cost several
+times the commit itself (a small transaction appended to the WAL, never an fsync: the WAL
+is checkpointed from the worker thread, not by the commit that fills it).
 """
 
 from __future__ import annotations
@@ -239,6 +241,7 @@ class Journal:
         self._bulk_intents: list[tuple[Any, ...]] = []
         self._intent_lock = anyio.Lock()
         self._intent_error: OutputError | None = None
+        self._wal_pages = 0  # pages appended to the WAL since its last checkpoint (estimated)
         self.run = 0
         self.resumed = False
 
@@ -370,6 +373,9 @@ class Journal:
         try:
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=NORMAL")
+            # Checkpoints (which fsync) run in the worker thread (`_checkpoint_sync`), never
+            # in an intent's commit on the event loop.
+            db.execute("PRAGMA wal_autocheckpoint=0")
             db.executescript(_SCHEMA)
             found = dict(db.execute("SELECT name, value FROM meta").fetchall())
         except sqlite3.OperationalError:  # a full or read-only disk: told as such by `open`
@@ -455,11 +461,30 @@ class Journal:
         try:
             return await anyio.to_thread.run_sync(fn, *args, limiter=self._limiter)
         except (sqlite3.Error, OSError) as exc:
-            raise OutputError(
-                f"cannot write the journal {self.path}: {exc}. Nothing is lost (the account "
-                "holds every write made): make room or make the folder writable, then run "
-                "the same command again to resume"
-            ) from exc
+            raise self._output_error(exc) from exc
+
+    async def _call_here(self, fn: Any, *args: Any) -> Any:
+        """`_call` on the event loop's thread: for a short transaction that never fsyncs."""
+        async with self._limiter:  # no worker thread uses the connection meanwhile
+            try:
+                return fn(*args)
+            except (sqlite3.Error, OSError) as exc:
+                raise self._output_error(exc) from exc
+
+    def _output_error(self, exc: BaseException) -> OutputError:
+        return OutputError(
+            f"cannot write the journal {self.path}: {exc}. Nothing is lost (the account "
+            "holds every write made): make room or make the folder writable, then run "
+            "the same command again to resume"
+        )
+
+    def _checkpoint_sync(self, pages: int) -> None:
+        """Count `pages` written to the WAL; past SQLite's usual 1,000, checkpoint it (in
+        the worker thread: a checkpoint fsyncs)."""
+        self._wal_pages += pages
+        if self._wal_pages >= 1000:
+            self._conn().execute("PRAGMA wal_checkpoint(PASSIVE)")
+            self._wal_pages = 0
 
     # --- outcomes ---------------------------------------------------------------------
 
@@ -518,6 +543,8 @@ class Journal:
             db.execute("BEGIN")
             marks = ",".join("?" * 13)
             db.executemany(f"INSERT OR REPLACE INTO outcomes VALUES ({marks})", rows)
+        # About 20 outcomes a page, in the table and each of its two indexes.
+        self._checkpoint_sync(3 + len(rows) // 7)
 
     async def outcomes_of(self, emails: Sequence[str]) -> tuple[set[str], set[str]]:
         """Of `emails`: those with an outcome that holds, and those that failed earlier for a
@@ -623,7 +650,7 @@ class Journal:
         """`intend` for many contacts at once, in one commit: (email, kind, lists before,
         lists added) each."""
         self._intents += [
-            (email, kind, json.dumps(sorted(before)), json.dumps(list(added)), self.run)
+            (email, kind, _json_ids(tuple(sorted(before))), _json_ids(tuple(added)), self.run)
             for email, kind, before, added in writes
         ]
         await self._commit_intents()
@@ -647,7 +674,7 @@ class Journal:
             bulk, self._bulk_intents = self._bulk_intents, []
             with anyio.CancelScope(shield=True):
                 try:
-                    await self._call(self._write_intents, rows, bulk)
+                    await self._call_here(self._write_intents, rows, bulk)
                 except OutputError as exc:
                     self._intent_error = exc
                     raise
@@ -656,8 +683,13 @@ class Journal:
         db = self._conn()
         with db:
             db.execute("BEGIN")
-            db.executemany("INSERT OR REPLACE INTO intents VALUES (?,?,?,?,?)", rows)
-            db.executemany("INSERT INTO bulk_intents (targets, emails, run) VALUES (?,?,?)", bulk)
+            if rows:
+                db.executemany("INSERT OR REPLACE INTO intents VALUES (?,?,?,?,?)", rows)
+            if bulk:
+                db.executemany(
+                    "INSERT INTO bulk_intents (targets, emails, run) VALUES (?,?,?)", bulk
+                )
+        self._wal_pages += 2 + len(rows) // 20 + sum(len(b[1]) for b in bulk) // 4000
 
     async def earlier_intents(self) -> dict[str, Intent]:
         """Writes earlier runs were about to send whose outcome they never recorded."""
@@ -750,6 +782,7 @@ class Journal:
 
     def _exec(self, sql: str, args: tuple[Any, ...]) -> None:
         self._conn().execute(sql, args)
+        self._checkpoint_sync(2 + sum(len(a) for a in args if isinstance(a, str)) // 4000)
 
     async def pending_activities(self) -> list[PendingActivity]:
         """Activities submitted earlier whose contacts have no outcome yet."""

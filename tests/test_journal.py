@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from pathlib import Path
 
@@ -154,4 +155,30 @@ async def test_a_journal_of_format_4_is_resumed_and_upgraded(tmp_path: Path) -> 
     await again.aclose()
     with sqlite3.connect(path) as db:
         assert db.execute("SELECT value FROM meta WHERE name = 'version'").fetchone() == ("5",)
+    db.close()
+
+
+async def test_the_wal_is_checkpointed_while_intents_commit_on_the_event_loop(
+    tmp_path: Path,
+) -> None:
+    """Intents commit without checkpointing (no fsync on the event loop), yet the WAL does
+    not grow without bound: the worker thread checkpoints it as outcomes are written."""
+    from engine.pipeline.models import Outcome
+
+    path = tmp_path / "j.sqlite"
+    journal = await Journal.open(path, identity=journal_identity("digest", ["A"], {}))
+    for i in range(6000):
+        email = f"c{i}@example.com"
+        await journal.intend(email, "updated", ["B"], ["A"])
+        await journal.record(Outcome(email, "updated", (i + 2,), "", ("A",), "contact"))
+        if i % 100 == 99:
+            await journal.flush()
+    wal = os.path.getsize(f"{path}-wal")  # noqa: ASYNC240 (a test: one stat)
+    await journal.aclose()
+
+    # 6,000 commits of two or three pages each would make a WAL of 50 MB or more.
+    assert wal < 10 * 1024 * 1024, wal
+    with sqlite3.connect(path) as db:
+        assert db.execute("SELECT COUNT(*) FROM intents").fetchone() == (6000,)
+        assert db.execute("SELECT COUNT(*) FROM outcomes").fetchone() == (6000,)
     db.close()
