@@ -46,6 +46,7 @@ import anyio
 import anyio.to_thread
 
 from engine.errors import ConfigError, OutputError, SourceError
+from engine.limiter import Held
 from engine.pipeline.models import Contact, Outcome
 
 __all__ = ["Intent", "Journal", "PendingActivity", "journal_identity"]
@@ -465,7 +466,7 @@ class Journal:
 
     async def _call_here(self, fn: Any, *args: Any) -> Any:
         """`_call` on the event loop's thread: for a short transaction that never fsyncs."""
-        async with self._limiter:  # no worker thread uses the connection meanwhile
+        async with Held(self._limiter):  # no worker thread uses the connection meanwhile
             try:
                 return fn(*args)
             except (sqlite3.Error, OSError) as exc:

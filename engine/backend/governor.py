@@ -36,6 +36,7 @@ from dataclasses import dataclass
 import anyio
 
 from engine.errors import ConfigError, QuotaExhaustedError
+from engine.limiter import Held
 
 __all__ = ["DOCUMENTED_RATE", "GovernorStats", "RateGovernor", "RateProbe"]
 
@@ -307,7 +308,8 @@ class RateGovernor:
         self._turns = anyio.Lock()
         self._daily_budget = daily_budget
         self._used_today = used_today
-        self._day = dt.datetime.now(dt.UTC).date()
+        self._day_ends = 0.0
+        self._start_day()
         self._clock = clock
         self._paused_until = 0.0
         self._requests = 0
@@ -333,6 +335,13 @@ class RateGovernor:
             in_flight=lim.borrowed_tokens,
             waiting=lim.tasks_waiting,
         )
+
+    def _start_day(self) -> None:
+        """Note when the current UTC day ends (a timestamp: compared once a request)."""
+        today = dt.datetime.fromtimestamp(time.time(), dt.UTC).date()
+        self._day_ends = dt.datetime.combine(
+            today + dt.timedelta(days=1), dt.time(), dt.UTC
+        ).timestamp()
 
     @property
     def used_today(self) -> int:
@@ -364,7 +373,7 @@ class RateGovernor:
         Raises:
             QuotaExhaustedError: the daily budget is spent.
         """
-        async with self._limiter:
+        async with Held(self._limiter):  # at once when a slot is free (engine/limiter.py)
             if not prepaid:
                 self._spend_budget()
                 await self._wait_turn()
@@ -373,9 +382,9 @@ class RateGovernor:
             yield
 
     def _spend_budget(self) -> None:
-        today = dt.datetime.now(dt.UTC).date()
-        if today != self._day:
-            self._day, self._used_today = today, 0
+        if time.time() >= self._day_ends:  # a new UTC day: its budget is whole again
+            self._start_day()
+            self._used_today = 0
         if self._daily_budget is not None and self._used_today >= self._daily_budget:
             raise QuotaExhaustedError(
                 f"the daily budget of {self._daily_budget} requests is spent; it resets at "

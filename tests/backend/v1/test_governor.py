@@ -249,6 +249,26 @@ async def test_daily_budget_counts_earlier_use(clock: FakeClock) -> None:
         await _starts(governor, clock, 1)
 
 
+async def test_the_daily_budget_is_whole_again_on_the_next_utc_day(
+    clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The budget spent, a request the next UTC day (after 00:00:00) goes and counts as the
+    first of that day; one a second before midnight is still refused."""
+    import datetime as dt
+
+    from engine.backend import governor as module
+
+    day = dt.datetime(2026, 3, 10, tzinfo=dt.UTC)
+    monkeypatch.setattr(module.time, "time", lambda: day.timestamp() + 86_399.0)
+    governor = RateGovernor(rate=None, daily_budget=2, used_today=2, clock=clock)
+    with pytest.raises(QuotaExhaustedError):
+        await _starts(governor, clock, 1)
+
+    monkeypatch.setattr(module.time, "time", lambda: day.timestamp() + 86_400.0)
+    await _starts(governor, clock, 1)
+    assert governor.used_today == 1
+
+
 async def test_concurrency_bounds_requests_in_flight() -> None:
     """No more than `concurrency` requests hold a slot at once; the others wait."""
     governor = RateGovernor(rate=None, concurrency=2)
