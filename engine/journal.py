@@ -763,22 +763,19 @@ class Journal:
     # --- activities -------------------------------------------------------------------
 
     async def activity_submitted(
-        self,
-        activity_id: str,
-        targets: Sequence[str],
-        contacts: Sequence[Contact],
-        insert_time: str = "",
+        self, activity_id: str, targets: Sequence[str], contacts: str, insert_time: str = ""
     ) -> None:
         """Record a submitted activity and its contacts; committed before this returns.
 
-        Never replaces an earlier record with the same id: each keeps its own contacts.
+        `contacts` is their JSON, `[[email, [rows], {fields}], ...]` in data order (a
+        `Batch`'s `text`). Never replaces an earlier record with the same id: each keeps its
+        own contacts.
         """
-        payload = json.dumps([[c.email, c.rows, c.fields] for c in contacts])
         await self._call(
             self._exec,
             "INSERT INTO activities (id, insert_time, targets, contacts, submitted, run) "
             "VALUES (?, ?, ?, ?, ?, ?)",
-            (activity_id, insert_time, json.dumps(list(targets)), payload, time.time(), self.run),
+            (activity_id, insert_time, json.dumps(list(targets)), contacts, time.time(), self.run),
         )
 
     def _exec(self, sql: str, args: tuple[Any, ...]) -> None:

@@ -104,9 +104,10 @@ class BulkPath:
         config: poll timing, caps and sample size.
         stats: the run's counters.
         send_contacts: the per-contact path's input, for fallbacks.
-        on_submitted: called with each activity and its batch as soon as its id is known.
+        on_submitted: called with each activity and its contacts (packed) as soon as its id
+            is known.
         stop: set when the run is stopping: no more activities are submitted.
-        intend: awaited with each activity's contacts and targets before it is posted (the
+        intend: awaited with each activity's emails and targets before it is posted (the
             journal's record of a write about to go, for a run killed before it learns the
             activity's id).
     """
@@ -119,7 +120,7 @@ class BulkPath:
         send_contacts: MemoryObjectSendStream[Contact],
         on_submitted: Callable[[BulkActivity, Batch], Awaitable[None]] | None = None,
         stop: anyio.Event | None = None,
-        intend: Callable[[Batch], Awaitable[None]] | None = None,
+        intend: Callable[[list[str], tuple[str, ...]], Awaitable[None]] | None = None,
     ) -> None:
         self.backend = backend
         self._intend = intend
@@ -166,7 +167,7 @@ class BulkPath:
             slots = anyio.Semaphore(self.config.limits.bulk)
 
             async def one(batch: Batch) -> None:
-                stage.busy += len(batch.contacts)
+                stage.busy += batch.size
                 self.stats.batches_open += 1
                 self.stats.batches_seen += 1
                 try:
@@ -177,8 +178,8 @@ class BulkPath:
                 except Stopping:
                     return
                 finally:
-                    stage.busy -= len(batch.contacts)
-                    stage.done += len(batch.contacts)
+                    stage.busy -= batch.size
+                    stage.done += batch.size
                     self.stats.batches_open -= 1
                     slots.release()
 
@@ -186,6 +187,7 @@ class BulkPath:
                 async for batch in receive_batches:
                     await slots.acquire()  # backpressure: take a batch only when one can run
                     tg.start_soon(one, batch)
+                    del batch
 
     async def run_batch(self, batch: Batch) -> list[Outcome]:
         """Run one batch; return the outcomes of the contacts it settled.
@@ -196,7 +198,7 @@ class BulkPath:
         revives = self.backend.capabilities.bulk_revives_deleted
         if self.config.skip_removed or self.config.lists_only or revives:
             batch, skipped = await self._looked_up(batch)
-            if not batch.contacts:
+            if not batch.size:
                 return skipped
         return skipped + await self._run_batch(batch)
 
@@ -301,7 +303,7 @@ class BulkPath:
     async def _run(self, batch: Batch, *, check: bool) -> list[Outcome]:
         """Run a batch; with `check`, only after a probe has proven that bulk appends."""
         if not check:
-            return (await self._submit_and_settle(batch.contacts, batch.targets))[0]
+            return (await self._submit_and_settle(batch))[0]
         try:
             witnesses, scanned_all = await self._witnesses(batch)
         except (FatalApiError, ConnectionLostError, QuotaExhaustedError):
@@ -313,28 +315,26 @@ class BulkPath:
             return []
         if not witnesses:
             if scanned_all:  # no contact of the batch is on another list: nothing to lose
-                return (await self._submit_and_settle(batch.contacts, batch.targets))[0]
+                return (await self._submit_and_settle(batch))[0]
             await self._fall_back(batch.contacts, "bulk not verified yet: a probe read failed")
             return []
         chosen = {state.ref.email for state in witnesses.values()}
-        probe = tuple(c for c in batch.contacts if c.email in chosen)
-        rest = tuple(c for c in batch.contacts if c.email not in chosen)
-        outcomes, verdict = await self._submit_and_settle(probe, batch.targets, before=witnesses)
+        contacts = batch.contacts
+        probe = Batch([c for c in contacts if c.email in chosen], batch.targets)
+        rest = Batch([c for c in contacts if c.email not in chosen], batch.targets)
+        del contacts  # packed while the probe's activity runs
+        outcomes, verdict = await self._submit_and_settle(probe, before=witnesses)
         if verdict == "passed":
-            if rest:
-                outcomes += (await self._submit_and_settle(rest, batch.targets))[0]
+            if rest.size:
+                outcomes += (await self._submit_and_settle(rest))[0]
         elif verdict == "failed":
-            await self._fall_back(rest, "bulk path switched off")
+            await self._fall_back(rest.contacts, "bulk path switched off")
         else:
-            await self._fall_back(rest, f"bulk not verified yet: the probe was {verdict}")
+            await self._fall_back(rest.contacts, f"bulk not verified yet: the probe was {verdict}")
         return outcomes
 
     async def _submit_and_settle(
-        self,
-        contacts: tuple[Contact, ...],
-        targets: tuple[str, ...],
-        *,
-        before: dict[str, ContactState] | None = None,
+        self, batch: Batch, *, before: dict[str, ContactState] | None = None
     ) -> tuple[list[Outcome], str]:
         """Submit, poll, check (with `before`) and map outcomes.
 
@@ -342,22 +342,20 @@ class BulkPath:
         and, with `before`, the probe's verdict: "passed", "failed" (bulk switched off) or
         why it was inconclusive.
         """
+        targets = batch.targets
         try:
-            activities = await self._submit(contacts, targets)
+            activities = await self._submit(batch)
         except (FatalApiError, ConnectionLostError, QuotaExhaustedError, Stopping):
             raise
         except (ApiError, TimeoutError) as exc:
-            await self._fall_back(contacts, f"activity not submitted: {exc}")
+            await self._fall_back(batch.contacts, f"activity not submitted: {exc}")
             return [], f"inconclusive (its activity could not be submitted: {exc})"
         try:
-            finished = [
-                await self.wait_for(a, rows=sum(len(c.rows) for c in group))
-                for a, group in activities
-            ]
+            finished = [await self.wait_for(a, rows=group.rows) for a, group in activities]
         except (FatalApiError, ConnectionLostError, QuotaExhaustedError, Stopping):
             raise
         except (ApiError, TimeoutError) as exc:  # submitted: it may have run, or still may
-            await self._fall_back(contacts, f"activity failed: {exc}", maybe_applied=True)
+            await self._fall_back(batch.contacts, f"activity failed: {exc}", maybe_applied=True)
             return [], f"inconclusive (its activity failed: {exc})"
         crash_point("activity-complete")
         verdict = "unchecked"
@@ -367,7 +365,7 @@ class BulkPath:
             if all(a.state == "complete" for a in finished):
                 lost, checked = await self._check(before, targets)
                 if lost:
-                    repaired = await self._switch_off(lost, before, contacts, targets)
+                    repaired = await self._switch_off(lost, before, batch.contacts, targets)
                     return repaired, "failed"
                 if checked:
                     self.verified = self.stats.bulk_verified = True
@@ -381,11 +379,12 @@ class BulkPath:
     async def _settle(
         self,
         finished: list[BulkActivity],
-        activities: list[tuple[BulkActivity, tuple[Contact, ...]]],
+        activities: list[tuple[BulkActivity, Batch]],
         targets: tuple[str, ...],
     ) -> list[Outcome]:
         outcomes: list[Outcome] = []
-        for activity, (_, contacts) in zip(finished, activities, strict=True):
+        for activity, (_, group) in zip(finished, activities, strict=True):
+            contacts = group.contacts
             if activity.state != "complete":
                 # One that ended part way may have added some: found on their targets, they
                 # are `bulk_added`, not `unchanged`.
@@ -439,13 +438,11 @@ class BulkPath:
                     )
                     continue
                 for outcome in await self._settle(
-                    [finished], [(finished, item.contacts)], item.targets
+                    [finished], [(finished, Batch(item.contacts, item.targets))], item.targets
                 ):
                     await send_soon(send_outcomes, outcome)
 
-    async def _submit(
-        self, contacts: tuple[Contact, ...], targets: tuple[str, ...]
-    ) -> list[tuple[BulkActivity, tuple[Contact, ...]]]:
+    async def _submit(self, batch: Batch) -> list[tuple[BulkActivity, Batch]]:
         """Submit the contacts in one activity per set of fields they give.
 
         A contact is sent with exactly the fields its row gives: an activity's columns are
@@ -453,15 +450,21 @@ class BulkPath:
         ([U] API doc §6.3), which the per-contact path never does. So contacts are grouped
         by the fields they give (a typical export has a few such groups).
         """
-        submitted: list[tuple[BulkActivity, tuple[Contact, ...]]] = []
+        submitted: list[tuple[BulkActivity, Batch]] = []
         writable = self.backend.capabilities.fields
-        for columns, group in field_groups(contacts, writable).items():
-            submitted += await self._submit_group(tuple(group), targets, columns)
+        groups = field_groups(batch.contacts, writable)
+        for columns, group in groups.items():
+            # Packed as it waits for its activity (the batch itself when it is one group).
+            packed = batch if len(groups) == 1 else Batch(group, batch.targets)
+            submitted += await self._submit_group(tuple(group), packed, columns)
         return submitted
 
     async def _submit_group(
-        self, contacts: tuple[Contact, ...], targets: tuple[str, ...], columns: tuple[str, ...]
-    ) -> list[tuple[BulkActivity, tuple[Contact, ...]]]:
+        self, contacts: tuple[Contact, ...], packed: Batch, columns: tuple[str, ...]
+    ) -> list[tuple[BulkActivity, Batch]]:
+        """Submit `contacts` (`packed` is them packed) in one activity, or in halves when
+        they are too many for one; returns each activity with its contacts, packed."""
+        targets = packed.targets
         try:
             request = self.backend.encode_bulk(
                 [(c.email, c.fields) for c in contacts],
@@ -474,22 +477,23 @@ class BulkPath:
             if len(contacts) == 1:
                 raise
             half = len(contacts) // 2
+            first, second = contacts[:half], contacts[half:]
             return [
-                *await self._submit_group(contacts[:half], targets, columns),
-                *await self._submit_group(contacts[half:], targets, columns),
+                *await self._submit_group(first, Batch(first, targets), columns),
+                *await self._submit_group(second, Batch(second, targets), columns),
             ]
         if self._stop is not None and self._stop.is_set():
             raise Stopping
         if self._intend is not None:
-            await self._intend(Batch(contacts, targets))
+            await self._intend([c.email for c in contacts], targets)
         activity = await self._post_activity(request)
         self.stats.activities += 1
         crash_point("activity-submitted")
         if self._on_submitted is not None:
-            await self._on_submitted(activity, Batch(contacts, targets))
+            await self._on_submitted(activity, packed)
         crash_point("activity-journaled")
         log.info("activity %s submitted with %d contacts", activity.id, len(contacts))
-        return [(activity, contacts)]
+        return [(activity, packed)]
 
     async def _post_activity(self, request: object) -> BulkActivity:
         """POST an activity; after a lost answer, adopt the activity the server made of it

@@ -228,10 +228,13 @@ class Planner:
         if self._stop is not None and self._stop.is_set():
             return  # stopping: not sent, so a resumed run plans them again
         self._in_flight.update(pending.contacts)
+        del pending
         send_contacts, send_batches = self._out
         threshold = self.config.bulk_threshold
         if threshold is not None and len(contacts) >= threshold:
-            await send_batches.send(Batch(contacts, contacts[0].targets))
+            batch = Batch(contacts, contacts[0].targets)
+            del contacts  # it waits for the bulk stage packed, not as objects
+            await send_batches.send(batch)
         else:
             for contact in contacts:
                 await send_soon(send_contacts, contact)

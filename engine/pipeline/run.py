@@ -476,17 +476,17 @@ class _Run:
                 self.row_notes[item.email] = join_notes(earlier, *item.warnings)
             await send_soon(send, item)
 
-    async def intend_activity(self, batch: Batch) -> None:
+    async def intend_activity(self, emails: list[str], targets: tuple[str, ...]) -> None:
         """Journal an activity's contacts before it is posted: a run killed after the POST
         but before its id is journaled leaves them as writes that may have been applied."""
         if self.journal is not None:
-            await self.journal.intend_bulk([c.email for c in batch.contacts], batch.targets)
+            await self.journal.intend_bulk(emails, targets)
 
     async def on_submitted(self, activity: BulkActivity, batch: Batch) -> None:
         """Journal an activity as soon as its id is known, before it is relied on."""
         if self.journal is not None:
             await self.journal.activity_submitted(
-                activity.id, batch.targets, batch.contacts, activity.created
+                activity.id, batch.targets, batch.text, activity.created
             )
 
     async def execute(
