@@ -384,21 +384,21 @@ class BulkPath:
     ) -> list[Outcome]:
         outcomes: list[Outcome] = []
         for activity, (_, group) in zip(finished, activities, strict=True):
-            contacts = group.contacts
             if activity.state != "complete":
                 # One that ended part way may have added some: found on their targets, they
                 # are `bulk_added`, not `unchanged`.
                 await self._fall_back(
-                    contacts,
+                    group.contacts,
                     f"activity {activity.id} ended {activity.status}",
                     maybe_applied=activity.partial,
                 )
                 continue
-            settled, unknown = await self._outcomes(activity, contacts, targets)
+            settled, unknown = await self._outcomes(activity, group, targets)
             outcomes += settled
             if unknown:
                 await self._fall_back(
-                    unknown, f"activity {activity.id} did not say what it did to them"
+                    tuple(c for c in group.contacts if c.email in unknown),
+                    f"activity {activity.id} did not say what it did to them",
                 )
         return outcomes
 
@@ -603,21 +603,22 @@ class BulkPath:
             raise Stopping  # the journal knows the activity: a resumed run polls it
 
     async def _outcomes(
-        self, activity: BulkActivity, contacts: tuple[Contact, ...], targets: tuple[str, ...]
-    ) -> tuple[list[Outcome], tuple[Contact, ...]]:
+        self, activity: BulkActivity, group: Batch, targets: tuple[str, ...]
+    ) -> tuple[list[Outcome], set[str]]:
         """The outcomes of a completed activity's contacts, as the backend settles them, and
-        the contacts it cannot vouch for (they go contact by contact)."""
-        results = await self.backend.settle(activity, [c.email for c in contacts], targets)
+        the emails it cannot vouch for (they go contact by contact). Read from the group's
+        emails and rows only: its fields are not unpacked."""
+        keys = group.keys()
+        results = await self.backend.settle(activity, [email for email, _ in keys], targets)
         outcomes: list[Outcome] = []
-        unknown: list[Contact] = []
-        for contact, result in zip(contacts, results, strict=True):
-            rows = tuple(contact.rows)
+        unknown: set[str] = set()
+        for (email, rows), result in zip(keys, results, strict=True):
             if result.kind == "added":
                 outcomes.append(
-                    Outcome(contact.email, "bulk_added", rows, "", targets, "bulk", targets)
+                    Outcome(email, "bulk_added", tuple(rows), "", targets, "bulk", targets)
                 )
             elif result.kind == "unknown":
-                unknown.append(contact)
+                unknown.add(email)
             else:
                 kind: OutcomeKind
                 if result.kind == "opted_out":
@@ -626,8 +627,8 @@ class BulkPath:
                     kind, reason = "rejected", result.reason
                 else:
                     kind, reason = "failed", result.reason
-                outcomes.append(Outcome(contact.email, kind, rows, reason, (), "bulk", targets))
-        return outcomes, tuple(unknown)
+                outcomes.append(Outcome(email, kind, tuple(rows), reason, (), "bulk", targets))
+        return outcomes, unknown
 
     async def _fall_back(
         self, contacts: tuple[Contact, ...], why: str, *, maybe_applied: bool = False

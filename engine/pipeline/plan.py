@@ -34,9 +34,10 @@ def estimate_bytes(contact: Contact) -> int:
 
 
 class _Pending:
-    __slots__ = ("bytes", "contacts", "since")
+    __slots__ = ("bytes", "contacts", "key", "since")
 
-    def __init__(self, now: float) -> None:
+    def __init__(self, key: frozenset[str], now: float) -> None:
+        self.key = key  # one set per batch: each contact's `_where` entry shares it
         self.contacts: dict[str, Contact] = {}
         self.bytes = 0
         self.since = now
@@ -195,9 +196,9 @@ class Planner:
             contact, key = waiting, waiting.target_set
         pending = self._pending.get(key)
         if pending is None:
-            pending = self._pending[key] = _Pending(anyio.current_time())
+            pending = self._pending[key] = _Pending(key, anyio.current_time())
         pending.contacts[contact.email] = contact
-        self._where[contact.email] = key
+        self._where[contact.email] = pending.key
         pending.bytes += estimate_bytes(contact)
         self._held += 1
         if (

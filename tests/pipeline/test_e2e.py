@@ -836,3 +836,51 @@ async def test_requests_per_contact_on_the_bulk_path(
     (b,) = list_ids(store, "B")
     assert store.member_count(b) == n
     assert store.member_count(a) == n // 2
+
+
+async def test_contacts_an_activity_does_not_vouch_for_go_alone_with_their_fields(
+    simulator: RunningSimulator,
+    account: Account,
+    fast_config: MigrationConfig,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A completed activity whose settling cannot say what it did to two of its contacts:
+    those two go contact by contact, with the fields of their rows (unpacked from the
+    waiting batch) and a note saying why; the others are `bulk_added`."""
+    from engine.backend.protocol import BulkResult
+    from engine.backend.v1.backend import V1Backend
+
+    store = simulator.store
+    store.create_list("B")
+    emails = [f"new{i}@example.com" for i in range(40)]
+    doubtful = {emails[3], emails[30]}
+    settle = V1Backend.settle
+
+    async def settle_in_doubt(
+        self: V1Backend, activity: Any, wanted: Sequence[str], targets: Any
+    ) -> list[BulkResult]:
+        results = await settle(self, activity, wanted, targets)
+        for email in doubtful & set(wanted):  # changed since: only the row's fields undo it
+            stored = store.contact_by_email(email)
+            assert stored is not None
+            stored.fields["FirstName"] = "Changed"
+        return [BulkResult(r.email, "unknown") if r.email in doubtful else r for r in results]
+
+    monkeypatch.setattr(V1Backend, "settle", settle_in_doubt)
+    source = write_csv(tmp_path / "in.csv", HEADER, ([e, f"Name{i}"] for i, e in enumerate(emails)))
+
+    report = await run(account, source, config_for(fast_config, 25), tmp_path, lists=["B"])
+
+    lines = by_email(read_report(tmp_path / "report.jsonl"))
+    assert report.outcomes["bulk_added"] == 38
+    for email in doubtful:
+        assert lines[email]["path"] == "contact"
+        assert lines[email]["outcome"] == "updated"
+        assert "did not say what it did to them" in lines[email]["note"]
+        index = emails.index(email)
+        stored = store.contact_by_email(email)
+        assert stored is not None
+        assert stored.fields["FirstName"] == f"Name{index}"
+    (b,) = list_ids(store, "B")
+    assert store.member_count(b) == 40
