@@ -690,6 +690,7 @@ class Journal:
                 db.executemany(
                     "INSERT INTO bulk_intents (targets, emails, run) VALUES (?,?,?)", bulk
                 )
+        # Counted only: on the event loop's thread, the checkpoint is left to the worker's.
         self._wal_pages += 2 + len(rows) // 20 + sum(len(b[1]) for b in bulk) // 4000
 
     async def earlier_intents(self) -> dict[str, Intent]:

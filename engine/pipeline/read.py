@@ -21,7 +21,7 @@ import hashlib
 import json
 import re
 from array import array
-from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator, Mapping
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from itertools import chain, islice
 from pathlib import Path
@@ -343,6 +343,12 @@ def _row(
     return SourceRow((line,), email, fields, lists, tuple(warnings))
 
 
+#: Builds a row from its line number, values, columns and options: `_row`, or `_scan_row`.
+RowMaker = Callable[
+    [int, "Mapping[str, Any] | list[str]", "_Columns", "ReadOptions"], "SourceRow | Rejected"
+]
+
+
 def _scan_row(
     line: int, values: Mapping[str, Any] | list[str], columns: _Columns, options: ReadOptions
 ) -> SourceRow | Rejected:
@@ -549,7 +555,9 @@ class SourceReader:
 
     # --- files: synchronous, run in a worker thread -----------------------------------
 
-    def _file_rows(self, digest: Any = None, make: Any = _row) -> Iterator[SourceRow | Rejected]:
+    def _file_rows(
+        self, digest: Any = None, make: RowMaker = _row
+    ) -> Iterator[SourceRow | Rejected]:
         """The file's rows; `make` builds each CSV row (`_scan_row` for the first pass)."""
         assert self.path is not None
         if self.format == "jsonl":
@@ -557,7 +565,9 @@ class SourceReader:
         else:
             yield from self._csv_rows(digest, make)
 
-    def _csv_rows(self, digest: Any = None, make: Any = _row) -> Iterator[SourceRow | Rejected]:
+    def _csv_rows(
+        self, digest: Any = None, make: RowMaker = _row
+    ) -> Iterator[SourceRow | Rejected]:
         assert self.path is not None
         lines = decoded_lines(self.path, self.options.encoding, digest)
         head = list(islice(lines, 50))
