@@ -33,7 +33,7 @@ from engine.pipeline.config import MigrationConfig, StageLimits
 from engine.pipeline.read import ReadOptions
 from engine.pipeline.run import migrate
 from engine.pipeline.stats import Progress
-from engine.process import tune_gc
+from engine.process import tune_process
 
 __all__ = [
     "CREDENTIALS",
@@ -313,7 +313,7 @@ def main(argv: list[str] | None = None) -> None:
     raw["lists"] = tuple(raw.get("lists", ()))
     job = Job(**raw)
     if job.client == "engine":
-        tune_gc()  # as the command line does
+        tune_process()  # as the command line does
     base_rss = current_rss_mb()
     profiler = cProfile.Profile() if job.profile else None
     if profiler is not None:

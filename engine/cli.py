@@ -55,7 +55,7 @@ from engine.pipeline.config import MigrationConfig, StageLimits
 from engine.pipeline.dryrun import plan_migration
 from engine.pipeline.read import ReadOptions, describe_columns
 from engine.pipeline.run import migrate
-from engine.process import tune_gc
+from engine.process import tune_process
 from engine.progress import ProgressDisplay
 
 __all__ = ["main"]
@@ -969,8 +969,8 @@ def _run(coro: Callable[[], Coroutine[Any, Any, int]]) -> int:
 
 def run_program() -> int:
     """`python -m engine` and `ctct-migrate`: the command line as a program of its own,
-    which also sets the process up for a long run (`tune_gc`)."""
-    tune_gc()
+    which also sets the process up for a long run (`tune_process`)."""
+    tune_process()
     return main()
 
 

@@ -441,7 +441,7 @@ def test_the_program_collects_garbage_less_often_and_the_library_never_does(
     from engine.process import GC_THRESHOLDS, tune_gc
 
     calls: list[str] = []
-    monkeypatch.setattr(engine.cli, "tune_gc", lambda: calls.append("tuned"))
+    monkeypatch.setattr(engine.cli, "tune_process", lambda: calls.append("tuned"))
     monkeypatch.setattr(engine.cli, "main", lambda: calls.append("main") or 0)
     assert engine.cli.run_program() == 0
     assert calls == ["tuned", "main"]

@@ -11,7 +11,7 @@ in `document` fields the pipeline never opens.
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol, runtime_checkable
 
@@ -310,7 +310,7 @@ class Backend(Protocol):
 
     def encode_bulk(
         self,
-        contacts: Sequence[tuple[str, Mapping[str, str]]],
+        contacts: Iterable[tuple[str, Mapping[str, str]]],
         targets: Sequence[ListId],
         columns: Sequence[str],
         *,
@@ -318,7 +318,8 @@ class Backend(Protocol):
         max_bytes: int,
     ) -> object:
         """One bulk request: each (email, fields) with the fields named in `columns`, in
-        this order (the order `settle` is given the emails in).
+        this order (the order `settle` is given the emails in). `contacts` is read once,
+        in order (the bulk path decodes them one at a time from a packed batch).
 
         Raises:
             ActivityTooLargeError: over a cap; nothing is sent.

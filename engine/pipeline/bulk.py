@@ -30,7 +30,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable, Collection, Sequence
+from collections.abc import Awaitable, Callable, Collection, Iterable, Iterator, Sequence
+from itertools import chain
 
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
@@ -38,6 +39,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 from engine.backend.protocol import (
     Backend,
     BulkActivity,
+    BulkResult,
     ContactRef,
     ContactState,
     UntouchableIndex,
@@ -82,6 +84,24 @@ def field_groups(
 
 def _ref(hit: ContactRef | ContactState) -> ContactRef:
     return hit.ref if isinstance(hit, ContactState) else hit
+
+
+def _settled(
+    group: Batch, results: Sequence[BulkResult], targets: tuple[str, ...]
+) -> Iterator[Outcome]:
+    """The outcome of each contact of an activity the backend vouched for."""
+    for (email, rows), result in zip(group.keys(), results, strict=True):
+        if result.kind == "added":
+            yield Outcome(email, "bulk_added", tuple(rows), "", targets, "bulk", targets)
+        elif result.kind != "unknown":
+            kind: OutcomeKind
+            if result.kind == "opted_out":
+                kind, reason = "skipped", "opted-out"
+            elif result.kind == "invalid":
+                kind, reason = "rejected", result.reason
+            else:
+                kind, reason = "failed", result.reason
+            yield Outcome(email, kind, tuple(rows), reason, (), "bulk", targets)
 
 
 class Stopping(Exception):
@@ -173,7 +193,7 @@ class BulkPath:
                 try:
                     if self._stop is not None and self._stop.is_set():
                         return  # not sent: these contacts are redone by a resumed run
-                    for outcome in await self.run_batch(batch):
+                    for outcome in await self.run_batch(batch):  # made one at a time
                         await send_soon(send_outcomes, outcome)
                 except Stopping:
                     return
@@ -189,8 +209,9 @@ class BulkPath:
                     tg.start_soon(one, batch)
                     del batch
 
-    async def run_batch(self, batch: Batch) -> list[Outcome]:
-        """Run one batch; return the outcomes of the contacts it settled.
+    async def run_batch(self, batch: Batch) -> Iterable[Outcome]:
+        """Run one batch; return the outcomes of the contacts it settled, made as they are
+        read (an activity's are tens of thousands: never all objects at once).
 
         Contacts sent to the per-contact path get their outcome there instead.
         """
@@ -200,9 +221,9 @@ class BulkPath:
             batch, skipped = await self._looked_up(batch)
             if not batch.size:
                 return skipped
-        return skipped + await self._run_batch(batch)
+        return chain(skipped, await self._run_batch(batch))
 
-    async def _run_batch(self, batch: Batch) -> list[Outcome]:
+    async def _run_batch(self, batch: Batch) -> Iterable[Outcome]:
         if self._needs_check():
             async with self._check_lock:
                 # Checked again: another batch may have done the check while this one waited.
@@ -300,7 +321,7 @@ class BulkPath:
     def _needs_check(self) -> bool:
         return self.enabled and not self.verified and self.config.probe_size > 0
 
-    async def _run(self, batch: Batch, *, check: bool) -> list[Outcome]:
+    async def _run(self, batch: Batch, *, check: bool) -> Iterable[Outcome]:
         """Run a batch; with `check`, only after a probe has proven that bulk appends."""
         if not check:
             return (await self._submit_and_settle(batch))[0]
@@ -326,7 +347,7 @@ class BulkPath:
         outcomes, verdict = await self._submit_and_settle(probe, before=witnesses)
         if verdict == "passed":
             if rest.size:
-                outcomes += (await self._submit_and_settle(rest))[0]
+                outcomes = chain(outcomes, (await self._submit_and_settle(rest))[0])
         elif verdict == "failed":
             await self._fall_back(rest.contacts, "bulk path switched off")
         else:
@@ -335,7 +356,7 @@ class BulkPath:
 
     async def _submit_and_settle(
         self, batch: Batch, *, before: dict[str, ContactState] | None = None
-    ) -> tuple[list[Outcome], str]:
+    ) -> tuple[Iterable[Outcome], str]:
         """Submit, poll, check (with `before`) and map outcomes.
 
         Returns the outcomes of the contacts it settled (the others went contact by contact)
@@ -381,8 +402,8 @@ class BulkPath:
         finished: list[BulkActivity],
         activities: list[tuple[BulkActivity, Batch]],
         targets: tuple[str, ...],
-    ) -> list[Outcome]:
-        outcomes: list[Outcome] = []
+    ) -> Iterable[Outcome]:
+        outcomes: list[Iterable[Outcome]] = []
         for activity, (_, group) in zip(finished, activities, strict=True):
             if activity.state != "complete":
                 # One that ended part way may have added some: found on their targets, they
@@ -394,13 +415,13 @@ class BulkPath:
                 )
                 continue
             settled, unknown = await self._outcomes(activity, group, targets)
-            outcomes += settled
+            outcomes.append(settled)
             if unknown:
                 await self._fall_back(
                     tuple(c for c in group.contacts if c.email in unknown),
                     f"activity {activity.id} did not say what it did to them",
                 )
-        return outcomes
+        return chain.from_iterable(outcomes)
 
     async def resume(
         self, pending: list[PendingActivity], send_outcomes: MemoryObjectSendStream[Outcome]
@@ -448,52 +469,56 @@ class BulkPath:
         A contact is sent with exactly the fields its row gives: an activity's columns are
         the same for each of its rows, and an empty cell may clear a field on the server
         ([U] API doc §6.3), which the per-contact path never does. So contacts are grouped
-        by the fields they give (a typical export has a few such groups).
+        by the fields they give (a typical export has a few such groups). When they all give
+        the same (`Batch.fields`), the batch is one activity, encoded from its packed text
+        one contact at a time.
         """
-        submitted: list[tuple[BulkActivity, Batch]] = []
         writable = self.backend.capabilities.fields
-        groups = field_groups(batch.contacts, writable)
-        for columns, group in groups.items():
-            # Packed as it waits for its activity (the batch itself when it is one group).
-            packed = batch if len(groups) == 1 else Batch(group, batch.targets)
-            submitted += await self._submit_group(tuple(group), packed, columns)
+        if batch.fields is not None:
+            columns = tuple(f for f in batch.fields if f in writable)
+            return await self._submit_group(batch, columns)
+        submitted: list[tuple[BulkActivity, Batch]] = []
+        for columns, group in field_groups(batch.contacts, writable).items():
+            submitted += await self._submit_group(Batch(group, batch.targets), columns)
         return submitted
 
     async def _submit_group(
-        self, contacts: tuple[Contact, ...], packed: Batch, columns: tuple[str, ...]
+        self, group: Batch, columns: tuple[str, ...]
     ) -> list[tuple[BulkActivity, Batch]]:
-        """Submit `contacts` (`packed` is them packed) in one activity, or in halves when
-        they are too many for one; returns each activity with its contacts, packed."""
-        targets = packed.targets
+        """Submit a group of contacts in one activity, or in halves when they are too many
+        for one; returns each activity with its contacts."""
+        targets = group.targets
         try:
             request = self.backend.encode_bulk(
-                [(c.email, c.fields) for c in contacts],
+                group.pairs(),
                 targets,
                 columns,
                 max_rows=self.config.max_rows,
                 max_bytes=self.config.max_bytes,
             )
         except ActivityTooLargeError:
-            if len(contacts) == 1:
+            if group.size == 1:
                 raise
+            contacts = group.contacts
             half = len(contacts) // 2
-            first, second = contacts[:half], contacts[half:]
+            first, second = Batch(contacts[:half], targets), Batch(contacts[half:], targets)
+            del contacts  # packed while their activities run
             return [
-                *await self._submit_group(first, Batch(first, targets), columns),
-                *await self._submit_group(second, Batch(second, targets), columns),
+                *await self._submit_group(first, columns),
+                *await self._submit_group(second, columns),
             ]
         if self._stop is not None and self._stop.is_set():
             raise Stopping
         if self._intend is not None:
-            await self._intend([c.email for c in contacts], targets)
+            await self._intend(group.emails(), targets)
         activity = await self._post_activity(request)
         self.stats.activities += 1
         crash_point("activity-submitted")
         if self._on_submitted is not None:
-            await self._on_submitted(activity, packed)
+            await self._on_submitted(activity, group)
         crash_point("activity-journaled")
-        log.info("activity %s submitted with %d contacts", activity.id, len(contacts))
-        return [(activity, packed)]
+        log.info("activity %s submitted with %d contacts", activity.id, group.size)
+        return [(activity, group)]
 
     async def _post_activity(self, request: object) -> BulkActivity:
         """POST an activity; after a lost answer, adopt the activity the server made of it
@@ -604,31 +629,14 @@ class BulkPath:
 
     async def _outcomes(
         self, activity: BulkActivity, group: Batch, targets: tuple[str, ...]
-    ) -> tuple[list[Outcome], set[str]]:
-        """The outcomes of a completed activity's contacts, as the backend settles them, and
-        the emails it cannot vouch for (they go contact by contact). Read from the group's
-        emails and rows only: its fields are not unpacked."""
-        keys = group.keys()
-        results = await self.backend.settle(activity, [email for email, _ in keys], targets)
-        outcomes: list[Outcome] = []
-        unknown: set[str] = set()
-        for (email, rows), result in zip(keys, results, strict=True):
-            if result.kind == "added":
-                outcomes.append(
-                    Outcome(email, "bulk_added", tuple(rows), "", targets, "bulk", targets)
-                )
-            elif result.kind == "unknown":
-                unknown.add(email)
-            else:
-                kind: OutcomeKind
-                if result.kind == "opted_out":
-                    kind, reason = "skipped", "opted-out"
-                elif result.kind == "invalid":
-                    kind, reason = "rejected", result.reason
-                else:
-                    kind, reason = "failed", result.reason
-                outcomes.append(Outcome(email, kind, tuple(rows), reason, (), "bulk", targets))
-        return outcomes, unknown
+    ) -> tuple[Iterator[Outcome], set[str]]:
+        """The outcomes of a completed activity's contacts, as the backend settles them (made
+        one at a time as they are read), and the emails it cannot vouch for (they go
+        contact by contact). Read from the group's emails and rows only: its fields are not
+        unpacked."""
+        results = await self.backend.settle(activity, group.emails(), targets)
+        unknown = {r.email for r in results if r.kind == "unknown"}
+        return _settled(group, results, targets), unknown
 
     async def _fall_back(
         self, contacts: tuple[Contact, ...], why: str, *, maybe_applied: bool = False

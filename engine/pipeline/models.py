@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 __all__ = [
     "OUTCOMES",
@@ -111,18 +111,21 @@ class Batch:
     """Contacts that share one target list set, flushed together by the planner, kept as
     one JSON text while they wait (for a bulk slot, for their activity): about 100 bytes a
     contact instead of about a kilobyte of objects, so that the activities in flight do not
-    set the engine's memory. `contacts` unpacks them, as new objects each time: hold them
-    only while they are used.
+    set the engine's memory. `contacts` unpacks them all, as new objects each time: hold
+    them only while they are used; `pairs` and `keys` read them one at a time.
 
     Attributes:
         targets: the ids of the lists common to all of them.
         size: how many contacts.
         rows: how many source rows they cover.
+        fields: the names of the fields every contact gives, sorted, when they all give
+            the same ones (the usual case: one activity's columns, found without unpacking
+            them); None when they differ.
         text: `[[email, [rows], {fields}], ...]` in JSON, the journal's form of an
             activity's contacts.
     """
 
-    __slots__ = ("_keys", "rows", "size", "targets", "text")
+    __slots__ = ("_keys", "fields", "rows", "size", "targets", "text")
 
     def __init__(self, contacts: Sequence[Contact], targets: tuple[str, ...]) -> None:
         self.targets = targets
@@ -131,15 +134,26 @@ class Batch:
         self.text = json.dumps([[c.email, c.rows, c.fields] for c in contacts])
         # Emails and rows alone, for settling: a third of the text, decoded without fields.
         self._keys = json.dumps([[c.email, c.rows] for c in contacts])
+        names = {tuple(c.fields) for c in contacts}
+        common = {tuple(sorted(n)) for n in names}
+        self.fields = common.pop() if len(common) == 1 else None
 
     def __repr__(self) -> str:
         return f"<Batch of {self.size} contacts to {list(self.targets)}>"
 
-    def keys(self) -> list[tuple[str, list[int]]]:
-        """Each contact's email and source rows, in order (what settling needs): pairs, as
-        JSON gives them (lists of two)."""
-        keys: list[tuple[str, list[int]]] = json.loads(self._keys)
-        return keys
+    def keys(self) -> Iterator[tuple[str, list[int]]]:
+        """Each contact's email and source rows, in order (what settling needs), decoded
+        one at a time: pairs, as JSON gives them (lists of two)."""
+        return _items(self._keys)
+
+    def emails(self) -> list[str]:
+        """The contacts' emails, in order."""
+        return [email for email, _ in _items(self._keys)]
+
+    def pairs(self) -> Iterator[tuple[str, dict[str, str]]]:
+        """Each contact's email and fields, in order (what an activity's body needs),
+        decoded one at a time."""
+        return ((email, fields) for email, _, fields in _items(self.text))
 
     @property
     def contacts(self) -> tuple[Contact, ...]:
@@ -148,6 +162,23 @@ class Batch:
         return tuple(
             Contact(email, targets, fields, rows) for email, rows, fields in json.loads(self.text)
         )
+
+
+_decode = json.JSONDecoder().raw_decode
+
+
+def _items(text: str) -> Iterator[Any]:
+    """The items of a JSON array, decoded one at a time (by the C scanner), so that a
+    batch's contacts never all exist as objects at once. The standard library decodes a
+    document whole; this is the few lines it takes to step over the separators."""
+    index, end = text.index("[") + 1, len(text)
+    while index < end:
+        while text[index] in " \n\r\t,":
+            index += 1
+        if text[index] == "]":
+            return
+        item, index = _decode(text, index)
+        yield item
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,7 +10,7 @@ its line errors, numbered from the header, are mapped back to the request's emai
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from urllib.parse import urlsplit
 
 from engine.backend.protocol import (
@@ -31,7 +31,7 @@ from engine.backend.v1.activities import (
     COLUMN_NAMES,
     MAX_ACTIVITY_BYTES,
     MAX_ACTIVITY_ROWS,
-    encode_add_contacts,
+    encode_contact_pairs,
     line_number,
 )
 from engine.backend.v1.client import SEARCH_BATCH, Account
@@ -209,16 +209,15 @@ class V1Backend:
 
     def encode_bulk(
         self,
-        contacts: Sequence[tuple[str, Mapping[str, str]]],
+        contacts: Iterable[tuple[str, Mapping[str, str]]],
         targets: Sequence[ListId],
         columns: Sequence[str],
         *,
         max_rows: int,
         max_bytes: int,
     ) -> bytes:
-        rows = [{"EmailAddress": email, **fields} for email, fields in contacts]
-        return encode_add_contacts(
-            rows,
+        return encode_contact_pairs(
+            contacts,
             [self.uri(t) for t in targets],
             fields=columns,
             max_rows=max_rows,

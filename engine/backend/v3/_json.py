@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from itertools import islice
 from typing import Any
 
 from engine.backend.protocol import (
@@ -375,20 +376,20 @@ class JsonImport:
 
     Attributes:
         body: the JSON body.
-        emails: every email it was built from, in request order (the order `settle` gets).
+        rows: the import rows in it.
         targets: the lists it adds.
         left_out: emails too long for an import row (over 50 characters): not in the body;
             `settle` reports them `unknown`, so they go contact by contact.
     """
 
     body: bytes = field(repr=False)
-    emails: tuple[str, ...]
+    rows: int
     targets: tuple[ListId, ...]
     left_out: frozenset[str] = frozenset()
 
 
 def encode_import(
-    contacts: Sequence[tuple[str, Mapping[str, str]]],
+    contacts: Iterable[tuple[str, Mapping[str, str]]],
     targets: Sequence[ListId],
     columns: Sequence[str],
     *,
@@ -397,40 +398,54 @@ def encode_import(
 ) -> JsonImport:
     """One json import: a row per contact with `email` and the non-empty values of
     `columns` that V3 can hold (an absent key leaves the contact's value alone), `list_ids`
-    the targets.
+    the targets. `contacts` is read once, a thousand rows encoded at a time (an import of
+    40,000 is never held as row objects), and gives each email once: duplicates in a
+    payload are [U] (§5.2), and the pipeline coalesces them before.
 
     Raises:
         ActivityTooLargeError: over the row cap, or the body is not under `max_bytes` (the
             server silently drops whatever lies beyond 4 MB).
+        ValueError: an email given twice.
     """
     lists = list(dict.fromkeys(targets))
     if not 1 <= len(lists) <= LISTS_PER_CONTACT:
         raise ActivityTooLargeError(f"a json import takes 1 to {LISTS_PER_CONTACT} lists")
-    emails = tuple(email.strip().lower() for email, _ in contacts)
-    rows: dict[str, dict[str, str]] = {}
-    left_out: set[str] = set()
-    for email, (_, values) in zip(emails, contacts, strict=True):
-        if len(email) > IMPORT_EMAIL_MAX:
-            left_out.add(email)
-            continue
-        row = {"email": email}
-        for name in columns:
-            value = values.get(name)
-            if name in _FIELDS and value:
-                row[_FIELDS[name][2]] = value
-        rows[email] = row  # one row per email: duplicates in a payload are [U] (§5.2)
     limit = min(max_rows, IMPORT_MAX_ROWS)
-    if len(rows) > limit:
-        raise ActivityTooLargeError(f"{len(rows)} rows are over the cap of {limit}")
-    body = json.dumps(
-        {"import_data": list(rows.values()), "list_ids": lists},
-        ensure_ascii=False,
-        separators=(",", ":"),
-    ).encode()
+    names = [(name, _FIELDS[name][2]) for name in columns if name in _FIELDS]
+    seen: set[str] = set()
+    left_out: set[str] = set()
+    pieces: list[str] = []
+    iterator = iter(contacts)
+    while chunk := list(islice(iterator, 1000)):
+        rows: list[dict[str, str]] = []
+        for given, values in chunk:
+            email = given.strip().lower()
+            if email in seen:
+                raise ValueError(f"{email} is given twice: an import takes each email once")
+            seen.add(email)
+            if len(email) > IMPORT_EMAIL_MAX:
+                left_out.add(email)
+                continue
+            row = {"email": email}
+            for name, key in names:
+                value = values.get(name)
+                if value:
+                    row[key] = value
+            rows.append(row)
+        if len(seen) - len(left_out) > limit:
+            raise ActivityTooLargeError(
+                f"{len(seen) - len(left_out)} rows or more are over the cap of {limit}"
+            )
+        if rows:
+            pieces.append(json.dumps(rows, ensure_ascii=False, separators=(",", ":"))[1:-1])
+    lists_json = json.dumps(lists, ensure_ascii=False, separators=(",", ":"))
+    text = f'{{"import_data":[{",".join(pieces)}],"list_ids":{lists_json}}}'
+    body = text.encode()
+    del text
     cap = min(max_bytes, IMPORT_MAX_BYTES)
     if len(body) >= cap:
         raise ActivityTooLargeError(f"the import body of {len(body)} bytes is not under {cap}")
-    return JsonImport(body, emails, tuple(lists), frozenset(left_out))
+    return JsonImport(body, len(seen) - len(left_out), tuple(lists), frozenset(left_out))
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,10 +17,10 @@ import json
 import logging
 import math
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, Mapping, Sequence
 from contextlib import aclosing
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from engine.backend.protocol import (
     BackendStats,
@@ -67,6 +67,7 @@ from engine.errors import (
 __all__ = ["V3_CAPABILITIES", "V3Backend"]
 
 log = logging.getLogger("engine.backend.v3")
+T = TypeVar("T")
 
 V3_CAPABILITIES = Capabilities(
     dialect="v3",
@@ -307,7 +308,7 @@ class V3Backend:
 
     def encode_bulk(
         self,
-        contacts: Sequence[tuple[str, Mapping[str, str]]],
+        contacts: Iterable[tuple[str, Mapping[str, str]]],
         targets: Sequence[ListId],
         columns: Sequence[str],
         *,
@@ -352,14 +353,16 @@ class V3Backend:
         if activity.state == "failed" and not activity.partial:
             return set()
         try:
-            found = await self._members(activity, set(ids), _contact_id, targets)
+            wanted = set(targets)
+            found = await self._members(
+                activity, set(ids), _contact_id, targets, lambda state: wanted <= state.list_ids
+            )
         except (FatalApiError, ConnectionLostError):
             raise
         except ApiError as exc:
             log.warning("append %s could not be read back: %s", activity.id, exc)
             return set()
-        wanted = set(targets)
-        return {i for i, state in found.items() if wanted <= state.list_ids}
+        return {i for i, on_targets in found.items() if on_targets}
 
     async def recent_activities(self) -> list[BulkActivity]:
         """The first page of `GET /activities` (the last 10 days, newest first), json imports
@@ -409,10 +412,11 @@ class V3Backend:
         if not wanted:
             return {}
         target_set = set(targets)
-        found = await self._members(activity, set(wanted), _email, targets)
-        results = {email: _result(state, target_set) for email, state in found.items()}
+        results = await self._members(
+            activity, set(wanted), _email, targets, lambda state: _result(state, target_set)
+        )
         for email in wanted:
-            if email not in found:
+            if email not in results:
                 state = await self._lookup(email)
                 results[email] = (
                     _result(state, target_set)
@@ -427,9 +431,12 @@ class V3Backend:
         keys: set[str],
         key: Callable[[ContactState], str],
         targets: Sequence[ListId],
-    ) -> dict[str, ContactState]:
-        """The contacts of `keys` (by `key`) found among the targets' members, with their
-        lists, 500 a request, at a cost that does not grow with the lists' size.
+        summary: Callable[[ContactState], T],
+    ) -> dict[str, T]:
+        """The `summary` of each contact of `keys` (by `key`) found among the targets'
+        members, read with its lists, 500 a request, at a cost that does not grow with the
+        lists' size. Only the summaries are kept: an activity's read-back holds tens of
+        thousands of contacts, and a summary is a fraction of a contact's state.
 
         First the members of one target updated while the activity ran (every mutating call
         updates `updated_at`, §10.6.33): about the activity's own contacts. Those not found
@@ -437,15 +444,15 @@ class V3Backend:
         for among all the members of the smallest target, when that costs fewer requests
         than reading them one by one; the caller reads or rewrites the rest one by one.
         """
-        found: dict[str, ContactState] = {}
+        found: dict[str, T] = {}
         window = _window(activity)
         if window and targets:
-            found = await self._scan(targets[0], keys, key, window)
+            found = await self._scan(targets[0], keys, key, window, summary)
         missing = keys - found.keys()
         if missing:
             smallest = await self._smallest_target(targets)
             if smallest is not None and math.ceil(smallest[1] / int(_PAGE)) + 1 < len(missing):
-                found |= await self._scan(smallest[0], missing, key, {})
+                found |= await self._scan(smallest[0], missing, key, {}, summary)
         return found
 
     async def _scan(
@@ -454,9 +461,10 @@ class V3Backend:
         keys: set[str],
         key: Callable[[ContactState], str],
         window: Mapping[str, str],
-    ) -> dict[str, ContactState]:
-        """The contacts of `keys` among a list's members (within `window`), 500 a page;
-        the read stops at the page that holds the last of them."""
+        summary: Callable[[ContactState], T],
+    ) -> dict[str, T]:
+        """The summaries of the contacts of `keys` among a list's members (within
+        `window`), 500 a page; the read stops at the page that holds the last of them."""
         params = {
             "lists": list_id,
             "status": "all",
@@ -464,12 +472,12 @@ class V3Backend:
             "limit": _PAGE,
             **window,
         }
-        found: dict[str, ContactState] = {}
+        found: dict[str, T] = {}
         async with aclosing(self.client.pages("contacts", "contacts", params)) as pages:
             async for document in pages:
                 state = member_state(document)
                 if key(state) in keys:
-                    found[key(state)] = state
+                    found[key(state)] = summary(state)
                     if len(found) == len(keys):
                         break
         return found

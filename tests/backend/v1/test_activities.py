@@ -134,7 +134,7 @@ def test_line_numbers_match_the_data_lines() -> None:
 
 
 def test_row_cap() -> None:
-    """More rows than the cap raise ActivityTooLargeError before anything is encoded."""
+    """More rows than the cap raise ActivityTooLargeError before the rows over it are encoded."""
     rows = [{"EmailAddress": f"u{i}@example.com"} for i in range(3)]
     assert encode_add_contacts(rows[:2], LISTS, max_rows=2)
     with pytest.raises(ActivityTooLargeError, match="3 rows"):
