@@ -247,13 +247,15 @@ class BulkPath:
         contacts' status unknown, never "absent": they go contact by contact, where each is
         read before any write.
         """
-        contacts = batch.contacts
-        found: dict[str, str] = {}  # email -> status, of the contacts that exist
-        unknown: list[Contact] = []
         untouchable = None
         if not (self.config.skip_removed or self.config.lists_only):
             # Only deleted and opted-out contacts matter here: listed, not looked up.
             untouchable = await self._untouchable()
+            if untouchable is not None and untouchable.keys().isdisjoint(batch.emails()):
+                return batch, []  # none of them is deleted or opted out: sent as it is
+        contacts = batch.contacts
+        found: dict[str, str] = {}  # email -> status, of the contacts that exist
+        unknown: list[Contact] = []
         if untouchable is not None:
             found = {c.email: untouchable[c.email] for c in contacts if c.email in untouchable}
             contacts_to_look_up: tuple[Contact, ...] = ()
