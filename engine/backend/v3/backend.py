@@ -20,7 +20,7 @@ import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, Mapping, Sequence
 from contextlib import aclosing
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 from engine.backend.protocol import (
     BackendStats,
@@ -68,6 +68,8 @@ __all__ = ["V3_CAPABILITIES", "V3Backend"]
 
 log = logging.getLogger("engine.backend.v3")
 T = TypeVar("T")
+#: What an import's read-back can say of a contact.
+SettledKind = Literal["added", "opted_out", "unknown"]
 
 V3_CAPABILITIES = Capabilities(
     dialect="v3",
@@ -355,7 +357,7 @@ class V3Backend:
         try:
             wanted = set(targets)
             found = await self._members(
-                activity, set(ids), _contact_id, targets, lambda state: wanted <= state.list_ids
+                activity, ids, _contact_id, targets, lambda state: wanted <= state.list_ids
             )
         except (FatalApiError, ConnectionLostError):
             raise
@@ -394,49 +396,40 @@ class V3Backend:
         except ApiError as exc:  # nothing vouched for: all go contact by contact
             log.warning("activity %s could not be read back: %s", activity.id, exc)
             results = {}
-        return [
-            results.get(email.strip().lower()) or BulkResult(email, "unknown") for email in emails
-        ]
+        return [BulkResult(email, results.get(_normal(email), "unknown")) for email in emails]
 
     async def _read_back(
         self, activity: BulkActivity, emails: Sequence[str], targets: Sequence[ListId]
-    ) -> dict[str, BulkResult]:
+    ) -> dict[str, SettledKind]:
         """Each imported contact's result, read from the server (an email over the import's
         limit was left out of it, and is not read): the members of a target the activity
         changed (`_members`), then a lookup of each contact not found there."""
-        wanted = [
-            e
-            for e in dict.fromkeys(e.strip().lower() for e in emails)
-            if len(e) <= IMPORT_EMAIL_MAX
-        ]
+        wanted = [e for e in dict.fromkeys(map(_normal, emails)) if len(e) <= IMPORT_EMAIL_MAX]
         if not wanted:
             return {}
         target_set = set(targets)
         results = await self._members(
-            activity, set(wanted), _email, targets, lambda state: _result(state, target_set)
+            activity, wanted, _email, targets, lambda state: _settled_kind(state, target_set)
         )
         for email in wanted:
             if email not in results:
                 state = await self._lookup(email)
-                results[email] = (
-                    _result(state, target_set)
-                    if state is not None
-                    else BulkResult(email, "unknown")
-                )
+                results[email] = "unknown" if state is None else _settled_kind(state, target_set)
         return results
 
     async def _members(
         self,
         activity: BulkActivity,
-        keys: set[str],
+        wanted: Iterable[str],
         key: Callable[[ContactState], str],
         targets: Sequence[ListId],
         summary: Callable[[ContactState], T],
     ) -> dict[str, T]:
         """The `summary` of each contact of `keys` (by `key`) found among the targets'
         members, read with its lists, 500 a request, at a cost that does not grow with the
-        lists' size. Only the summaries are kept: an activity's read-back holds tens of
-        thousands of contacts, and a summary is a fraction of a contact's state.
+        lists' size. Only the summaries are kept, under the caller's own strings: an
+        activity's read-back holds tens of thousands of contacts, and a summary is a
+        fraction of a contact's state.
 
         First the members of one target updated while the activity ran (every mutating call
         updates `updated_at`, §10.6.33): about the activity's own contacts. Those not found
@@ -444,11 +437,12 @@ class V3Backend:
         for among all the members of the smallest target, when that costs fewer requests
         than reading them one by one; the caller reads or rewrites the rest one by one.
         """
+        keys = {k: k for k in wanted}
         found: dict[str, T] = {}
         window = _window(activity)
         if window and targets:
             found = await self._scan(targets[0], keys, key, window, summary)
-        missing = keys - found.keys()
+        missing = {k: k for k in keys if k not in found}
         if missing:
             smallest = await self._smallest_target(targets)
             if smallest is not None and math.ceil(smallest[1] / int(_PAGE)) + 1 < len(missing):
@@ -458,7 +452,7 @@ class V3Backend:
     async def _scan(
         self,
         list_id: ListId,
-        keys: set[str],
+        keys: Mapping[str, str],
         key: Callable[[ContactState], str],
         window: Mapping[str, str],
         summary: Callable[[ContactState], T],
@@ -476,8 +470,9 @@ class V3Backend:
         async with aclosing(self.client.pages("contacts", "contacts", params)) as pages:
             async for document in pages:
                 state = member_state(document)
-                if key(state) in keys:
-                    found[key(state)] = summary(state)
+                mine = keys.get(key(state))
+                if mine is not None:
+                    found[mine] = summary(state)
                     if len(found) == len(keys):
                         break
         return found
@@ -495,6 +490,13 @@ class V3Backend:
             return None
         best = min(counts, key=counts.__getitem__)
         return best, counts[best]
+
+
+def _normal(email: str) -> str:
+    """The email trimmed and lower-cased: the same string when it is already (the
+    pipeline's are), not a copy of it."""
+    normal = email.strip().lower()
+    return email if normal == email else normal
 
 
 def _email(state: ContactState) -> str:
@@ -533,13 +535,12 @@ def _iso(epoch: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))
 
 
-def _result(state: ContactState, targets: set[ListId]) -> BulkResult:
-    email = state.ref.email
+def _settled_kind(state: ContactState, targets: set[ListId]) -> SettledKind:
     if state.ref.status == "opted_out":
-        return BulkResult(email, "opted_out")
+        return "opted_out"
     if targets <= state.list_ids:
-        return BulkResult(email, "added")
-    return BulkResult(email, "unknown")
+        return "added"
+    return "unknown"
 
 
 def _token_user(token: str) -> str:
