@@ -133,6 +133,9 @@ async def merge_lists(
         receive: MemoryObjectReceiveStream[Found], send: MemoryObjectSendStream[Write]
     ) -> None:
         async with receive, send, send_outcomes.clone() as outcomes:
+            # Not `streams.items`: the checkpoint of each receive lets the put worker just
+            # handed a write take its turn at the governor before this worker's next read
+            # (at a low rate, a read queued first would go stale before its write).
             async for found in receive:
                 if stop is not None and stop.is_set():
                     continue

@@ -18,7 +18,7 @@ from engine.errors import ConflictError, DoNotMailError, RetryableApiError
 from engine.pipeline.merge import Write, decide
 from engine.pipeline.models import REACTIVATED, REVIVED, Outcome, join_notes
 from engine.pipeline.stats import StageStats, outcome_for_error
-from engine.pipeline.streams import send_soon
+from engine.pipeline.streams import items, send_soon
 
 if TYPE_CHECKING:
     from engine.pipeline.append import Appends
@@ -334,7 +334,7 @@ async def put_contacts(
     `appends`, a write that only adds lists to an existing contact is batched there (its
     outcome comes from there)."""
     async with receive_writes, send_outcomes:
-        async for write in receive_writes:
+        async for write in items(receive_writes):
             if stop is not None and stop.is_set():
                 continue
             if appends is not None and appends.takes(write):

@@ -4,9 +4,10 @@ anyio's `send` and `receive` each start with a checkpoint (a trip through the ev
 and a lookup of the running async library), which costs more than the rest of a hot stage's
 work per contact: a million contacts on the bulk path made a few million of them. These
 helpers take the checkpoint only when they must wait: `send_soon` puts an item in the buffer
-directly when there is room, and `batches` hands over everything already waiting after each
-wait. A producer still yields whenever the buffer is full, and a consumer whenever it is
-empty, so backpressure and cancellation work as before (anyio has no batch API for this).
+directly when there is room, `items` takes one that is already waiting, and `batches` hands
+over everything already waiting after each wait. A producer still yields whenever the buffer
+is full, and a consumer whenever it is empty, so backpressure and cancellation work as before
+(anyio has no batch API for this).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import anyio
 from anyio.abc import ObjectReceiveStream, ObjectSendStream
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-__all__ = ["batches", "send_soon"]
+__all__ = ["batches", "items", "send_soon"]
 
 T = TypeVar("T")
 
@@ -53,3 +54,19 @@ async def batches(stream: ObjectReceiveStream[T]) -> AsyncIterator[list[T]]:
             except anyio.EndOfStream:
                 break
         yield batch
+
+
+async def items(stream: MemoryObjectReceiveStream[T]) -> AsyncIterator[T]:
+    """`async for item in stream`, without the checkpoint when an item is already waiting
+    (a worker of a pool yields in its own work: each of them sends a request per item)."""
+    while True:
+        try:
+            item = stream.receive_nowait()
+        except anyio.WouldBlock:
+            try:
+                item = await stream.receive()
+            except anyio.EndOfStream:
+                return
+        except anyio.EndOfStream:
+            return
+        yield item
