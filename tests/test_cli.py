@@ -433,8 +433,9 @@ def test_the_rate_limit_is_a_ceiling_unless_discover_rate() -> None:
 def test_the_program_collects_garbage_less_often_and_the_library_never_does(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """`python -m engine` raises the collector's thresholds and freezes what is alive before
-    it runs a command; `main` (what a program embedding the CLI calls) changes neither."""
+    """`python -m engine` tunes the process (`tune_process`: the collector's thresholds
+    raised and what is alive frozen, the allocator's threshold fixed) before it runs a
+    command; `main` (what a program embedding the CLI calls) changes none of it."""
     import gc
 
     import engine.cli
