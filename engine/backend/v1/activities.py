@@ -10,10 +10,9 @@ from __future__ import annotations
 
 import csv
 import io
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from itertools import islice
-from typing import TypeVar
+from collections.abc import Iterable, Mapping, Sequence
 
+from engine.backend._bulk import slices
 from engine.errors import ActivityTooLargeError
 from engine.fields import field_text
 
@@ -26,8 +25,6 @@ __all__ = [
     "encode_contact_pairs",
     "line_number",
 ]
-
-T = TypeVar("T")
 
 #: The API's documented cap on contacts in one request (API doc §6.4, P27).
 MAX_ACTIVITY_ROWS = 20_000
@@ -131,7 +128,7 @@ def encode_contact_pairs(
     writer.writerow([COLUMN_NAMES[n] for n in ("EmailAddress", *fields)])
     pieces = ["activityType=ADD_CONTACTS&data="]
     count = 0
-    for chunk in _chunks(contacts, 1000):
+    for chunk in slices(contacts):
         count += len(chunk)
         if count > max_rows:
             raise ActivityTooLargeError(
@@ -156,9 +153,3 @@ def encode_contact_pairs(
             f"the activity body is {len(body)} bytes, over the cap of {max_bytes}"
         )
     return body
-
-
-def _chunks(items: Iterable[T], size: int) -> Iterator[list[T]]:
-    iterator = iter(items)
-    while chunk := list(islice(iterator, size)):
-        yield chunk

@@ -12,9 +12,9 @@ import hashlib
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from itertools import islice
 from typing import Any
 
+from engine.backend._bulk import slices
 from engine.backend.protocol import (
     ActivityState,
     BulkActivity,
@@ -376,14 +376,12 @@ class JsonImport:
 
     Attributes:
         body: the JSON body.
-        rows: the import rows in it.
         targets: the lists it adds.
         left_out: emails too long for an import row (over 50 characters): not in the body;
             `settle` reports them `unknown`, so they go contact by contact.
     """
 
     body: bytes = field(repr=False)
-    rows: int
     targets: tuple[ListId, ...]
     left_out: frozenset[str] = frozenset()
 
@@ -415,8 +413,7 @@ def encode_import(
     seen: set[str] = set()
     left_out: set[str] = set()
     pieces: list[str] = []
-    iterator = iter(contacts)
-    while chunk := list(islice(iterator, 1000)):
+    for chunk in slices(contacts):
         rows: list[dict[str, str]] = []
         for given, values in chunk:
             email = given.strip().lower()
@@ -445,7 +442,7 @@ def encode_import(
     cap = min(max_bytes, IMPORT_MAX_BYTES)
     if len(body) >= cap:
         raise ActivityTooLargeError(f"the import body of {len(body)} bytes is not under {cap}")
-    return JsonImport(body, len(seen) - len(left_out), tuple(lists), frozenset(left_out))
+    return JsonImport(body, tuple(lists), frozenset(left_out))
 
 
 @dataclass(frozen=True, slots=True)

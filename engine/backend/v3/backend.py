@@ -355,9 +355,9 @@ class V3Backend:
         if activity.state == "failed" and not activity.partial:
             return set()
         try:
-            wanted = set(targets)
+            target_set = set(targets)
             found = await self._members(
-                activity, ids, _contact_id, targets, lambda state: wanted <= state.list_ids
+                activity, ids, _contact_id, targets, lambda state: target_set <= state.list_ids
             )
         except (FatalApiError, ConnectionLostError):
             raise
@@ -425,7 +425,7 @@ class V3Backend:
         targets: Sequence[ListId],
         summary: Callable[[ContactState], T],
     ) -> dict[str, T]:
-        """The `summary` of each contact of `keys` (by `key`) found among the targets'
+        """The `summary` of each contact of `wanted` (by `key`) found among the targets'
         members, read with its lists, 500 a request, at a cost that does not grow with the
         lists' size. Only the summaries are kept, under the caller's own strings: an
         activity's read-back holds tens of thousands of contacts, and a summary is a
