@@ -21,9 +21,11 @@ import random
 import re
 import time
 import uuid
+from array import array
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from operator import attrgetter
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -156,6 +158,23 @@ _IMPORT_ADDRESS_PARTS = {
     "zip": "postal_code",
     "country": "country",
 }
+#: Import columns of addresses, by the prefix of each kind (the contract spells the home
+#: country `home country`).
+_IMPORT_ADDRESS_KINDS = (("", "home"), ("home_", "home"), ("work_", "work"), ("other_", "other"))
+_IMPORT_ADDRESS_COLUMNS = tuple(
+    (
+        "home country" if prefix == "home_" and column == "country" else f"{prefix}{column}",
+        kind,
+        part,
+        255 if column.startswith("street") else 50,
+    )
+    for prefix, kind in _IMPORT_ADDRESS_KINDS
+    for column, part in _IMPORT_ADDRESS_PARTS.items()
+)
+#: Every column of a phone or an address: a row with none of them skips their checks.
+_IMPORT_SUBRESOURCE_COLUMNS = frozenset(
+    [*_IMPORT_PHONES, *(name for name, _, _, _ in _IMPORT_ADDRESS_COLUMNS)]
+)
 _STATE_FORMAT = "ctct-v3-simulator-state"
 _ID_RANDOM = random.SystemRandom()
 
@@ -314,6 +333,7 @@ class AccountStore:
             tuple[tuple[Any, ...], ...], tuple[list[str], list[StoredContact]]
         ] = OrderedDict()
         self._contacts: dict[str, StoredContact] = {}
+        self._updated = _UpdateIndex()
         self._by_email: dict[str, str] = {}
         self._custom_fields: dict[str, str] = {}
         self._activities: dict[str, StoredActivity] = {}
@@ -489,6 +509,11 @@ class AccountStore:
             if stored is None or stored.deleted_at is not None:
                 raise BadRequest(f"{where}: list {list_id} does not exist")
 
+    def _touch(self, contact: StoredContact, now: float) -> None:
+        """Stamp the contact's `updated_at` (every write does, §10.6.33), and index it."""
+        contact.updated_at = now
+        self._updated.add(now, contact.id, self._contacts)
+
     def _set_lists(self, contact: StoredContact, lists: Sequence[str]) -> None:
         new = list(dict.fromkeys(lists))
         for list_id in set(contact.lists) - set(new):
@@ -551,6 +576,15 @@ class AccountStore:
         if email is not None:
             found = self.contact_by_email(email)
             candidates = [] if found is None else [found]
+        elif (changed := self._updated.after((ranges or {}).get("updated_after"))) is not None:
+            # The contacts written since: a read-back of an import's few thousand among a
+            # million members, without a scan of all of them for every read.
+            candidates = [self._contacts[i] for i in changed]
+            if lists:
+                candidates = [c for c in candidates if not set(lists).isdisjoint(c.lists)]
+        elif len(lists) == 1:  # the usual read of a list: its members, not a copy of them
+            members = self._members.get(lists[0], set())
+            candidates = [self._contacts[i] for i in members]
         elif lists:
             ids = set().union(*(self._members.get(i, set()) for i in lists))
             candidates = [self._contacts[i] for i in ids]
@@ -563,7 +597,8 @@ class AccountStore:
             candidates = [
                 c for c in candidates if set(tags) & set(c.subresources.get("taggings", ()))
             ]
-        rows = [c for c in candidates if _matches_status(c, wanted) and _in_ranges(c, ranges)]
+        in_ranges = _range_test(ranges)
+        rows = [c for c in candidates if _matches_status(c, wanted) and in_ranges(c)]
         rows.sort(key=self._order_key)
         total = len(rows)
         if email is None:  # the next pages of this query start from these rows
@@ -586,10 +621,11 @@ class AccountStore:
         statuses, lists, tags, ranges = query
         wanted, on, tagged = set(statuses), set(lists), set(tags)
         keys, rows = self._pages[query]
+        in_ranges = _range_test(dict(ranges))
         page: list[StoredContact] = []
         more = False
         for contact in rows[bisect.bisect_right(keys, after) :]:
-            if not (_matches_status(contact, wanted) and _in_ranges(contact, dict(ranges))):
+            if not (_matches_status(contact, wanted) and in_ranges(contact)):
                 continue
             if on and not on & set(contact.lists):
                 continue
@@ -770,6 +806,7 @@ class AccountStore:
         else:
             contact.opt_in_source, contact.opt_in_date = source, now  # [I] §10.3.17
         self._contacts[contact.id] = contact
+        self._updated.add(contact.updated_at, contact.id, self._contacts)
         self._claim_email(contact, address)
         self._set_lists(contact, subresources.pop("list_memberships", []))
         contact.subresources.update(subresources)
@@ -838,7 +875,7 @@ class AccountStore:
             else:
                 contact.subresources[name] = value
         contact.update_source = source
-        contact.updated_at = now
+        self._touch(contact, now)
         return contact
 
     def _unsubscribed_lists(self, contact: StoredContact, lists: list[str]) -> list[str]:
@@ -861,7 +898,7 @@ class AccountStore:
             and len(contact.lists) < self.config.max_lists_per_contact
         ):
             self._set_lists(contact, [*contact.lists, stored.id])
-            contact.updated_at = self.clock()
+            self._touch(contact, self.clock())
 
     def delete_contact(self, contact_id: str) -> None:
         """`DELETE /contacts/{id}` (§3.7): deleted status, opt-out fields, memberships stripped.
@@ -880,7 +917,7 @@ class AccountStore:
         if contact.permission != "unsubscribed":
             contact.opt_out_source, contact.opt_out_date = "Account", now
         self._set_lists(contact, [])
-        contact.updated_at = now
+        self._touch(contact, now)
 
     def sign_up_form(self, body: Mapping[str, Any], *, conflict: bool = False) -> tuple[str, bool]:
         """`POST /contacts/sign_up_form` (§3.6): create or partially update by email; lists and
@@ -937,6 +974,7 @@ class AccountStore:
                 confirm_status="pending" if pending else "off",
             )
             self._contacts[contact.id] = contact
+            self._updated.add(contact.updated_at, contact.id, self._contacts)
             self._claim_email(contact, address)
         else:
             union = list(dict.fromkeys([*contact.lists, *lists]))
@@ -968,7 +1006,7 @@ class AccountStore:
             contact.subresources["custom_fields"] = _merge(
                 "custom_fields", contact.subresources.get("custom_fields", []), custom
             )[:25]
-        contact.updated_at = now
+        self._touch(contact, now)
         return contact.id, created
 
     def add_contact(
@@ -1368,7 +1406,7 @@ class AccountStore:
             kept = [i for i in contact.lists if i not in targets]
             if len(kept) != len(contact.lists):
                 self._set_lists(contact, kept)
-                contact.updated_at = self.clock()
+                self._touch(contact, self.clock())
             return
         self._add_lists(activity, index + 1, contact, targets)
 
@@ -1395,7 +1433,7 @@ class AccountStore:
             new = new[: max(room, 0)]
         if new:
             self._set_lists(contact, [*contact.lists, *new])
-            contact.updated_at = self.clock()
+            self._touch(contact, self.clock())
 
     def _export_row(self, contact: StoredContact, fields: Sequence[str]) -> list[str]:
         values: dict[str, Any] = {
@@ -1472,6 +1510,7 @@ class AccountStore:
                 opt_in_date=now,
             )
             self._contacts[contact.id] = contact
+            self._updated.add(contact.updated_at, contact.id, self._contacts)
             self._claim_email(contact, email)
         elif contact.deleted_at is not None:
             if self.config.deleted_in_import == "skip_count_error":
@@ -1499,7 +1538,7 @@ class AccountStore:
             contact.subresources["custom_fields"] = _merge(
                 "custom_fields", contact.subresources.get("custom_fields", []), custom
             )[:25]
-        contact.updated_at = now
+        self._touch(contact, now)
         counts["person_count"] += 1
         if contact.permission == "unsubscribed":
             # "cannot be added to a list because they were previously unsubscribed".
@@ -1533,22 +1572,13 @@ class AccountStore:
                 raise _Correctable(exc.message) from None
             raise
         phones: dict[str, str] = {}
-        for column, kind in _IMPORT_PHONES.items():
-            value = opt_str(row, column, 50)
-            if value:
-                phones[kind] = value
         addresses: dict[str, dict[str, str]] = {}
-        for prefix, kind in (
-            ("", "home"),
-            ("home_", "home"),
-            ("work_", "work"),
-            ("other_", "other"),
-        ):
-            for column, part in _IMPORT_ADDRESS_PARTS.items():
-                name = f"{prefix}{column}"
-                if prefix == "home_" and column == "country":
-                    name = "home country"  # the contract's own spelling (§5.2)
-                limit = 255 if column.startswith("street") else 50
+        if not _IMPORT_SUBRESOURCE_COLUMNS.isdisjoint(row.keys()):
+            for column, kind in _IMPORT_PHONES.items():
+                value = opt_str(row, column, 50)
+                if value:
+                    phones[kind] = value
+            for name, kind, part, limit in _IMPORT_ADDRESS_COLUMNS:
                 value = opt_str(row, name, limit)
                 if value:
                     addresses.setdefault(kind, {})[part] = value
@@ -1632,6 +1662,7 @@ class AccountStore:
                     store._by_email[store._key(contact.email)] = contact.id
                 for list_id in contact.lists:
                     store._members[list_id].add(contact.id)
+            store._updated.rebuild(store._contacts)
             for item in data["activities"]:
                 activity = StoredActivity(**item)
                 store._activities[activity.id] = activity
@@ -1693,19 +1724,68 @@ def _matches_status(contact: StoredContact, wanted: set[str]) -> bool:
     return contact.status in wanted
 
 
-def _in_ranges(contact: StoredContact, ranges: Mapping[str, float] | None) -> bool:
-    if not ranges:
-        return True
-    for name, bound in ranges.items():
+class _UpdateIndex:
+    """Contact ids in the order of their `updated_at` stamps, for `updated_after` searches.
+
+    Appended to as contacts are stamped (a contact stamped again appears again; a search
+    checks each contact as it is now). A stamp earlier than the last one (a clock set back,
+    as tests do) turns it off for good: searches then scan every contact, as without it.
+    Rebuilt from the contacts when it holds twice as many stamps as there are contacts.
+    """
+
+    __slots__ = ("_ids", "_times", "ordered")
+
+    def __init__(self) -> None:
+        self._times = array("d")
+        self._ids: list[str] = []
+        self.ordered = True
+
+    def add(self, when: float, contact_id: str, contacts: Mapping[str, StoredContact]) -> None:
+        """Index a stamp just given (`contacts`: all of them, for a rebuild)."""
+        if not self.ordered:
+            return
+        if self._times and when < self._times[-1]:
+            self.ordered = False
+            self._times, self._ids = array("d"), []
+            return
+        self._times.append(when)
+        self._ids.append(contact_id)
+        if len(self._ids) > 2 * len(contacts) + 1000:
+            self.rebuild(contacts)
+
+    def rebuild(self, contacts: Mapping[str, StoredContact]) -> None:
+        """Index each contact once, by its stamp (after a load, or when it grew)."""
+        latest = sorted((c.updated_at, c.id) for c in contacts.values())
+        self._times = array("d", (t for t, _ in latest))
+        self._ids = [i for _, i in latest]
+
+    def after(self, bound: float | None) -> list[str] | None:
+        """The ids of the contacts stamped after `bound` at some point (None: not known)."""
+        if bound is None or not self.ordered:
+            return None
+        return list(dict.fromkeys(self._ids[bisect.bisect_right(self._times, bound) :]))
+
+
+_RANGE_TIMES = {"updated": "updated_at", "created": "created_at", "optout": "opt_out_date"}
+
+
+def _range_test(ranges: Mapping[str, float] | None) -> Callable[[StoredContact], bool]:
+    """Whether a contact's times are within the date ranges (`updated_after`… as epoch
+    seconds, bounds excluded), as a test built once a query: a read-back page filters every
+    member of a list with it."""
+    bounds = []
+    for name, bound in (ranges or {}).items():
         attribute, _, side = name.partition("_")
-        value = {"updated": contact.updated_at, "created": contact.created_at}.get(
-            attribute, contact.opt_out_date
-        )
-        if value is None:
-            return False
-        if (side == "after" and value <= bound) or (side == "before" and value >= bound):
-            return False
-    return True
+        bounds.append((attrgetter(_RANGE_TIMES[attribute]), side == "after", bound))
+
+    def in_ranges(contact: StoredContact) -> bool:
+        for time_of, after, bound in bounds:
+            value = time_of(contact)
+            if value is None or (value <= bound if after else value >= bound):
+                return False
+        return True
+
+    return in_ranges
 
 
 def _phone_input(item: Any, now: float, source: str) -> dict[str, Any]:

@@ -9,7 +9,7 @@ import aiohttp
 
 from engine.simulator.v3 import AccountStore, RunningSimulator
 
-from .conftest import V3Starter, get_json, open_session, post_json, put_json
+from .conftest import FakeClock, V3Starter, get_json, open_session, post_json, put_json
 
 Served = tuple[RunningSimulator, aiohttp.ClientSession]
 
@@ -363,3 +363,79 @@ def test_paging_a_list_gives_each_member_once_and_checks_each_row_as_it_is_now()
         page = store.search_contacts(lists=[news], statuses=["all"], limit=500, after=page.next_key)
         seen += [c.id for c in page.contacts]
     assert seen == [i for i in ids if i != gone.id]
+
+
+def _changed_since(store: AccountStore, bound: float, lists: list[str] | None = None) -> set[str]:
+    """The emails an `updated_after` search of `bound` finds (every status, every page)."""
+    seen: set[str] = set()
+    after = None
+    while True:
+        page = store.search_contacts(
+            statuses=["all"], lists=lists or [], ranges={"updated_after": bound}, after=after
+        )
+        seen |= {c.email or "" for c in page.contacts}
+        if page.next_key is None:
+            return seen
+        after = page.next_key
+
+
+def test_updated_after_finds_what_each_kind_of_write_stamped() -> None:
+    """An `updated_after` search finds exactly the contacts written since its bound, by
+    every kind of write: a PUT, a sign-up form, a DELETE, an import and a list append."""
+    clock = FakeClock()
+    store = AccountStore(clock=clock)
+    news = store.add_list("News")
+    ids = {n: store.add_contact(f"{n}@example.com") for n in ("put", "form", "gone", "imp", "app")}
+    store.add_contact("still@example.com", lists=[news])
+    clock.advance(60)
+    bound = clock() - 1
+    assert _changed_since(store, bound) == set()
+    store.update_contact(
+        ids["put"], {"update_source": "Account", "email_address": {"address": "put@example.com"}}
+    )
+    store.sign_up_form({"email_address": "form@example.com", "list_memberships": [news]})
+    store.delete_contact(ids["gone"])
+    imported = store.submit_json_import(
+        {
+            "import_data": [{"email": "imp@example.com"}, {"email": "new@example.com"}],
+            "list_ids": [news],
+        }
+    )
+    store.run_activity(imported.id)
+    appended = store.submit_list_memberships(
+        {"source": {"contact_ids": [ids["app"]]}, "list_ids": [news]}, remove=False
+    )
+    store.run_activity(appended.id)
+    everyone = {f"{n}@example.com" for n in ("put", "form", "gone", "imp", "app", "new")}
+    assert _changed_since(store, bound) == everyone
+    assert _changed_since(store, bound, [news]) == everyone - {
+        "put@example.com",
+        "gone@example.com",
+    }
+    assert _changed_since(store, clock() + 1) == set()
+
+
+def test_updated_after_searches_survive_a_clock_set_back_and_a_reload() -> None:
+    """Stamps earlier than the one before (a clock set back) and a store loaded from its
+    state leave `updated_after` searches finding what a scan of every contact finds."""
+    clock = FakeClock()
+    start = clock()
+    store = AccountStore(clock=clock)
+    store.add_contact("first@example.com")
+    clock.advance(100)
+    store.add_contact("later@example.com")
+    clock.now = start + 20  # set back: these stamps come before the last one
+    store.add_contact("back@example.com")
+    clock.now = start + 60
+    store.add_contact("ahead@example.com")
+    assert _changed_since(store, start + 40) == {"later@example.com", "ahead@example.com"}
+    loaded = AccountStore.from_json(store.to_json(), clock=clock)
+    assert _changed_since(loaded, start + 40) == {"later@example.com", "ahead@example.com"}
+    assert _changed_since(loaded, start + 10) == {
+        "later@example.com",
+        "ahead@example.com",
+        "back@example.com",
+    }
+    clock.now = start + 200
+    loaded.add_contact("fourth@example.com")
+    assert _changed_since(loaded, start + 150) == {"fourth@example.com"}
