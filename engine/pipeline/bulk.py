@@ -225,14 +225,22 @@ class BulkPath:
 
     async def _run_batch(self, batch: Batch) -> Iterable[Outcome]:
         if self._needs_check():
+            probed: tuple[Iterable[Outcome], Batch | None] | None = None
             async with self._check_lock:
                 # Checked again: another batch may have done the check while this one waited.
                 if self._needs_check():
-                    return await self._run(batch, check=True)
+                    probed = await self._probe(batch)
+            if probed is not None:
+                # What the probe leaves goes once the lock is released: the batches waiting
+                # for the verdict need not wait for this batch's activity as well.
+                outcomes, rest = probed
+                if rest is None:
+                    return outcomes
+                return chain(outcomes, (await self._submit_and_settle(rest))[0])
         if not self.enabled:
             await self._fall_back(batch.contacts, "bulk path switched off")
             return []
-        return await self._run(batch, check=False)
+        return (await self._submit_and_settle(batch))[0]
 
     async def _looked_up(self, batch: Batch) -> tuple[Batch, list[Outcome]]:
         """The batch after looking up its contacts' status (as many emails a request as the
@@ -323,10 +331,11 @@ class BulkPath:
     def _needs_check(self) -> bool:
         return self.enabled and not self.verified and self.config.probe_size > 0
 
-    async def _run(self, batch: Batch, *, check: bool) -> Iterable[Outcome]:
-        """Run a batch; with `check`, only after a probe has proven that bulk appends."""
-        if not check:
-            return (await self._submit_and_settle(batch))[0]
+    async def _probe(self, batch: Batch) -> tuple[Iterable[Outcome], Batch | None]:
+        """Prove that bulk appends with a few contacts of the batch, read before and after
+        their own activity. Returns their outcomes and the rest of the batch when it may go
+        in bulk too (the probe passed, or none of the batch is on another list: nothing to
+        lose); None when the rest went contact by contact."""
         try:
             witnesses, scanned_all = await self._witnesses(batch)
         except (FatalApiError, ConnectionLostError, QuotaExhaustedError):
@@ -335,12 +344,12 @@ class BulkPath:
             await self._fall_back(
                 batch.contacts, f"bulk not verified yet: the probe failed ({exc})"
             )
-            return []
+            return [], None
         if not witnesses:
             if scanned_all:  # no contact of the batch is on another list: nothing to lose
-                return (await self._submit_and_settle(batch))[0]
+                return [], batch
             await self._fall_back(batch.contacts, "bulk not verified yet: a probe read failed")
-            return []
+            return [], None
         chosen = {state.ref.email for state in witnesses.values()}
         contacts = batch.contacts
         probe = Batch([c for c in contacts if c.email in chosen], batch.targets)
@@ -348,13 +357,12 @@ class BulkPath:
         del contacts  # packed while the probe's activity runs
         outcomes, verdict = await self._submit_and_settle(probe, before=witnesses)
         if verdict == "passed":
-            if rest.size:
-                outcomes = chain(outcomes, (await self._submit_and_settle(rest))[0])
-        elif verdict == "failed":
+            return outcomes, rest if rest.size else None
+        if verdict == "failed":
             await self._fall_back(rest.contacts, "bulk path switched off")
         else:
             await self._fall_back(rest.contacts, f"bulk not verified yet: the probe was {verdict}")
-        return outcomes
+        return outcomes, None
 
     async def _submit_and_settle(
         self, batch: Batch, *, before: dict[str, ContactState] | None = None

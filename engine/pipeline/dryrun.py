@@ -46,7 +46,7 @@ from engine.pipeline.config import MigrationConfig
 from engine.pipeline.models import Batch, Contact, Outcome, Rejected, SourceRow
 from engine.pipeline.plan import Planner
 from engine.pipeline.read import Source, SourceReader
-from engine.pipeline.run import check_lists
+from engine.pipeline.run import verified_lists
 
 __all__ = ["DryRunPlan", "plan_migration", "polls_for"]
 
@@ -358,10 +358,9 @@ async def plan_migration(
     reader = SourceReader(source, config.read)
     scan = await reader.scan()
     sent_before = backend.stats().requests
-    await backend.verify()
     names = list(dict.fromkeys([*config.lists, *sorted(scan.list_names)]))
     # Raises the run's ConfigError for an unknown list, naming what exists.
-    by_name, missing_names = await check_lists(backend, names, create=config.create_lists)
+    by_name, missing_names = await verified_lists(backend, names, create=config.create_lists)
     missing = tuple(missing_names)
     if not names and reader.path is not None:
         raise ConfigError("no target lists: pass --list NAME or a lists column with names")

@@ -174,6 +174,40 @@ async def check_lists(
     return lists, missing
 
 
+async def verified_lists(
+    backend: Backend, names: Sequence[str], *, create: bool
+) -> tuple[dict[str, ListInfo], list[str]]:
+    """`backend.verify()` and `check_lists` at once: two reads in the time of one round
+    trip, before anything is written. When both fail, the verification's error is the one
+    raised: it says what to change (the credentials, the address).
+
+    Raises:
+        ConfigError: see `check_lists`.
+    """
+    checked: list[tuple[dict[str, ListInfo], list[str]]] = []
+    failed: list[Exception] = []
+
+    async def check() -> None:
+        try:
+            checked.append(await check_lists(backend, names, create=create))
+        except Exception as exc:  # raised below, after the verification's own error
+            failed.append(exc)
+
+    refused: Exception | None = None
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(check)
+        try:
+            await backend.verify()
+        except Exception as exc:
+            refused = exc
+            tg.cancel_scope.cancel()
+    if refused is not None:
+        raise refused
+    if failed:
+        raise failed[0]
+    return checked[0]
+
+
 async def create_lists(
     backend: Backend, lists: dict[str, ListInfo], missing: Sequence[str]
 ) -> dict[str, ListInfo]:
@@ -279,8 +313,7 @@ async def migrate(
     names = [*config.lists, *sorted(scan.list_names)]
     # Every check before the journal is created: a mistake (a list name, the account) must
     # not leave a journal behind that would refuse the corrected command.
-    await backend.verify()
-    existing, missing = await check_lists(backend, names, create=config.create_lists)
+    existing, missing = await verified_lists(backend, names, create=config.create_lists)
     opened: Journal | None = None
     if journal is not None:
         settings = {**_identity(config), "account": backend.identity}

@@ -413,6 +413,46 @@ async def test_the_probe_looks_up_several_contacts_at_once_and_reads_none_again(
         assert old in stored.lists
 
 
+async def test_once_the_probe_passed_other_batches_do_not_wait_for_its_batch(
+    start_sim: SimStarter, open_backend: BackendOpener
+) -> None:
+    """The batches waiting for the probe's verdict go as soon as it is known: the second
+    batch's import is posted while the first batch's own (what its probe left) still runs."""
+    async with start_sim(activity_delay=0.5, activity_jitter=0.0) as sim:
+        old, _, emails = _existing(sim, 60)
+        source = [{"email": e} for e in emails]
+        config = MigrationConfig(probe_size=5, bulk_max_rows=30, poll_initial=0.02, poll_max=0.05)
+        async with open_backend(sim) as backend:
+            submit, poll = backend.submit, backend.poll
+            events: list[tuple[str, str]] = []
+
+            async def recorded_submit(request: object, **options: Any) -> Any:
+                activity = await submit(request, **options)
+                events.append(("posted", activity.id))
+                return activity
+
+            async def recorded_poll(activity_id: str) -> Any:
+                activity = await poll(activity_id)
+                if activity.finished and ("finished", activity_id) not in events:
+                    events.append(("finished", activity_id))
+                return activity
+
+            backend.submit = recorded_submit  # type: ignore[method-assign]
+            backend.poll = recorded_poll  # type: ignore[method-assign]
+            with anyio.fail_after(40):
+                report = await migrate(backend, source, lists=["News"], config=config)
+
+    assert report.outcomes["bulk_added"] == 60
+    posted = [i for kind, i in events if kind == "posted"]
+    assert len(posted) == 3, events  # the probe, then the rest of its batch and the second
+    # batch, in either order: both are posted before the first of them has finished.
+    assert events.index(("posted", posted[2])) < events.index(("finished", posted[1])), events
+    for email in emails:
+        stored = sim.store.contact_by_email(email)
+        assert stored is not None
+        assert old in stored.lists
+
+
 def test_a_fields_only_put_names_no_list_and_never_writes_the_unsubscribed() -> None:
     """The fields-only PUT body carries no `list_memberships` (so no list can be dropped),
     resends the core properties, and is refused for an unsubscribed or deleted contact."""
