@@ -17,7 +17,7 @@ from engine.backend.protocol import Backend, ContactRef, ContactState
 from engine.crashpoints import crash_point
 from engine.pipeline.models import Contact, Outcome
 from engine.pipeline.stats import StageStats, outcome_for_error
-from engine.pipeline.streams import send_soon
+from engine.pipeline.streams import items, send_soon
 
 __all__ = ["Found", "fetch_contacts", "receive_batch"]
 
@@ -77,8 +77,9 @@ async def fetch_contacts(
     flight.
 
     Batching in a single task keeps the searches full: idle workers each taking what is
-    queued would search a few emails at a time whenever the queue fills slowly. Once `stop`
-    is set, batches are drained without a request: a resumed run redoes them.
+    queued would search a few emails at a time whenever the queue fills slowly. With one
+    email a lookup there is nothing to batch: `limit` workers each take the next contact.
+    Once `stop` is set, contacts are drained without a request: a resumed run redoes them.
     """
     slots = anyio.Semaphore(limit)
 
@@ -91,8 +92,25 @@ async def fetch_contacts(
             stats.done += len(batch)
             slots.release()
 
+    async def one_at_a_time() -> None:
+        async for contact in items(receive_contacts):
+            if stop is not None and stop.is_set():
+                continue
+            stats.busy += 1
+            try:
+                await _search([contact], backend, send_found, send_outcomes)
+            finally:
+                stats.busy -= 1
+                stats.done += 1
+
     async with receive_contacts, send_found, send_outcomes, anyio.create_task_group() as tg:
         size = backend.capabilities.lookup_batch
+        if size == 1:
+            # One email a lookup (V3): nothing to batch, so `limit` workers each look up
+            # the next contact, instead of a task (and a semaphore turn) per contact.
+            for _ in range(limit):
+                tg.start_soon(one_at_a_time)
+            return
         while batch := await receive_batch(receive_contacts, size):
             if stop is not None and stop.is_set():
                 continue

@@ -18,6 +18,7 @@ from collections.abc import Mapping
 
 import anyio
 from anyio.abc import ObjectReceiveStream, ObjectSendStream
+from anyio.streams.memory import MemoryObjectSendStream
 
 from engine.backend.protocol import ListInfo
 from engine.pipeline.config import MigrationConfig
@@ -178,6 +179,22 @@ class Planner:
                 held.absorb(contact)
             return
         if self.config.bulk_threshold is None and self._coalesced:  # nothing to wait for
+            send = self._out[0]
+            stopping = self._stop is not None and self._stop.is_set()
+            if (
+                isinstance(send, MemoryObjectSendStream)
+                and not stopping
+                and not self._flush_lock.locked()
+            ):
+                # Handed over without a wait: no cancellation can come between taking it in
+                # flight and sending it (what the lock is for), and no checkpoint.
+                try:
+                    send.send_nowait(contact)
+                except anyio.WouldBlock:
+                    pass
+                else:
+                    self._in_flight.add(contact.email)
+                    return
             async with self._flush_lock:
                 if self._stop is None or not self._stop.is_set():
                     self._in_flight.add(contact.email)
