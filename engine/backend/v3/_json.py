@@ -35,6 +35,7 @@ __all__ = [
     "LISTS_PER_CONTACT",
     "JsonImport",
     "V3Activity",
+    "Version",
     "activity_state",
     "append_body",
     "bulk_activity",
@@ -176,11 +177,38 @@ def contact_fields(document: Mapping[str, Any]) -> dict[str, str]:
     return fields
 
 
-def _version(document: Mapping[str, Any]) -> str:
-    """A digest of the whole document: any change (a list, a field, a permission) shows,
-    where `updated_at`, to the second, could miss two writes within one second."""
-    text = json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return hashlib.sha256(text.encode()).hexdigest()
+class Version:
+    """A contact document's version: equal to another read's when the two documents are
+    the same, so any change (a list, a field, a permission) shows, where `updated_at`, to
+    the second, could miss two writes within one second.
+
+    The digest is taken when first compared: most reads never are (only a write's read
+    that went stale is read again and compared), and it cost a canonical JSON dump a read.
+    The document is never changed after it is read.
+    """
+
+    __slots__ = ("_digest", "_document")
+
+    def __init__(self, document: Mapping[str, Any]) -> None:
+        self._document = document
+        self._digest: str | None = None
+
+    def digest(self) -> str:
+        """The SHA-256 of the document's canonical JSON."""
+        if self._digest is None:
+            text = json.dumps(
+                self._document, sort_keys=True, separators=(",", ":"), ensure_ascii=False
+            )
+            self._digest = hashlib.sha256(text.encode()).hexdigest()
+        return self._digest
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Version):
+            return NotImplemented
+        return self.digest() == other.digest()
+
+    def __hash__(self) -> int:
+        return hash(self.digest())
 
 
 def contact_state(document: object) -> ContactState:
@@ -192,7 +220,7 @@ def contact_state(document: object) -> ContactState:
         ref=member.ref,
         lists=member.lists,
         fields=contact_fields(doc),
-        version=_version(doc),
+        version=Version(doc),
         document=doc,
     )
 

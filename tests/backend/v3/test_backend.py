@@ -427,3 +427,26 @@ async def test_a_deleted_contact_is_skipped_and_never_revived(
     assert not [w for w in sim.store.writes if gone in w.path]
     if bulk:
         assert report.outcomes["bulk_added"] == 30
+
+
+def test_two_reads_have_one_version_only_when_the_documents_are_the_same() -> None:
+    """A read's version equals another's when the contact is the same, key order aside, and
+    differs after any change: a list, a permission, a field."""
+    from engine.backend.v3 import _json
+
+    doc: dict[str, Any] = {
+        "contact_id": "c1",
+        "email_address": {"address": "a@x.io", "permission_to_send": "implicit"},
+        "list_memberships": ["l1"],
+        "first_name": "Ann",
+    }
+    same = dict(reversed(list(json.loads(json.dumps(doc)).items())))
+    version = _json.contact_state(doc).version
+    assert version == _json.contact_state(same).version
+    changes = [
+        {**doc, "list_memberships": ["l1", "l2"]},
+        {**doc, "email_address": {"address": "a@x.io", "permission_to_send": "unsubscribed"}},
+        {**doc, "first_name": "Anne"},
+    ]
+    for changed in changes:
+        assert version != _json.contact_state(changed).version
