@@ -333,9 +333,10 @@ class BulkPath:
 
     async def _probe(self, batch: Batch) -> tuple[Iterable[Outcome], Batch | None]:
         """Prove that bulk appends with a few contacts of the batch, read before and after
-        their own activity. Returns their outcomes and the rest of the batch when it may go
-        in bulk too (the probe passed, or none of the batch is on another list: nothing to
-        lose); None when the rest went contact by contact."""
+        their own activity. Returns their outcomes and what of the batch may go in bulk
+        after them: the rest when the probe passed, the whole batch when none of it is on
+        another list (nothing to lose); None when nothing more goes in bulk (there is no
+        rest, or it went contact by contact)."""
         try:
             witnesses, scanned_all = await self._witnesses(batch)
         except (FatalApiError, ConnectionLostError, QuotaExhaustedError):
