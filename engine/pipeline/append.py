@@ -36,7 +36,7 @@ import anyio
 from anyio.abc import TaskGroup
 from anyio.streams.memory import MemoryObjectSendStream
 
-from engine.backend.protocol import AppendingBackend
+from engine.backend.protocol import AppendingBackend, ContactState, ListWrite
 from engine.crashpoints import crash_point
 from engine.errors import ApiError, ConnectionLostError, FatalApiError, QuotaExhaustedError
 from engine.pipeline.bulk import BulkPath, Stopping
@@ -130,7 +130,7 @@ class Appends:
         """Batch a write (`takes` it, and it adds lists): in the batch of each list it
         gains; waits only when `limit` batches are in flight."""
         await self._ready.wait()
-        pending = _Pending(write, len(write.added))
+        pending = _Pending(_slim(write), len(write.added))
         for list_id in write.added:
             group = self._groups.get(list_id)
             if group is None:
@@ -257,6 +257,19 @@ class Appends:
             for p in pending:
                 tg.start_soon(one, p)
         return outcomes
+
+
+def _slim(write: Write) -> Write:
+    """The write as its append batches hold it: who the contact is, its lists and fields as
+    read and what it gains, without the document read and the PUT body built from it. An
+    append sends neither, and thousands of writes may wait for theirs. A contact an append
+    does not vouch for is read again by the write path: with no version to compare, that
+    read is never taken for unchanged, and its write is built from it."""
+    update = write.update
+    if update is None:
+        return write
+    state = ContactState(update.state.ref, update.state.lists, update.state.fields)
+    return dataclasses.replace(write, update=ListWrite(state, update.added, update.fields))
 
 
 def _with_appended(outcome: Outcome, pending: _Pending) -> Outcome:

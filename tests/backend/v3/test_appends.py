@@ -482,3 +482,35 @@ def test_a_fields_only_put_names_no_list_and_never_writes_the_unsubscribed() -> 
         gone = ContactState(ContactRef("c1", "a@example.com", status), (), {}, "v", document)
         with pytest.raises(DoNotMailError):
             backend.fields_write(gone, {"FirstName": "New"})
+
+
+def test_a_write_waiting_for_its_append_keeps_no_document_and_no_body() -> None:
+    """What an append batch holds of a write is who the contact is, its lists before and
+    what it gains: not the document read nor the PUT body (an append sends neither), and
+    no version, so a contact the append does not vouch for is written from a fresh read."""
+    from engine.backend.v3 import _json
+    from engine.pipeline.append import _slim
+
+    backend = V3Backend.__new__(V3Backend)
+    state = _json.contact_state(
+        {
+            "contact_id": "c1",
+            "email_address": {"address": "a@x.io", "permission_to_send": "implicit"},
+            "list_memberships": ["l1"],
+            "first_name": "Ann",
+        }
+    )
+    write = decide(Contact("a@x.io", ("l2",), {}, [2]), state, backend=backend, skip_removed=False)
+    assert isinstance(write, Write)
+    assert write.update is not None
+    assert write.update.body is not None
+    held = _slim(write)
+    assert held.update is not None
+    assert held.update.body is None
+    assert held.update.state.document is None
+    assert held.update.state.version is None
+    assert held.update.state.ref == state.ref
+    assert held.update.state.lists == ("l1",)
+    assert held.added == ("l2",)
+    assert held.contact is write.contact
+    assert _json.contact_state(state.document).version != held.update.state.version
