@@ -510,7 +510,8 @@ class AccountStore:
                 raise BadRequest(f"{where}: list {list_id} does not exist")
 
     def _touch(self, contact: StoredContact, now: float) -> None:
-        """Stamp the contact's `updated_at` (every write does, §10.6.33), and index it."""
+        """Stamp the contact's `updated_at` (every write does, §10.6.33, and a creation),
+        and index it."""
         contact.updated_at = now
         self._updated.add(now, contact.id, self._contacts)
 
@@ -581,7 +582,8 @@ class AccountStore:
             # million members, without a scan of all of them for every read.
             candidates = [self._contacts[i] for i in changed]
             if lists:
-                candidates = [c for c in candidates if not set(lists).isdisjoint(c.lists)]
+                on = set(lists)
+                candidates = [c for c in candidates if not on.isdisjoint(c.lists)]
         elif len(lists) == 1:  # the usual read of a list: its members, not a copy of them
             members = self._members.get(lists[0], set())
             candidates = [self._contacts[i] for i in members]
@@ -806,7 +808,7 @@ class AccountStore:
         else:
             contact.opt_in_source, contact.opt_in_date = source, now  # [I] §10.3.17
         self._contacts[contact.id] = contact
-        self._updated.add(contact.updated_at, contact.id, self._contacts)
+        self._touch(contact, contact.updated_at)  # indexed with the stamp it was created with
         self._claim_email(contact, address)
         self._set_lists(contact, subresources.pop("list_memberships", []))
         contact.subresources.update(subresources)
@@ -974,7 +976,7 @@ class AccountStore:
                 confirm_status="pending" if pending else "off",
             )
             self._contacts[contact.id] = contact
-            self._updated.add(contact.updated_at, contact.id, self._contacts)
+            self._touch(contact, contact.updated_at)  # indexed with the stamp it was created with
             self._claim_email(contact, address)
         else:
             union = list(dict.fromkeys([*contact.lists, *lists]))
@@ -1510,7 +1512,7 @@ class AccountStore:
                 opt_in_date=now,
             )
             self._contacts[contact.id] = contact
-            self._updated.add(contact.updated_at, contact.id, self._contacts)
+            self._touch(contact, contact.updated_at)  # indexed with the stamp it was created with
             self._claim_email(contact, email)
         elif contact.deleted_at is not None:
             if self.config.deleted_in_import == "skip_count_error":
