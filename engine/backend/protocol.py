@@ -195,6 +195,8 @@ class Capabilities:
         append_max: contact ids per append-only membership request (v3's
             `add_list_memberships`: 500); 0 when the API has none (v1). See
             `AppendingBackend`.
+        list_page: contacts a read of a list's members returns a request, each with its
+            lists (v3: 500; see `ListReader`); 0 when the backend reads none (v1).
     """
 
     dialect: Literal["v1", "v3"]
@@ -207,6 +209,7 @@ class Capabilities:
     fields: Mapping[str, int]
     bulk_revives_deleted: bool = False
     append_max: int = 0
+    list_page: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -393,7 +396,7 @@ class ListReader(Protocol):
     so a read of many contacts (the audit) can page their lists instead of looking each
     one up."""
 
-    def list_contacts(self, list_id: ListId) -> AsyncIterator[ContactState]:
+    def list_contacts(self, list_id: ListId) -> AsyncGenerator[ContactState, None]:
         """The contacts on a list, each with its lists."""
         ...
 

@@ -9,14 +9,16 @@ That bulk add *appends* memberships is documented for v3 and inferred, not confi
 (API doc §6.3). So bulk is trusted only after a probe has completed and passed: the batch is
 looked up until `probe_size` *witnesses* are found, existing contacts on lists other than the
 targets, each read in full (v3's lookup carries the lists: no second read), several lookups
-at once where a lookup takes one email; they go first, in an activity of their own, and are
-read again after it. If any lost a list, each witness is repaired, the bulk path is switched
-off for the run, and everything goes contact by contact. Until the probe has passed, nothing
-unverified goes out in bulk: when it cannot conclude (its activity failed, a lookup or a read
-failed), the batch goes contact by contact and the next batch probes again. A batch with no
-witness at all, every existing contact of it read and found on no other list, cannot lose a
-membership even on a replacing server, so it is submitted. Other batches wait for the probe
-before they submit.
+at once where a lookup takes one email (v3; there, when the first lookups find too few, the
+members of every other list are read instead, 500 a request, whenever that is cheaper than a
+lookup per contact left: a batch of new contacts then costs a few requests, not one each).
+They go first, in an activity of their own, and are read again after it. If any lost a
+list, each witness is repaired, the bulk path is switched off for the run, and everything
+goes contact by contact. Until the probe has passed, nothing unverified goes out in bulk: when
+it cannot conclude (its activity failed, a lookup or a read failed), the batch goes contact by
+contact and the next batch probes again. A batch with no witness at all, every existing
+contact of it read and found on no other list, cannot lose a membership even on a replacing
+server, so it is submitted. Other batches wait for the probe before they submit.
 
 An activity that fails, cannot be submitted, shows no change of status for `stall_timeout`
 (stuck), or does not finish within `poll_timeout` sends its contacts through the per-contact
@@ -29,8 +31,10 @@ and how long it has not changed, and a warning is logged when one has not moved 
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable, Collection, Iterable, Iterator, Sequence
+from contextlib import aclosing
 from itertools import chain
 
 import anyio
@@ -40,8 +44,10 @@ from engine.backend.protocol import (
     Backend,
     BulkActivity,
     BulkResult,
+    Capabilities,
     ContactRef,
     ContactState,
+    ListReader,
     UntouchableIndex,
 )
 from engine.backend.retry import SINGLE_ATTEMPT
@@ -60,7 +66,7 @@ from engine.pipeline.models import Batch, Contact, Outcome, OutcomeKind
 from engine.pipeline.stats import ActivityWait, RunStats
 from engine.pipeline.streams import send_soon
 
-__all__ = ["BulkPath", "field_groups"]
+__all__ = ["BulkPath", "field_groups", "lookup_window", "scan_plan", "scan_witnesses"]
 
 #: A chunk of contacts (as many emails as one lookup takes) and what its lookup found, or
 #: the error it failed with.
@@ -80,6 +86,58 @@ def field_groups(
         columns = tuple(sorted(f for f in contact.fields if f in writable))
         groups.setdefault(columns, []).append(contact)
     return groups
+
+
+def lookup_window(capabilities: Capabilities, config: MigrationConfig) -> int:
+    """Contacts the bulk path looks up at once: one request's worth (50 on v1), or, on an
+    API that takes one email a lookup (v3), as many lookups as the fetch stage keeps in
+    flight."""
+    if capabilities.lookup_batch > 1:
+        return capabilities.lookup_batch
+    return max(config.limits.fetch, config.limits.put)
+
+
+async def scan_plan(backend: Backend, targets: Collection[str], left: int) -> list[str] | None:
+    """The lists whose members a witness search reads instead of looking up `left` more
+    contacts one by one: every list but the targets (only a contact on one of them can lose
+    a list). None when that costs as many requests or more, when the backend cannot read a
+    list's members with their lists, or when a list's size is unknown. Every such list is
+    read, even one said to be empty: its count only prices the scan."""
+    capabilities = backend.capabilities
+    page = capabilities.list_page
+    if not page or capabilities.lookup_batch > 1 or not isinstance(backend, ListReader):
+        return None
+    others = [info for info in await backend.lists() if info.id not in targets]
+    if any(info.members is None for info in others):
+        return None
+    cost = sum(max(1, math.ceil((info.members or 0) / page)) for info in others)
+    return [info.id for info in others] if cost < left else None
+
+
+async def scan_witnesses(
+    backend: ListReader,
+    lists: Sequence[str],
+    emails: Collection[str],
+    targets: Collection[str],
+    size: int,
+    witnesses: dict[str, ContactState],
+) -> bool:
+    """Add to `witnesses` (contact id -> state) the contacts of `emails` found among the
+    members of `lists` on a list other than `targets`, read with their lists (many a
+    request), until there are `size`. Returns whether the lists were read to the end: then
+    every contact that could lose a list was seen, and one of `emails` not among the
+    witnesses has none to lose (new, on the targets only, or opted out and left out)."""
+    for list_id in lists:
+        async with aclosing(backend.list_contacts(list_id)) as members:
+            async for state in members:
+                ref = state.ref
+                if ref.email not in emails or ref.status == "opted_out":
+                    continue
+                if not state.list_ids.issubset(targets):
+                    witnesses[ref.id] = state
+                    if len(witnesses) >= size:
+                        return False
+    return True
 
 
 def _ref(hit: ContactRef | ContactState) -> ContactRef:
@@ -678,14 +736,29 @@ class BulkPath:
         make lose a list. A failed lookup raises (an email not found must really be absent);
         a contact that cannot be read (gone since the lookup, a broken entry) is no witness,
         and then the batch cannot count as fully looked at.
+
+        Where a lookup takes one email (v3) and the first window found too few, the rest is
+        not looked up one by one when reading every other list's members costs fewer
+        requests (`scan_plan`, `scan_witnesses`): a batch of new contacts would otherwise cost a
+        lookup each, as much as the per-contact path.
         """
         size = self.config.probe_size
         witnesses: dict[str, ContactState] = {}
         unread = 0
         contacts = batch.contacts
-        for start in range(0, len(contacts), self._lookup_window):
+        window = self._lookup_window
+        for start in range(0, len(contacts), window):
+            if start == window:  # the first window found too few: is a scan cheaper?
+                scan = await scan_plan(self.backend, batch.targets, len(contacts) - start)
+                if scan is not None:
+                    del contacts  # the scan matches emails, not contacts
+                    assert isinstance(self.backend, ListReader)
+                    done = await scan_witnesses(
+                        self.backend, scan, set(batch.emails()), batch.targets, size, witnesses
+                    )
+                    return witnesses, done and unread == 0
             hits: list[ContactRef | ContactState] = []
-            for _, found in await self._lookups(contacts[start : start + self._lookup_window]):
+            for _, found in await self._lookups(contacts[start : start + window]):
                 if isinstance(found, ApiError):
                     raise found  # an email not found must really be absent
                 hits += [hit for hit in found.values() if _ref(hit).status != "opted_out"]
@@ -703,12 +776,7 @@ class BulkPath:
 
     @property
     def _lookup_window(self) -> int:
-        """Contacts looked up at once: one request's worth (50 on v1), or, on an API that
-        takes one email a lookup (v3), as many lookups as the fetch stage keeps in flight."""
-        capabilities = self.backend.capabilities
-        if capabilities.lookup_batch > 1:
-            return capabilities.lookup_batch
-        return max(self.config.limits.fetch, self.config.limits.put)
+        return lookup_window(self.backend.capabilities, self.config)
 
     async def _lookups(self, contacts: Sequence[Contact]) -> list[Lookup]:
         """Each chunk of `contacts` (as many emails as a lookup takes) with what its strict

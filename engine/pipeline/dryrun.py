@@ -13,7 +13,9 @@ each path would send, step by step as the stages send them:
   no list when the row changes any; for a new contact a POST; nothing for an opted-out contact;
 - bulk path: with `skip_removed` or `lists_only`, one search per 50 contacts; until the probe
   has passed, the probe's scan (a search per 50 contacts and a read of each existing contact
-  until `probe_size` witnesses are found), the witnesses' activity and their reads after it;
+  until `probe_size` witnesses are found; v3: after the first window of lookups, the members
+  of every other list, 500 a request, when that is cheaper than a lookup each), the
+  witnesses' activity and their reads after it;
   then one activity per set of fields the contacts give (and per `bulk_max_rows`), each a read
   of the activities feed, a POST and its polls while the server processes it.
 
@@ -38,10 +40,17 @@ from dataclasses import dataclass
 import anyio
 
 from engine.backend import as_backend
-from engine.backend.protocol import AccountReader, Backend, ContactRef, ContactState, ListInfo
+from engine.backend.protocol import (
+    AccountReader,
+    Backend,
+    ContactRef,
+    ContactState,
+    ListInfo,
+    ListReader,
+)
 from engine.backend.v1.client import Account
 from engine.errors import ConfigError
-from engine.pipeline.bulk import field_groups
+from engine.pipeline.bulk import field_groups, lookup_window, scan_plan, scan_witnesses
 from engine.pipeline.config import MigrationConfig
 from engine.pipeline.models import Batch, Contact, Outcome, Rejected, SourceRow
 from engine.pipeline.plan import Planner
@@ -264,7 +273,21 @@ class _Estimate:
             first = contacts[: self.step]
             return 1 + len(first), {c.email for c in first[:size]}
         requests, witnesses = 0, set[str]()
+        window = lookup_window(self.backend.capabilities, self.config)
         for start in range(0, len(contacts), self.step):
+            if start == window and self.step == 1:  # the run's choice after its first window
+                before = self.backend.stats().requests
+                scan = await scan_plan(self.backend, targets, len(contacts) - start)
+                if scan is not None:
+                    assert isinstance(self.backend, ListReader)
+                    scanned: dict[str, ContactState] = {}
+                    emails = {c.email for c in contacts} - witnesses
+                    left = size - len(witnesses)
+                    await scan_witnesses(self.backend, scan, emails, targets, left, scanned)
+                    witnesses |= {state.ref.email for state in scanned.values()}
+                    requests += self.backend.stats().requests - before
+                    break
+                requests += self.backend.stats().requests - before  # the lists read
             chunk = contacts[start : start + self.step]
             found = await self.backend.find([c.email for c in chunk])
             requests += 1

@@ -82,12 +82,13 @@ V3_CAPABILITIES = Capabilities(
     fields=FIELD_LIMITS,
     bulk_revives_deleted=True,
     append_max=APPEND_MAX_IDS,
+    list_page=500,
 )
 
 #: What a lookup or read includes: the lists, and the subresources a field write resends.
 _INCLUDE = "list_memberships,phone_numbers,street_addresses"
 #: Contacts per page of a list read-back (§3.2: 500 at most).
-_PAGE = "500"
+_PAGE = str(V3_CAPABILITIES.list_page)
 #: How far beyond an activity's own stamps (created, last updated) its read-back looks for
 #: the contacts it changed: the stamps are whole seconds (§2.1), and whether the server's
 #: clocks agree to the second is not known [I].
@@ -190,7 +191,7 @@ class V3Backend:
         async for document in self.client.pages("contacts", "contacts", params):
             yield contact_state(document)
 
-    async def list_contacts(self, list_id: ListId) -> AsyncIterator[ContactState]:
+    async def list_contacts(self, list_id: ListId) -> AsyncGenerator[ContactState, None]:
         """The contacts on a list with their lists, 500 a request
         (`GET /contacts?lists=…&status=all&include=list_memberships&limit=500`)."""
         params = {"lists": list_id, "status": "all", "include": "list_memberships", "limit": _PAGE}
