@@ -493,8 +493,8 @@ def _reads(run: Run) -> int:
     return reads
 
 
-def _bulk_spec(rows: int, api: Api = "v1") -> RunSpec:
-    return RunSpec(workload=Workload("mix70", rows), bulk=True, api=api)
+def _bulk_spec(rows: int, api: Api = "v1", kind: Kind = "mix70") -> RunSpec:
+    return RunSpec(workload=Workload(kind, rows), bulk=True, api=api)
 
 
 def _bulk_sizes(bench: Bench, api: Api) -> tuple[int, int]:
@@ -507,9 +507,14 @@ def bulk(bench: Bench) -> ScenarioResult:
     table = []
     timelines = {}
     for api in bench.apis:
-        for size in _bulk_sizes(bench, api):
-            (runs,) = bench.measure(_bulk_spec(size, api))
-            name = f"{size:,} contacts"
+        sizes = _bulk_sizes(bench, api)
+        # The mixed source at both sizes, and new contacts only at the smaller one: no
+        # witness for the probe in them, which the bulk path must prove cheaply (issue 13).
+        runs_of: list[tuple[int, Kind]] = [(size, "mix70") for size in sizes]
+        runs_of.append((min(sizes), "new"))
+        for size, kind in runs_of:
+            (runs,) = bench.measure(_bulk_spec(size, api, kind))
+            name = f"{size:,} {'new ' if kind == 'new' else ''}contacts"
             wall = result.figure(
                 f"wall time, {name}",
                 "s",
@@ -524,7 +529,9 @@ def bulk(bench: Bench) -> ScenarioResult:
                 f"requests/contact without polls, {name}",
                 "requests",
                 [(r.requests - _polls(r)) / r.rows for r in runs],
-                target=Target("<=", 0.001, "≤ 0.001 plus polls") if api == "v1" else None,
+                target=Target("<=", 0.001, "≤ 0.001 plus polls")
+                if api == "v1" and kind == "mix70"
+                else None,
                 api=api,
             )
             bare = result.figure(
@@ -532,7 +539,7 @@ def bulk(bench: Bench) -> ScenarioResult:
                 "requests",
                 [(r.requests - _polls(r) - _reads(r)) / r.rows for r in runs],
                 target=Target("<=", 0.0001, "≤ 0.0001 plus polls and reads (issue 12)")
-                if api == "v3" and size == max(_bulk_sizes(bench, api))
+                if api == "v3" and size == max(sizes) and kind == "mix70"
                 else None,
                 api=api,
             )
@@ -595,7 +602,10 @@ def bulk(bench: Bench) -> ScenarioResult:
         )
     )
     result.notes.append(
-        "70% of the contacts exist on another list, 30% are new; one target list; the planner "
+        "70% of the contacts exist on another list, 30% are new (the `new contacts` runs: "
+        "none exists, so the probe finds no witness: v1 proves it with a search per 50 "
+        "contacts, V3 with a window of lookups and then the other lists' members, 500 a "
+        "request); one target list; the planner "
         "with its default threshold (25), 4 activities in flight. The simulator completes an "
         "activity about 0.2 s after its POST (V3: starts processing it then) plus the time "
         "to apply its rows; the engine polls from 0.2 s, backing off to 1 s. Against the "
