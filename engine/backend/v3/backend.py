@@ -510,10 +510,16 @@ def _contact_id(state: ContactState) -> str:
 
 def _window(activity: BulkActivity) -> dict[str, str]:
     """The `updated_after`/`updated_before` range of the contacts a finished activity can
-    have changed, from its own stamps with a margin; {} when it gives none readable."""
+    have changed, from its own stamps with a margin; {} when it gives none readable.
+
+    It runs from when the server started it (`started_at`), not from its POST: an activity
+    waits in the account's queue behind the others (§5.1), and every contact they change
+    meanwhile would be read back too. Its end is `completed_at`. A server that leaves
+    either out gives `created_at` and `updated_at`, which hold the run as well."""
     document = activity.document
     raw = document.raw if isinstance(document, V3Activity) else {}
-    started, ended = _epoch(raw.get("created_at")), _epoch(raw.get("updated_at"))
+    started = _epoch(raw.get("started_at")) or _epoch(raw.get("created_at"))
+    ended = _epoch(raw.get("completed_at")) or _epoch(raw.get("updated_at"))
     if started is None:
         return {}
     window = {"updated_after": _iso(started - _WINDOW_MARGIN)}

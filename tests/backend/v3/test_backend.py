@@ -17,7 +17,7 @@ from engine.pipeline.config import MigrationConfig
 from engine.pipeline.run import migrate
 from engine.simulator.v3 import RunningSimulator
 
-from .conftest import BackendOpener, FakeClock
+from .conftest import BackendOpener, FakeClock, SimStarter
 
 
 async def _state(backend: V3Backend, email: str) -> ContactState:
@@ -335,6 +335,37 @@ async def test_an_import_is_settled_by_reading_only_the_members_it_changed(
         before = backend.stats().requests
         settled = await backend.settle(done, emails, [news])
         spent = backend.stats().requests - before
+    assert {r.kind for r in settled} == {"added"}
+    assert spent == 1
+
+
+async def test_a_queued_import_is_read_back_from_when_it_started(
+    start_sim: SimStarter, open_backend: BackendOpener, clock: FakeClock
+) -> None:
+    """An import that waited in the queue while 3,000 members of its list were updated is
+    read back from when it started (one page), not from its POST (7 pages)."""
+    # Started by the test below, never by the simulator's own runner.
+    async with start_sim(activity_delay=3600.0, activity_jitter=0.0) as sim:
+        news, other = sim.store.add_list("News"), sim.store.add_list("Other")
+        members = [sim.store.add_contact(f"m{n}@example.com", lists=[news]) for n in range(3000)]
+        emails = [f"bulk{n:02d}@example.com" for n in range(30)]
+        async with open_backend(sim) as backend:
+            request = backend.encode_bulk(
+                [(e, {}) for e in emails], [news], [], max_rows=40_000, max_bytes=4_000_000
+            )
+            posted = await backend.submit(request)
+            clock.advance(600)  # while it waits, another activity changes every member
+            for start in range(0, len(members), 500):  # 500 ids an activity
+                ids = members[start : start + 500]
+                body = {"source": {"contact_ids": ids}, "list_ids": [other]}
+                sim.store.run_activity(sim.store.submit_list_memberships(body, remove=False).id)
+            clock.advance(600)
+            sim.store.run_activity(posted.id)
+            done = await backend.poll(posted.id)
+            assert done.finished
+            before = backend.stats().requests
+            settled = await backend.settle(done, emails, [news])
+            spent = backend.stats().requests - before
     assert {r.kind for r in settled} == {"added"}
     assert spent == 1
 
