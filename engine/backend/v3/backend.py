@@ -89,10 +89,14 @@ V3_CAPABILITIES = Capabilities(
 _INCLUDE = "list_memberships,phone_numbers,street_addresses"
 #: Contacts per page of a list read-back (§3.2: 500 at most).
 _PAGE = str(V3_CAPABILITIES.list_page)
-#: How far beyond an activity's own stamps (created, last updated) its read-back looks for
-#: the contacts it changed: the stamps are whole seconds (§2.1), and whether the server's
-#: clocks agree to the second is not known [I].
-_WINDOW_MARGIN = 2.0
+#: How far beyond an activity's own stamps (started, completed) its read-back looks for the
+#: contacts it changed. The stamps are whole seconds (§2.1) and whether a range's bounds are
+#: included is not known, so a second each side holds every contact the activity changed when
+#: the server's clocks agree. Whether they agree to the second is not known either [I]: the
+#: contacts that second does not show are looked for a second further out, when that costs
+#: fewer requests than reading them one by one.
+_WINDOW_MARGIN = 1.0
+_SKEW_MARGIN = 2.0
 
 
 class V3Backend:
@@ -433,21 +437,28 @@ class V3Backend:
         fraction of a contact's state.
 
         First the members of one target updated while the activity ran (every mutating call
-        updates `updated_at`, §10.6.33): about the activity's own contacts. Those not found
-        there (a server that does not stamp them, a contact changed again since) are looked
-        for among all the members of the smallest target, when that costs fewer requests
-        than reading them one by one; the caller reads or rewrites the rest one by one.
+        updates `updated_at`, §10.6.33): about the activity's own contacts. The window is the
+        activity's own seconds and one more each side (`_WINDOW_MARGIN`); when more of its
+        contacts are missing than two requests a page read, the clocks may disagree, and a
+        window a second wider is read for them (`_SKEW_MARGIN`). Those still not found (a
+        server that does not stamp them, a contact changed again since) are looked for among
+        all the members of the smallest target, when that costs fewer requests than reading
+        them one by one; the caller reads or rewrites the rest one by one.
         """
         keys = {k: k for k in wanted}
         found: dict[str, T] = {}
-        window = _window(activity)
+        window = _window(activity, _WINDOW_MARGIN)
         if window and targets:
-            found = await self._scan(targets[0], keys, key, window, summary)
+            found, read = await self._scan(targets[0], keys, key, window, summary)
+            missing = {k: k for k in keys if k not in found}
+            if len(missing) > 2 * max(1, math.ceil(read / int(_PAGE))):
+                wider = _window(activity, _SKEW_MARGIN)
+                found |= (await self._scan(targets[0], missing, key, wider, summary))[0]
         missing = {k: k for k in keys if k not in found}
         if missing:
             smallest = await self._smallest_target(targets)
             if smallest is not None and math.ceil(smallest[1] / int(_PAGE)) + 1 < len(missing):
-                found |= await self._scan(smallest[0], missing, key, {}, summary)
+                found |= (await self._scan(smallest[0], missing, key, {}, summary))[0]
         return found
 
     async def _scan(
@@ -457,9 +468,10 @@ class V3Backend:
         key: Callable[[ContactState], str],
         window: Mapping[str, str],
         summary: Callable[[ContactState], T],
-    ) -> dict[str, T]:
+    ) -> tuple[dict[str, T], int]:
         """The summaries of the contacts of `keys` among a list's members (within
-        `window`), 500 a page; the read stops at the page that holds the last of them."""
+        `window`), 500 a page, and how many members were read; the read stops at the page
+        that holds the last of them."""
         params = {
             "lists": list_id,
             "status": "all",
@@ -468,15 +480,17 @@ class V3Backend:
             **window,
         }
         found: dict[str, T] = {}
+        read = 0
         async with aclosing(self.client.pages("contacts", "contacts", params)) as pages:
             async for document in pages:
+                read += 1
                 state = member_state(document)
                 mine = keys.get(key(state))
                 if mine is not None:
                     found[mine] = summary(state)
                     if len(found) == len(keys):
                         break
-        return found
+        return found, read
 
     async def _smallest_target(self, targets: Sequence[ListId]) -> tuple[ListId, int] | None:
         """The target with the fewest members and their count (one page of lists, with
@@ -508,9 +522,10 @@ def _contact_id(state: ContactState) -> str:
     return state.ref.id
 
 
-def _window(activity: BulkActivity) -> dict[str, str]:
+def _window(activity: BulkActivity, margin: float) -> dict[str, str]:
     """The `updated_after`/`updated_before` range of the contacts a finished activity can
-    have changed, from its own stamps with a margin; {} when it gives none readable.
+    have changed, from its own stamps, `margin` seconds wider each side; {} when it gives
+    none readable.
 
     It runs from when the server started it (`started_at`), not from its POST: an activity
     waits in the account's queue behind the others (§5.1), and every contact they change
@@ -522,9 +537,9 @@ def _window(activity: BulkActivity) -> dict[str, str]:
     ended = _epoch(raw.get("completed_at")) or _epoch(raw.get("updated_at"))
     if started is None:
         return {}
-    window = {"updated_after": _iso(started - _WINDOW_MARGIN)}
+    window = {"updated_after": _iso(started - margin)}
     if ended is not None and ended >= started:
-        window["updated_before"] = _iso(ended + _WINDOW_MARGIN)
+        window["updated_before"] = _iso(ended + margin)
     return window
 
 

@@ -4,6 +4,7 @@ bulk imports settled by reading back, and the endpoints it must never call."""
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import anyio
@@ -368,6 +369,61 @@ async def test_a_queued_import_is_read_back_from_when_it_started(
             spent = backend.stats().requests - before
     assert {r.kind for r in settled} == {"added"}
     assert spent == 1
+
+
+async def test_a_read_back_reads_one_second_beyond_the_activity_not_two(
+    sim: RunningSimulator, open_backend: BackendOpener, clock: FakeClock
+) -> None:
+    """3,000 members of the list changed 1.5 s before an import started are not read back
+    with its 30 contacts (one page, not 7): the window is its own seconds and one more."""
+    news, other = sim.store.add_list("News"), sim.store.add_list("Other")
+    members = [sim.store.add_contact(f"m{n}@example.com", lists=[news]) for n in range(3000)]
+    clock.advance(3600.5)  # half a second into a second: the import starts on a whole one
+    for start in range(0, len(members), 500):  # another writer changes every member
+        body = {"source": {"contact_ids": members[start : start + 500]}, "list_ids": [other]}
+        sim.store.run_activity(sim.store.submit_list_memberships(body, remove=False).id)
+    clock.advance(1.5)
+    emails = [f"bulk{n:02d}@example.com" for n in range(30)]
+    async with open_backend(sim) as backend:
+        request = backend.encode_bulk(
+            [(e, {}) for e in emails], [news], [], max_rows=40_000, max_bytes=4_000_000
+        )
+        done = await _finish(backend, await backend.submit(request))
+        before = backend.stats().requests
+        settled = await backend.settle(done, emails, [news])
+        spent = backend.stats().requests - before
+    assert {r.kind for r in settled} == {"added"}
+    assert spent == 1
+
+
+async def test_a_read_back_finds_contacts_stamped_by_a_clock_behind_the_activity_s(
+    sim: RunningSimulator, open_backend: BackendOpener, clock: FakeClock
+) -> None:
+    """An activity whose stamps run 1.5 s ahead of its contacts' (clocks that disagree) is
+    still settled from the list: its own window finds none of them, a wider one all."""
+    news = sim.store.add_list("News")
+    emails = [f"bulk{n:02d}@example.com" for n in range(30)]
+    async with open_backend(sim) as backend:
+        request = backend.encode_bulk(
+            [(e, {}) for e in emails], [news], [], max_rows=40_000, max_bytes=4_000_000
+        )
+        done = await _finish(backend, await backend.submit(request))
+        assert isinstance(done.document, V3Activity)
+        raw = dict(done.document.raw)
+        for stamp in ("created_at", "started_at", "completed_at", "updated_at"):
+            raw[stamp] = _later(raw[stamp], 1.5)
+        skewed = BulkActivity(done.id, done.state, done.status, document=V3Activity(raw))
+        before = backend.stats().requests
+        settled = await backend.settle(skewed, emails, [news])
+        spent = backend.stats().requests - before
+    assert {r.kind for r in settled} == {"added"}
+    assert spent == 2  # its own window, then the wider one: no contact looked up
+
+
+def _later(stamp: str, seconds: float) -> str:
+    """An ISO stamp `seconds` later (with microseconds: the API's may carry a fraction)."""
+    moment = datetime.fromisoformat(stamp.replace("Z", "+00:00")) + timedelta(seconds=seconds)
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 async def test_encode_bulk_stays_under_four_megabytes(
