@@ -16,7 +16,7 @@ from engine.backend.v3._json import V3Activity
 from engine.errors import ActivityTooLargeError, ConflictError, DoNotMailError, UnsafeMergeError
 from engine.pipeline.config import MigrationConfig
 from engine.pipeline.run import migrate
-from engine.simulator.v3 import RunningSimulator
+from engine.simulator.v3 import AccountStore, RunningSimulator
 
 from .conftest import BackendOpener, FakeClock, SimStarter
 
@@ -318,6 +318,35 @@ async def test_bulk_import_settled_by_reading_back(
         assert {r.kind for r in await backend.settle(inherited, emails, [news])} == {"added"}
 
 
+async def _import(backend: V3Backend, emails: list[str], list_id: str) -> BulkActivity:
+    """Post a json import of `emails` (email only) onto `list_id`."""
+    request = backend.encode_bulk(
+        [(e, {}) for e in emails], [list_id], [], max_rows=40_000, max_bytes=4_000_000
+    )
+    return await backend.submit(request)
+
+
+async def _settled(
+    backend: V3Backend, activity: BulkActivity, emails: list[str], list_id: str
+) -> tuple[set[str], int]:
+    """The kinds `settle` gives the activity's contacts, and the requests it took."""
+    before = backend.stats().requests
+    settled = await backend.settle(activity, emails, [list_id])
+    return {r.kind for r in settled}, backend.stats().requests - before
+
+
+def _change_every_member(store: AccountStore, members: list[str], list_id: str) -> None:
+    """Another writer: adds `members` to `list_id` (500 ids an activity, run at once), which
+    stamps each of them."""
+    for start in range(0, len(members), 500):
+        body = {"source": {"contact_ids": members[start : start + 500]}, "list_ids": [list_id]}
+        store.run_activity(store.submit_list_memberships(body, remove=False).id)
+
+
+#: The 30 contacts each read-back test imports.
+_BULK = [f"bulk{n:02d}@example.com" for n in range(30)]
+
+
 async def test_an_import_is_settled_by_reading_only_the_members_it_changed(
     sim: RunningSimulator, open_backend: BackendOpener, clock: FakeClock
 ) -> None:
@@ -327,16 +356,10 @@ async def test_an_import_is_settled_by_reading_only_the_members_it_changed(
     for n in range(3000):
         sim.store.add_contact(f"member{n}@example.com", lists=[news])
     clock.advance(3600)  # the import comes an hour after the list was filled
-    emails = [f"bulk{n:02d}@example.com" for n in range(30)]
     async with open_backend(sim) as backend:
-        request = backend.encode_bulk(
-            [(e, {}) for e in emails], [news], [], max_rows=40_000, max_bytes=4_000_000
-        )
-        done = await _finish(backend, await backend.submit(request))
-        before = backend.stats().requests
-        settled = await backend.settle(done, emails, [news])
-        spent = backend.stats().requests - before
-    assert {r.kind for r in settled} == {"added"}
+        done = await _finish(backend, await _import(backend, _BULK, news))
+        kinds, spent = await _settled(backend, done, _BULK, news)
+    assert kinds == {"added"}
     assert spent == 1
 
 
@@ -349,25 +372,16 @@ async def test_a_queued_import_is_read_back_from_when_it_started(
     async with start_sim(activity_delay=3600.0, activity_jitter=0.0) as sim:
         news, other = sim.store.add_list("News"), sim.store.add_list("Other")
         members = [sim.store.add_contact(f"m{n}@example.com", lists=[news]) for n in range(3000)]
-        emails = [f"bulk{n:02d}@example.com" for n in range(30)]
         async with open_backend(sim) as backend:
-            request = backend.encode_bulk(
-                [(e, {}) for e in emails], [news], [], max_rows=40_000, max_bytes=4_000_000
-            )
-            posted = await backend.submit(request)
+            posted = await _import(backend, _BULK, news)
             clock.advance(600)  # while it waits, another activity changes every member
-            for start in range(0, len(members), 500):  # 500 ids an activity
-                ids = members[start : start + 500]
-                body = {"source": {"contact_ids": ids}, "list_ids": [other]}
-                sim.store.run_activity(sim.store.submit_list_memberships(body, remove=False).id)
+            _change_every_member(sim.store, members, other)
             clock.advance(600)
             sim.store.run_activity(posted.id)
             done = await backend.poll(posted.id)
             assert done.finished
-            before = backend.stats().requests
-            settled = await backend.settle(done, emails, [news])
-            spent = backend.stats().requests - before
-    assert {r.kind for r in settled} == {"added"}
+            kinds, spent = await _settled(backend, done, _BULK, news)
+    assert kinds == {"added"}
     assert spent == 1
 
 
@@ -379,44 +393,30 @@ async def test_a_read_back_reads_one_second_beyond_the_activity_not_two(
     news, other = sim.store.add_list("News"), sim.store.add_list("Other")
     members = [sim.store.add_contact(f"m{n}@example.com", lists=[news]) for n in range(3000)]
     clock.advance(3600.5)  # half a second into a second: the import starts on a whole one
-    for start in range(0, len(members), 500):  # another writer changes every member
-        body = {"source": {"contact_ids": members[start : start + 500]}, "list_ids": [other]}
-        sim.store.run_activity(sim.store.submit_list_memberships(body, remove=False).id)
+    _change_every_member(sim.store, members, other)
     clock.advance(1.5)
-    emails = [f"bulk{n:02d}@example.com" for n in range(30)]
     async with open_backend(sim) as backend:
-        request = backend.encode_bulk(
-            [(e, {}) for e in emails], [news], [], max_rows=40_000, max_bytes=4_000_000
-        )
-        done = await _finish(backend, await backend.submit(request))
-        before = backend.stats().requests
-        settled = await backend.settle(done, emails, [news])
-        spent = backend.stats().requests - before
-    assert {r.kind for r in settled} == {"added"}
+        done = await _finish(backend, await _import(backend, _BULK, news))
+        kinds, spent = await _settled(backend, done, _BULK, news)
+    assert kinds == {"added"}
     assert spent == 1
 
 
-async def test_a_read_back_finds_contacts_stamped_by_a_clock_behind_the_activity_s(
-    sim: RunningSimulator, open_backend: BackendOpener, clock: FakeClock
+async def test_a_read_back_finds_the_contacts_of_an_activity_whose_clock_runs_ahead(
+    sim: RunningSimulator, open_backend: BackendOpener
 ) -> None:
     """An activity whose stamps run 1.5 s ahead of its contacts' (clocks that disagree) is
     still settled from the list: its own window finds none of them, a wider one all."""
     news = sim.store.add_list("News")
-    emails = [f"bulk{n:02d}@example.com" for n in range(30)]
     async with open_backend(sim) as backend:
-        request = backend.encode_bulk(
-            [(e, {}) for e in emails], [news], [], max_rows=40_000, max_bytes=4_000_000
-        )
-        done = await _finish(backend, await backend.submit(request))
+        done = await _finish(backend, await _import(backend, _BULK, news))
         assert isinstance(done.document, V3Activity)
         raw = dict(done.document.raw)
         for stamp in ("created_at", "started_at", "completed_at", "updated_at"):
             raw[stamp] = _later(raw[stamp], 1.5)
         skewed = BulkActivity(done.id, done.state, done.status, document=V3Activity(raw))
-        before = backend.stats().requests
-        settled = await backend.settle(skewed, emails, [news])
-        spent = backend.stats().requests - before
-    assert {r.kind for r in settled} == {"added"}
+        kinds, spent = await _settled(backend, skewed, _BULK, news)
+    assert kinds == {"added"}
     assert spent == 2  # its own window, then the wider one: no contact looked up
 
 
