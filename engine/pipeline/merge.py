@@ -13,6 +13,7 @@ from engine.pipeline.fetch import Found
 from engine.pipeline.models import Contact, Outcome
 from engine.pipeline.stats import StageStats, fan_out, outcome_for_error
 from engine.pipeline.streams import send_soon
+from engine.pipeline.window import Place, ReadWindow
 
 __all__ = ["Write", "decide", "merge_lists"]
 
@@ -28,6 +29,8 @@ class Write:
         fetched_at: when the contact was read (`anyio.current_time()`).
         reactivates: the contact is Removed (or deleted, with `revive_deleted`): the write
             makes it Active again.
+        place: its place in the merge stage's `ReadWindow`, left by the put worker that
+            sends it (None: read by its lookup, or not read).
     """
 
     contact: Contact
@@ -35,6 +38,7 @@ class Write:
     added: tuple[str, ...]
     fetched_at: float = 0.0
     reactivates: bool = False
+    place: Place | None = None
 
     @property
     def state(self) -> ContactState | None:
@@ -57,6 +61,7 @@ def decide(
     fetched_at: float = 0.0,
     lists_only: bool = False,
     revive_deleted: bool = False,
+    place: Place | None = None,
 ) -> Write | Outcome:
     """The write a fetched contact needs, or its outcome when it needs none.
 
@@ -83,7 +88,7 @@ def decide(
     if update is None:
         return Outcome(contact.email, "unchanged", rows, "", (), "contact", targets, before)
     revives = state.ref.status in ("removed", "deleted")
-    return Write(contact, update, update.added, fetched_at, revives)
+    return Write(contact, update, update.added, fetched_at, revives, place)
 
 
 def settled_by_status(
@@ -120,13 +125,16 @@ async def merge_lists(
     stop: anyio.Event | None = None,
     lists_only: bool = False,
     revive_deleted: bool = False,
+    window: ReadWindow | None = None,
 ) -> None:
     """The stage: read each found contact's full entry and decide its write.
 
     `limit` workers, each holding at most one decided write until a put worker takes it
     (the queue to the put stage has no buffer), so an entry is read just before it is used.
-    An opted-out contact (and a Removed one with `skip_removed`) is settled from its lookup,
-    without reading it.
+    With a `window`, a contact is read only once it has a place there, which its put worker
+    gives back once its write is sent: no more reads run ahead of their writes than the
+    current rate lets write within `stale_after`. An opted-out contact (and a Removed one
+    with `skip_removed`) is settled from its lookup, without reading it.
     """
 
     async def worker(
@@ -142,13 +150,18 @@ async def merge_lists(
                 stats.busy += 1
                 try:
                     result = await _decide_found(
-                        found, backend, skip_removed, lists_only, revive_deleted
+                        found, backend, skip_removed, lists_only, revive_deleted, window
                     )
                 finally:
                     stats.busy -= 1
                 stats.done += 1
                 if isinstance(result, Write):
-                    await send_soon(send, result)
+                    try:
+                        await send_soon(send, result)
+                    except BaseException:
+                        if result.place is not None:
+                            result.place.leave()  # not handed over: no put worker will
+                        raise
                 else:
                     await send_soon(outcomes, result)
 
@@ -162,7 +175,10 @@ async def _decide_found(
     skip_removed: bool,
     lists_only: bool = False,
     revive_deleted: bool = False,
+    window: ReadWindow | None = None,
 ) -> Write | Outcome:
+    """The write (or outcome) of a found contact. A contact read here takes a place in
+    `window` first; the place goes with its write, or is left when it needs none."""
     contact, hit = found.contact, found.hit
     if hit is None:
         return decide(contact, None, backend=backend, skip_removed=skip_removed)
@@ -170,9 +186,15 @@ async def _decide_found(
     settled = settled_by_status(contact, ref, skip_removed, None, revive_deleted)
     if settled is not None:  # from the lookup, unread
         return settled
+    place = None
     try:
-        state = hit if isinstance(hit, ContactState) else await backend.read(ref)
-        return decide(
+        if isinstance(hit, ContactState):
+            state = hit
+        else:
+            if window is not None:
+                place = await window.enter()
+            state = await backend.read(ref)
+        result = decide(
             contact,
             state,
             backend=backend,
@@ -180,6 +202,14 @@ async def _decide_found(
             fetched_at=anyio.current_time(),
             lists_only=lists_only,
             revive_deleted=revive_deleted,
+            place=place,
         )
-    except Exception as exc:
+    except BaseException as exc:
+        if place is not None:
+            place.leave()
+        if not isinstance(exc, Exception):
+            raise
         return outcome_for_error(contact, exc, "contact")
+    if place is not None and not isinstance(result, Write):
+        place.leave()
+    return result

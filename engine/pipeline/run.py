@@ -17,7 +17,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
-import math
 import os
 import tempfile
 import time
@@ -64,6 +63,7 @@ from engine.pipeline.read import Source, SourceReader
 from engine.pipeline.record import ReportWriter, record_outcomes
 from engine.pipeline.stats import Progress, RunStats, fan_out
 from engine.pipeline.streams import send_soon
+from engine.pipeline.window import ReadWindow
 
 __all__ = ["MigrationReport", "migrate", "prepare_lists", "snapshot_members"]
 
@@ -444,6 +444,11 @@ class _Run:
         )
         self.names = {c.id: n for n, c in by_name.items()}
         self.started = backend.stats()
+        #: contacts the merge stage read and the put stage has not written: no more than
+        #: the current rate lets write within `stale_after` (engine/pipeline/window.py)
+        self.window = ReadWindow(
+            lambda: backend.stats().rate, stale_after=config.stale_after, most=self._writers()
+        )
 
     def progress(
         self, queues: dict[str, MemoryObjectReceiveStream[object]], final: bool
@@ -674,15 +679,9 @@ class _Run:
 
     def _writers(self) -> int:
         """Merge workers (on v1, each sends its contact's read) and put workers:
-        `limits.put`, but no more than the rate lets write within `stale_after` (a read and
-        a write a contact). A read that waits longer than that behind other workers for its
-        write's turn is stale and read again: at 4 requests/s, eight of each made a v1
-        contact cost 3.3 requests instead of 2."""
-        limit = self.config.limits.put
-        rate = self.backend.stats().rate
-        if rate is None:
-            return limit
-        return max(1, min(limit, math.ceil(rate * self.config.stale_after / 2)))
+        `limits.put` each. How many of them may hold a contact read and not yet written
+        follows the rate (`self.window`)."""
+        return self.config.limits.put
 
     async def _merge(
         self,
@@ -701,6 +700,7 @@ class _Run:
             stop=self.stop,
             lists_only=self.config.lists_only,
             revive_deleted=self.config.revive_deleted,
+            window=self.window,
         )
 
     async def _put(

@@ -189,3 +189,80 @@ async def test_at_the_documented_rate_no_read_goes_stale_behind_the_other_worker
     gets = stats["by_route"].get("GET contacts/{id}", 0)
     assert gets == 16, stats["by_route"]  # one read a contact: none read again
     assert all(_lists(sim, e) == {a, b} for e in emails)
+
+
+@pytest.mark.timeout(60)
+async def test_when_the_rate_falls_mid_run_reads_wait_instead_of_going_stale(
+    start_simulator: SimulatorStarter, fast_config: MigrationConfig
+) -> None:
+    """The governor's rate cut by a quarter mid-run (a throttle at the configured rate): the
+    contacts read ahead of their writes shrink with it, so no write waits past
+    `stale_after` for its turn and none reads its contact twice."""
+    async with start_simulator() as (sim, _):
+        store = sim.store
+        a, b = store.create_list("A"), store.create_list("B")
+        emails = [f"c{n:02d}@example.com" for n in range(40)]
+        for email in emails:
+            store.add_contact(email, lists=[a])
+        # At 16/s the workers are sized for a half-second read: four of each.
+        config = dataclasses.replace(fast_config, bulk_threshold=None, stale_after=0.5)
+        governor = RateGovernor(rate=16.0, concurrency=8)
+        account = Account(
+            Credentials(sim.config.username, sim.config.api_key, sim.config.password),
+            base_url=sim.base_url,
+            ca_file=sim.ca_path,
+            governor=governor,
+        )
+        done = 0
+
+        def on_outcome(_: object) -> None:
+            nonlocal done
+            done += 1
+            if done == 4:  # the server's limit fell: 16 -> 12/s, where the eight workers'
+                governor.on_throttle(None)  # turns take 0.67 s, more than `stale_after`
+
+        async with account:
+            with anyio.fail_after(40):
+                report = await migrate(
+                    account,
+                    [{"email": e} for e in emails],
+                    lists=["B"],
+                    config=config,
+                    on_outcome=on_outcome,
+                )
+            stats = await sim_stats(sim)
+    assert governor.stats().rate == pytest.approx(12.0)
+    assert report.outcomes["updated"] == 40
+    gets = stats["by_route"].get("GET contacts/{id}", 0)
+    assert gets <= 41, stats["by_route"]  # one read a contact (one spare: a turn's edge)
+    assert all(_lists(sim, e) == {a, b} for e in emails)
+
+
+@pytest.mark.timeout(60)
+async def test_contacts_read_and_settled_without_a_write_give_their_places_back(
+    start_simulator: SimulatorStarter, fast_config: MigrationConfig
+) -> None:
+    """With a window of one contact (4/s, `stale_after` 0.5 s), contacts that are read and
+    need no write (already on the list) and contacts written all pass through it: each gives
+    its place back, and the run ends."""
+    async with start_simulator() as (sim, _):
+        store = sim.store
+        a, b = store.create_list("A"), store.create_list("B")
+        emails = [f"c{n:02d}@example.com" for n in range(12)]
+        for n, email in enumerate(emails):
+            store.add_contact(email, lists=[a, b] if n % 2 else [a])
+        config = dataclasses.replace(fast_config, bulk_threshold=None, stale_after=0.5)
+        account = Account(
+            Credentials(sim.config.username, sim.config.api_key, sim.config.password),
+            base_url=sim.base_url,
+            ca_file=sim.ca_path,
+            governor=RateGovernor(rate=4.0, concurrency=8),
+        )
+        async with account:
+            with anyio.fail_after(40):
+                report = await migrate(
+                    account, [{"email": e} for e in emails], lists=["B"], config=config
+                )
+    assert report.outcomes["updated"] == 6
+    assert report.outcomes["unchanged"] == 6
+    assert all(_lists(sim, e) == {a, b} for e in emails)
