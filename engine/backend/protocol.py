@@ -361,11 +361,12 @@ class AppendingBackend(Backend, Protocol):
         ...
 
     async def appended(
-        self, activity: BulkActivity, ids: Sequence[str], targets: Sequence[ListId]
-    ) -> set[str]:
-        """The ids of `ids` a finished append activity is seen to have put on every one of
-        `targets` (read back: an API may count a contact it skipped as done); the others
-        go through the write path."""
+        self, appends: Sequence[tuple[BulkActivity, Sequence[str]]], targets: Sequence[ListId]
+    ) -> list[set[str]]:
+        """For each finished append activity to `targets` (with the ids it was given), the
+        ids it is seen to have put on every target (read back: an API may count a contact
+        it skipped as done; appends that finished together are read back together); the
+        others go through the write path."""
         ...
 
     def fields_write(self, state: ContactState, fields: Mapping[str, str]) -> ListWrite | None:

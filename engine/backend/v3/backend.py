@@ -351,25 +351,37 @@ class V3Backend:
         return bulk_activity(answer)
 
     async def appended(
-        self, activity: BulkActivity, ids: Sequence[str], targets: Sequence[ListId]
-    ) -> set[str]:
-        """The ids of `ids` a finished append is seen to have put on every target, read
-        back rather than taken from its counters: a contact the API skips (unsubscribed or
-        deleted meanwhile, at its 50 lists) may be counted as done without an error (§5.4,
-        [U]). A failed activity, or a read-back that fails, vouches for none."""
-        if activity.state == "failed" and not activity.partial:
-            return set()
+        self, appends: Sequence[tuple[BulkActivity, Sequence[str]]], targets: Sequence[ListId]
+    ) -> list[set[str]]:
+        """For each finished append (activity, its ids), the ids it is seen to have put on
+        every target, read back rather than taken from its counters: a contact the API
+        skips (unsubscribed or deleted meanwhile, at its 50 lists) may be counted as done
+        without an error (§5.4, [U]). Appends to the same targets are read back together,
+        over the window they span: each page read settles contacts of all of them. A
+        failed activity, or a read-back that fails, vouches for none."""
+        readable = [(a, ids) for a, ids in appends if a.state != "failed" or a.partial]
+        if not readable:
+            return [set() for _ in appends]
         try:
             target_set = set(targets)
             found = await self._members(
-                activity, ids, _contact_id, targets, lambda state: target_set <= state.list_ids
+                [a for a, _ in readable],
+                (i for _, ids in readable for i in ids),
+                _contact_id,
+                targets,
+                lambda state: target_set <= state.list_ids,
             )
         except (FatalApiError, ConnectionLostError):
             raise
         except ApiError as exc:
-            log.warning("append %s could not be read back: %s", activity.id, exc)
-            return set()
-        return {i for i, on_targets in found.items() if on_targets}
+            names = ", ".join(a.id for a, _ in readable)
+            log.warning("appends %s could not be read back: %s", names, exc)
+            found = {}
+        vouched = {i for i, on_targets in found.items() if on_targets}
+        return [
+            vouched.intersection(ids) if (a.state != "failed" or a.partial) else set()
+            for a, ids in appends
+        ]
 
     async def recent_activities(self) -> list[BulkActivity]:
         """The first page of `GET /activities` (the last 10 days, newest first), json imports
@@ -414,7 +426,7 @@ class V3Backend:
             return {}
         target_set = set(targets)
         results = await self._members(
-            activity, wanted, _email, targets, lambda state: _settled_kind(state, target_set)
+            [activity], wanted, _email, targets, lambda state: _settled_kind(state, target_set)
         )
         for email in wanted:
             if email not in results:
@@ -424,7 +436,7 @@ class V3Backend:
 
     async def _members(
         self,
-        activity: BulkActivity,
+        activities: Sequence[BulkActivity],
         wanted: Iterable[str],
         key: Callable[[ContactState], str],
         targets: Sequence[ListId],
@@ -436,23 +448,24 @@ class V3Backend:
         activity's read-back holds tens of thousands of contacts, and a summary is a
         fraction of a contact's state.
 
-        First the members of one target updated while the activity ran (every mutating call
-        updates `updated_at`, §10.6.33): about the activity's own contacts. The window is the
-        activity's own seconds and one more each side (`_WINDOW_MARGIN`); when more of its
-        contacts are missing than two requests a page read, the clocks may disagree, and a
-        window a second wider is read for them (`_SKEW_MARGIN`). Those still not found (a
+        First the members of one target updated while the activities ran (every mutating
+        call updates `updated_at`, §10.6.33): about the activities' own contacts. The window
+        runs from the first one's start to the last one's end, a second wider each side
+        (`_WINDOW_MARGIN`); when more of their contacts are missing than two requests a page
+        read, the clocks may disagree, and a window a second wider is read for them
+        (`_SKEW_MARGIN`). Those still not found (a
         server that does not stamp them, a contact changed again since) are looked for among
         all the members of the smallest target, when that costs fewer requests than reading
         them one by one; the caller reads or rewrites the rest one by one.
         """
         keys = {k: k for k in wanted}
         found: dict[str, T] = {}
-        window = _window(activity, _WINDOW_MARGIN)
+        window = _window(activities, _WINDOW_MARGIN)
         if window and targets:
             found, read = await self._scan(targets[0], keys, key, window, summary)
             missing = {k: k for k in keys if k not in found}
             if len(missing) > 2 * max(1, math.ceil(read / int(_PAGE))):
-                wider = _window(activity, _SKEW_MARGIN)
+                wider = _window(activities, _SKEW_MARGIN)
                 found |= (await self._scan(targets[0], missing, key, wider, summary))[0]
         missing = {k: k for k in keys if k not in found}
         if missing:
@@ -522,24 +535,32 @@ def _contact_id(state: ContactState) -> str:
     return state.ref.id
 
 
-def _window(activity: BulkActivity, margin: float) -> dict[str, str]:
-    """The `updated_after`/`updated_before` range of the contacts a finished activity can
-    have changed, from its own stamps, `margin` seconds wider each side; {} when it gives
-    none readable.
+def _window(activities: Sequence[BulkActivity], margin: float) -> dict[str, str]:
+    """The `updated_after`/`updated_before` range of the contacts finished activities can
+    have changed, from their own stamps: the first one's start to the last one's end,
+    `margin` seconds wider each side; {} when one of them gives none readable.
 
-    It runs from when the server started it (`started_at`), not from its POST: an activity
-    waits in the account's queue behind the others (§5.1), and every contact they change
-    meanwhile would be read back too. Its end is `completed_at`. A server that leaves
+    An activity's run starts when the server started it (`started_at`), not at its POST: an
+    activity waits in the account's queue behind the others (§5.1), and every contact they
+    change meanwhile would be read back too. It ends at `completed_at`. A server that leaves
     either out gives `created_at` and `updated_at`, which hold the run as well."""
-    document = activity.document
-    raw = document.raw if isinstance(document, V3Activity) else {}
-    started = _epoch(raw.get("started_at")) or _epoch(raw.get("created_at"))
-    ended = _epoch(raw.get("completed_at")) or _epoch(raw.get("updated_at"))
-    if started is None:
+    starts: list[float] = []
+    ends: list[float] = []
+    for activity in activities:
+        document = activity.document
+        raw = document.raw if isinstance(document, V3Activity) else {}
+        started = _epoch(raw.get("started_at")) or _epoch(raw.get("created_at"))
+        ended = _epoch(raw.get("completed_at")) or _epoch(raw.get("updated_at"))
+        if started is None:
+            return {}
+        starts.append(started)
+        if ended is not None and ended >= started:
+            ends.append(ended)
+    if not starts:
         return {}
-    window = {"updated_after": _iso(started - margin)}
-    if ended is not None and ended >= started:
-        window["updated_before"] = _iso(ended + margin)
+    window = {"updated_after": _iso(min(starts) - margin)}
+    if len(ends) == len(starts):  # open-ended when one of them has no end
+        window["updated_before"] = _iso(max(ends) + margin)
     return window
 
 

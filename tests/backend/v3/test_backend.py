@@ -420,6 +420,32 @@ async def test_a_read_back_finds_the_contacts_of_an_activity_whose_clock_runs_ah
     assert spent == 2  # its own window, then the wider one: no contact looked up
 
 
+async def test_appends_that_ran_together_are_read_back_together(
+    sim: RunningSimulator, open_backend: BackendOpener, clock: FakeClock
+) -> None:
+    """Three appends of 200 contacts to one list, run in the same second: read back
+    together, their 600 contacts take 2 pages (one by one: 1, 1 and 2 pages, each reading
+    the others' contacts too); each gets its own ids, and a failed one none."""
+    news, old = sim.store.add_list("News"), sim.store.add_list("Old")
+    ids = [sim.store.add_contact(f"c{n:03d}@example.com", lists=[old]) for n in range(600)]
+    clock.advance(3600)
+    parts = [ids[0:200], ids[200:400], ids[400:600]]
+    async with open_backend(sim) as backend:
+        done = [await _finish(backend, await backend.append(part, [news])) for part in parts]
+        failed = BulkActivity("gone", "failed", "failed")
+        before = backend.stats().requests
+        vouched = await backend.appended(
+            [*zip(done, parts, strict=True), (failed, ids[:10])], [news]
+        )
+        together = backend.stats().requests - before
+        before = backend.stats().requests
+        for activity, part in zip(done, parts, strict=True):
+            assert await backend.appended([(activity, part)], [news]) == [set(part)]
+        one_by_one = backend.stats().requests - before
+    assert vouched == [set(part) for part in parts] + [set()]
+    assert (together, one_by_one) == (2, 4)
+
+
 def _later(stamp: str, seconds: float) -> str:
     """An ISO stamp `seconds` later (with microseconds: the API's may carry a fraction)."""
     moment = datetime.fromisoformat(stamp.replace("Z", "+00:00")) + timedelta(seconds=seconds)
