@@ -29,7 +29,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 import anyio
@@ -39,6 +39,7 @@ from anyio.streams.memory import MemoryObjectSendStream
 from engine.backend.protocol import AppendingBackend, BulkActivity, ContactState, ListWrite
 from engine.crashpoints import crash_point
 from engine.errors import ApiError, ConnectionLostError, FatalApiError, QuotaExhaustedError
+from engine.groupcommit import GroupCommit
 from engine.pipeline.bulk import BulkPath, Stopping
 from engine.pipeline.merge import Write
 from engine.pipeline.models import Outcome, join_notes
@@ -64,16 +65,6 @@ class _Pending:
     intended: bool = False  # its intent is journaled
     why: str = ""  # why a batch of it was not vouched for ("" while all were)
     appended: list[str] = field(default_factory=list)  # lists its settled batches added
-
-
-@dataclass(slots=True, eq=False)
-class _ReadBack:
-    """A finished append waiting for its read-back: what it vouched for, or why not."""
-
-    activity: BulkActivity
-    ids: list[str]
-    vouched: set[str] | None = None
-    error: Exception | None = None
 
 
 @dataclass(slots=True)
@@ -120,8 +111,9 @@ class Appends:
         self._intend = intend
         self._stop = stop
         self._groups: dict[str, _Group] = {}  # list id -> its open batch
-        #: list id -> one read-back at a time, and the finished appends waiting for one
-        self._reading: dict[str, tuple[anyio.Lock, list[_ReadBack]]] = {}
+        #: one read-back of a list at a time, of every append to it that finished meanwhile
+        self._read_back: GroupCommit[str, tuple[BulkActivity, Sequence[str]], set[str]]
+        self._read_back = GroupCommit(lambda list_id, done: backend.appended(done, (list_id,)))
         self._intending = anyio.Lock()
         self._ready = anyio.Event()
         self._closed = anyio.Event()
@@ -214,7 +206,9 @@ class Appends:
             self._waiter.stats.activities += 1
             crash_point("append-submitted")
             finished = await self._waiter.wait_for(activity, rows=len(batch))
-            vouched = await self._read_back(list_id, finished, ids)
+            # read back with the appends to the list that finished meanwhile (the same
+            # window of time holds their contacts too)
+            vouched = await self._read_back(list_id, (finished, ids))
         except (FatalApiError, ConnectionLostError, QuotaExhaustedError, Stopping):
             raise
         except (ApiError, TimeoutError) as exc:
@@ -230,39 +224,6 @@ class Appends:
             )
             for p in batch
         ]
-
-    async def _read_back(self, list_id: str, activity: BulkActivity, ids: list[str]) -> set[str]:
-        """The ids a finished append is seen to have added (`AppendingBackend.appended`),
-        read back with the other appends to the same list that finished while the last
-        read-back of that list ran (a group commit: one at a time a list, each taking all
-        that wait). Appends to a list finish a fraction of a second apart, and each one's
-        read-back pages through the window of time it ran in, which holds the contacts of
-        the appends around it too: read one by one, most pages were read several times."""
-        lock, queue = self._reading.setdefault(list_id, (anyio.Lock(), []))
-        mine = _ReadBack(activity, ids)
-        queue.append(mine)
-        async with lock:
-            if mine.vouched is None and mine.error is None:
-                batch = queue[:]
-                queue.clear()
-                try:
-                    results = await self.backend.appended(
-                        [(r.activity, r.ids) for r in batch], (list_id,)
-                    )
-                except Exception as exc:
-                    for r in batch:
-                        r.error = exc
-                except BaseException:
-                    # cancelled: the others of the batch are read back by the next holder
-                    queue[:0] = [r for r in batch if r is not mine]
-                    raise
-                else:
-                    for r, vouched in zip(batch, results, strict=True):
-                        r.vouched = vouched
-        if mine.error is not None:
-            raise mine.error
-        assert mine.vouched is not None
-        return mine.vouched
 
     async def _journal(self, batch: list[_Pending]) -> None:
         """Journal the intents of the batch's writes not journaled yet, in one commit, before

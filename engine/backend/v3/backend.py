@@ -63,6 +63,7 @@ from engine.errors import (
     MalformedResponseError,
     RetryableApiError,
 )
+from engine.groupcommit import GroupCommit
 
 __all__ = ["V3_CAPABILITIES", "V3Backend"]
 
@@ -111,6 +112,11 @@ class V3Backend:
         #: the token's user, fixed by `verify` (a headless run's first token is only a
         #: refresh token, whose access token is unknown until the first request).
         self._user: str | None = None
+        #: one read-back of a set of targets at a time, of every import to them that
+        #: finished meanwhile (`settle`)
+        self._reading_back: GroupCommit[
+            tuple[ListId, ...], tuple[BulkActivity, Sequence[str]], dict[str, SettledKind]
+        ] = GroupCommit(self._read_back)
 
     def __repr__(self) -> str:
         return f"V3Backend({self.identity!r})"
@@ -405,9 +411,13 @@ class V3Backend:
         counts unsubscribed contacts without naming them): `added` for a contact now on
         every target, `opted_out` for an unsubscribed one, `unknown` for any other (left out
         of the import, not found, or not on its targets) or when the read-back fails: the
-        pipeline sends those contact by contact, which is safe to repeat."""
+        pipeline sends those contact by contact, which is safe to repeat.
+
+        Imports to the same targets that finish while one of them is read back are read back
+        together next (`GroupCommit`): each pages through the members changed while it ran,
+        which hold the others' contacts too."""
         try:
-            results = await self._read_back(activity, emails, targets)
+            results = await self._reading_back(tuple(targets), (activity, emails))
         except (FatalApiError, ConnectionLostError):
             raise
         except ApiError as exc:  # nothing vouched for: all go contact by contact
@@ -416,23 +426,35 @@ class V3Backend:
         return [BulkResult(email, results.get(_normal(email), "unknown")) for email in emails]
 
     async def _read_back(
-        self, activity: BulkActivity, emails: Sequence[str], targets: Sequence[ListId]
-    ) -> dict[str, SettledKind]:
-        """Each imported contact's result, read from the server (an email over the import's
-        limit was left out of it, and is not read): the members of a target the activity
-        changed (`_members`), then a lookup of each contact not found there."""
-        wanted = [e for e in dict.fromkeys(map(_normal, emails)) if len(e) <= IMPORT_EMAIL_MAX]
-        if not wanted:
-            return {}
-        target_set = set(targets)
-        results = await self._members(
-            [activity], wanted, _email, targets, lambda state: _settled_kind(state, target_set)
-        )
-        for email in wanted:
-            if email not in results:
-                state = await self._lookup(email)
-                results[email] = "unknown" if state is None else _settled_kind(state, target_set)
-        return results
+        self,
+        targets: tuple[ListId, ...],
+        imports: Sequence[tuple[BulkActivity, Sequence[str]]],
+    ) -> list[dict[str, SettledKind]]:
+        """Each imported contact's result, read from the server, for finished imports to
+        the same targets (an email over the import's limit was left out of it, and is not
+        read): the members of a target the imports changed (`_members`), then a lookup of
+        each contact not found there. One dict of every import's contacts, for each."""
+        wanted = [
+            e
+            for e in dict.fromkeys(_normal(e) for _, emails in imports for e in emails)
+            if len(e) <= IMPORT_EMAIL_MAX
+        ]
+        results: dict[str, SettledKind] = {}
+        if wanted:
+            target_set = set(targets)
+            results = await self._members(
+                [activity for activity, _ in imports],
+                wanted,
+                _email,
+                targets,
+                lambda state: _settled_kind(state, target_set),
+            )
+            for email in wanted:
+                if email not in results:
+                    state = await self._lookup(email)
+                    kind = "unknown" if state is None else _settled_kind(state, target_set)
+                    results[email] = kind
+        return [results] * len(imports)
 
     async def _members(
         self,

@@ -13,11 +13,10 @@ from typing import Any
 import anyio
 import pytest
 
-from engine.backend.protocol import BulkActivity, ContactRef, ContactState
-from engine.backend.v3 import V3_CAPABILITIES, V3Backend
+from engine.backend.protocol import ContactRef, ContactState
+from engine.backend.v3 import V3Backend
 from engine.backend.v3._json import put_body
 from engine.errors import ApiError, DoNotMailError
-from engine.pipeline.append import Appends
 from engine.pipeline.config import MigrationConfig
 from engine.pipeline.dryrun import plan_migration
 from engine.pipeline.merge import Write, decide
@@ -516,83 +515,3 @@ def test_a_write_waiting_for_its_append_keeps_no_document_and_no_body() -> None:
     assert held.contact is write.contact
     assert _json.contact_state(state.document).version != held.update.state.version
 
-
-class _ReadBacks:
-    """A backend's `appended`, faked: records the appends each call reads back together,
-    and holds each call until the test opens its gate."""
-
-    capabilities = V3_CAPABILITIES
-
-    def __init__(self) -> None:
-        self.calls: list[list[str]] = []
-        self.gates = [anyio.Event() for _ in range(3)]
-        self.entered = [anyio.Event() for _ in range(3)]
-
-    async def appended(
-        self, appends: Sequence[tuple[BulkActivity, Sequence[str]]], targets: Sequence[str]
-    ) -> list[set[str]]:
-        call = len(self.calls)
-        self.calls.append([activity.id for activity, _ in appends])
-        self.entered[call].set()
-        await self.gates[call].wait()
-        return [set(ids) for _, ids in appends]
-
-
-def _finished(name: str) -> BulkActivity:
-    return BulkActivity(name, "completed", "completed")
-
-
-async def test_appends_finished_during_a_read_back_are_read_back_together_next() -> None:
-    """A group commit per list: appends that finish while a read-back of their list runs
-    wait for it, then one read-back takes them all; each gets its own ids."""
-    fake = _ReadBacks()
-    appends = Appends(fake, None, None, linger=0, limit=4)  # type: ignore[arg-type]
-    got: dict[str, set[str]] = {}
-
-    async def settle(name: str) -> None:
-        got[name] = await appends._read_back("news", _finished(name), [f"{name}-id"])
-
-    with anyio.fail_after(5):
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(settle, "a1")
-            await fake.entered[0].wait()
-            tg.start_soon(settle, "a2")
-            tg.start_soon(settle, "a3")
-            await anyio.wait_all_tasks_blocked()
-            fake.gates[0].set()
-            await fake.entered[1].wait()
-            fake.gates[1].set()
-    assert fake.calls == [["a1"], ["a2", "a3"]]
-    assert got == {name: {f"{name}-id"} for name in ("a1", "a2", "a3")}
-
-
-async def test_a_read_back_cancelled_leaves_the_others_of_its_batch_to_the_next() -> None:
-    """The task whose read-back holds another's append is cancelled: that append is read
-    back by the next one, not left waiting for an answer that never comes."""
-    fake = _ReadBacks()
-    appends = Appends(fake, None, None, linger=0, limit=4)  # type: ignore[arg-type]
-    got: dict[str, set[str]] = {}
-    a2_scope = anyio.CancelScope()
-
-    async def settle(name: str) -> None:
-        got[name] = await appends._read_back("news", _finished(name), [f"{name}-id"])
-
-    async def settle_a2() -> None:
-        with a2_scope:
-            await settle("a2")
-
-    with anyio.fail_after(5):
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(settle, "a1")
-            await fake.entered[0].wait()
-            tg.start_soon(settle_a2)
-            await anyio.wait_all_tasks_blocked()
-            tg.start_soon(settle, "a3")
-            await anyio.wait_all_tasks_blocked()
-            fake.gates[0].set()
-            await fake.entered[1].wait()  # a2 reads back a2 and a3 together ...
-            a2_scope.cancel()  # ... and is cancelled
-            await fake.entered[2].wait()
-            fake.gates[2].set()
-    assert fake.calls == [["a1"], ["a2", "a3"], ["a3"]]
-    assert got == {"a1": {"a1-id"}, "a3": {"a3-id"}}
