@@ -514,4 +514,3 @@ def test_a_write_waiting_for_its_append_keeps_no_document_and_no_body() -> None:
     assert held.added == ("l2",)
     assert held.contact is write.contact
     assert _json.contact_state(state.document).version != held.update.state.version
-
