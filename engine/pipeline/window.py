@@ -10,13 +10,14 @@ sized when the run starts, but the rate is not fixed (a throttle cuts it by a qu
 discovery raises it): at 3 requests/s eight contacts in flight made nearly every write read
 its contact again. The window follows the rate at every read instead.
 
-It is a counter and an event rather than an anyio `CapacityLimiter`: a contact's place is
-taken by the merge worker that reads it and given back by the put worker that writes it
-(two tasks), and the size changes with the rate.
+It is a counter and a queue of waiters rather than an anyio `CapacityLimiter`: a contact's
+place is taken by the merge worker that reads it and given back by the put worker that
+writes it (two tasks), and the size changes with the rate.
 """
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable
 
 import anyio
@@ -32,47 +33,66 @@ class ReadWindow:
     """At most `size()` contacts between their read and their write.
 
     Args:
-        rate: the governor's current rate, requests per second (None: no rate limit).
+        rate: the governor's current rate, requests per second (None: no rate limit, and
+            then no bound but the workers').
         stale_after: seconds after which a read is stale (`MigrationConfig.stale_after`).
         most: the most at any rate (the workers that read).
     """
 
-    __slots__ = ("_freed", "_held", "_most", "_rate", "_stale_after")
+    __slots__ = ("_held", "_most", "_rate", "_stale_after", "_waiters")
 
     def __init__(self, rate: Callable[[], float | None], *, stale_after: float, most: int) -> None:
         self._rate = rate
         self._stale_after = stale_after
         self._most = max(1, most)
         self._held = 0
-        self._freed = anyio.Event()
+        # First come, first served; a place given back wakes one waiter, not all of them
+        # (sixty-four workers woken for each contact cost more than the contact's requests).
+        self._waiters: deque[anyio.Event] = deque()
 
     @property
     def held(self) -> int:
         """Contacts read (or being read) whose writes have not been sent."""
         return self._held
 
-    def size(self) -> int:
+    def size(self) -> int | None:
         """How many contacts the current rate lets read ahead: each takes two turns (its
-        read and its write), all of them within `stale_after` (less the headroom)."""
+        read and its write), all of them within `stale_after` (less the headroom). None
+        without a rate limit: no turn to wait for, so no read goes stale waiting."""
         rate = self._rate()
         if rate is None:
-            return self._most
+            return None
         return max(1, min(self._most, int(rate * self._stale_after * _HEADROOM / 2)))
+
+    def _has_room(self) -> bool:
+        size = self.size()
+        return size is None or self._held < size
 
     async def enter(self) -> Place:
         """Wait for a place (a checkpoint only when there is none)."""
-        while self._held >= self.size():
-            freed = self._freed
-            await freed.wait()
-        self._held += 1
-        return Place(self)
+        if not self._waiters and self._has_room():
+            self._held += 1
+            return Place(self)
+        event = anyio.Event()
+        self._waiters.append(event)
+        try:
+            await event.wait()
+        except BaseException:
+            # Handed a place in the instant before the cancellation came (anyio's asyncio
+            # backend lets such a wait end normally; another backend may not): give it back.
+            if event.is_set():
+                self._leave()
+            else:
+                self._waiters.remove(event)
+            raise
+        return Place(self)  # taken on its behalf by `_leave`
 
     def _leave(self) -> None:
         self._held -= 1
-        # Wake every waiter (a handful at most): each checks the size again, which the
-        # rate may have changed meanwhile.
-        self._freed.set()
-        self._freed = anyio.Event()
+        # Hand places to the first waiters, as many as fit now (the rate may have changed).
+        while self._waiters and self._has_room():
+            self._held += 1
+            self._waiters.popleft().set()
 
 
 class Place:

@@ -10,7 +10,7 @@ from engine.pipeline.window import ReadWindow
 
 def test_the_size_follows_the_rate_and_stale_after() -> None:
     """Two turns a contact within 80% of `stale_after`, at least one, at most `most`; no
-    rate limit: `most`."""
+    rate limit: no bound (no turn to wait for)."""
     rate: list[float | None] = [4.0]
     window = ReadWindow(lambda: rate[0], stale_after=2.0, most=8)
     assert window.size() == 3  # 4/s x 2 s x 0.8 / 2 turns = 3.2
@@ -19,7 +19,7 @@ def test_the_size_follows_the_rate_and_stale_after() -> None:
     rate[0] = 400.0
     assert window.size() == 8
     rate[0] = None
-    assert window.size() == 8
+    assert window.size() is None
 
 
 async def test_a_read_waits_for_a_place_and_takes_the_one_given_back() -> None:
@@ -71,3 +71,87 @@ async def test_a_rate_that_rises_lets_more_reads_in() -> None:
 def test_the_window_holds_at_least_one(most: int) -> None:
     """A window never shrinks to nothing: one contact at a time at any rate."""
     assert ReadWindow(lambda: 0.1, stale_after=0.1, most=most).size() == 1
+
+
+async def test_a_place_given_back_wakes_one_waiter_first_come_first_served() -> None:
+    """Three reads wait on a full window of one: each place given back lets exactly one
+    in, the longest waiting first (not every waiter woken to race for it)."""
+    window = ReadWindow(lambda: 1.0, stale_after=2.0, most=8)
+    first = await window.enter()
+    entered: list[int] = []
+    places = []
+
+    async def wait(n: int) -> None:
+        places.append(await window.enter())
+        entered.append(n)
+
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tg:
+            for n in range(3):
+                tg.start_soon(wait, n)
+                await anyio.wait_all_tasks_blocked()
+            first.leave()
+            await anyio.wait_all_tasks_blocked()
+            assert entered == [0]
+            places[0].leave()
+            await anyio.wait_all_tasks_blocked()
+            assert entered == [0, 1]
+            places[1].leave()
+    assert entered == [0, 1, 2]
+    assert window.held == 1
+
+
+async def test_a_rate_that_rose_lets_several_waiters_in_at_the_next_place_given_back() -> None:
+    """Waiters queued at a low rate: when a place is given back after the rate rose, as
+    many enter as the new size holds, the first ones first."""
+    rate = [1.0]
+    window = ReadWindow(lambda: rate[0], stale_after=2.0, most=8)
+    first = await window.enter()
+    entered: list[int] = []
+
+    async def wait(n: int) -> None:
+        await window.enter()
+        entered.append(n)
+
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tg:
+            for n in range(4):
+                tg.start_soon(wait, n)
+                await anyio.wait_all_tasks_blocked()
+            rate[0] = 3.0  # size 2
+            first.leave()
+            await anyio.wait_all_tasks_blocked()
+            assert entered == [0, 1]
+            assert window.held == 2
+            tg.cancel_scope.cancel()  # the other two wait for places never given back
+    assert window.held == 2
+
+
+async def test_a_waiter_cancelled_while_waiting_leaves_the_queue() -> None:
+    """A read cancelled while it waits for a place is taken out of the queue: the place
+    given back next goes to the read behind it, and none is lost."""
+    window = ReadWindow(lambda: 1.0, stale_after=2.0, most=8)
+    first = await window.enter()
+    got: list[str] = []
+    doomed = anyio.CancelScope()
+
+    async def wait(name: str) -> None:
+        place = await window.enter()
+        got.append(name)
+        place.leave()
+
+    async def cancelled() -> None:
+        with doomed:
+            await wait("cancelled")
+
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(cancelled)
+            await anyio.wait_all_tasks_blocked()
+            tg.start_soon(wait, "next")
+            await anyio.wait_all_tasks_blocked()
+            doomed.cancel()
+            await anyio.wait_all_tasks_blocked()
+            first.leave()
+    assert got == ["next"]
+    assert window.held == 0

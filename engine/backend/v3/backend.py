@@ -475,10 +475,10 @@ class V3Backend:
         runs from the first one's start to the last one's end, a second wider each side
         (`_WINDOW_MARGIN`); when more of their contacts are missing than two requests a page
         read, the clocks may disagree, and a window a second wider is read for them
-        (`_SKEW_MARGIN`). Those still not found (a
-        server that does not stamp them, a contact changed again since) are looked for among
-        all the members of the smallest target, when that costs fewer requests than reading
-        them one by one; the caller reads or rewrites the rest one by one.
+        (`_SKEW_MARGIN`). Those still not found (a server that does not stamp them, a
+        contact changed again since) are looked for among all the members of the smallest
+        target, when that costs fewer requests than reading them one by one; the caller
+        reads or rewrites the rest one by one.
         """
         keys = {k: k for k in wanted}
         found: dict[str, T] = {}
