@@ -337,75 +337,44 @@ async def put_contacts(
     async with receive_writes, send_outcomes:
         async for write in items(receive_writes):
             try:
-                await _put_one(
-                    write,
-                    send_outcomes,
-                    backend=backend,
-                    skip_removed=skip_removed,
-                    stats=stats,
-                    stop=stop,
-                    verify=verify,
-                    stale_after=stale_after,
-                    intend=intend,
-                    lists_only=lists_only,
-                    revive_deleted=revive_deleted,
-                    appends=appends,
-                )
+                if stop is not None and stop.is_set():
+                    continue
+                if appends is not None and appends.takes(write):
+                    stats.busy += 1
+                    try:
+                        refused = await _write_fields(
+                            write,
+                            appends.backend,
+                            verify=verify,
+                            stale_after=stale_after,
+                            intend=intend,
+                        )
+                    finally:
+                        stats.busy -= 1
+                    stats.done += 1
+                    if refused is not None:
+                        await send_soon(send_outcomes, refused)
+                    elif write.added:
+                        await appends.add(write)  # its outcome comes when it is settled
+                    else:
+                        await send_soon(send_outcomes, updated_outcome(write))
+                    continue
+                stats.busy += 1
+                try:
+                    outcome = await send_write(
+                        write,
+                        backend,
+                        skip_removed=skip_removed,
+                        verify=verify,
+                        stale_after=stale_after,
+                        intend=intend,
+                        lists_only=lists_only,
+                        revive_deleted=revive_deleted,
+                    )
+                finally:
+                    stats.busy -= 1
+                stats.done += 1
+                await send_soon(send_outcomes, outcome)
             finally:
                 if write.place is not None:
                     write.place.leave()
-
-
-async def _put_one(
-    write: Write,
-    send_outcomes: MemoryObjectSendStream[Outcome],
-    *,
-    backend: Backend,
-    skip_removed: bool,
-    stats: StageStats,
-    stop: anyio.Event | None,
-    verify: str,
-    stale_after: float,
-    intend: Intend | None,
-    lists_only: bool,
-    revive_deleted: bool,
-    appends: Appends | None,
-) -> None:
-    if stop is not None and stop.is_set():
-        return
-    if appends is not None and appends.takes(write):
-        stats.busy += 1
-        try:
-            refused = await _write_fields(
-                write,
-                appends.backend,
-                verify=verify,
-                stale_after=stale_after,
-                intend=intend,
-            )
-        finally:
-            stats.busy -= 1
-        stats.done += 1
-        if refused is not None:
-            await send_soon(send_outcomes, refused)
-        elif write.added:
-            await appends.add(write)  # its outcome comes when the append is settled
-        else:
-            await send_soon(send_outcomes, updated_outcome(write))
-        return
-    stats.busy += 1
-    try:
-        outcome = await send_write(
-            write,
-            backend,
-            skip_removed=skip_removed,
-            verify=verify,
-            stale_after=stale_after,
-            intend=intend,
-            lists_only=lists_only,
-            revive_deleted=revive_deleted,
-        )
-    finally:
-        stats.busy -= 1
-    stats.done += 1
-    await send_soon(send_outcomes, outcome)

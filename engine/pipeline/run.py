@@ -447,7 +447,7 @@ class _Run:
         #: contacts the merge stage read and the put stage has not written: no more than
         #: the current rate lets write within `stale_after` (engine/pipeline/window.py)
         self.window = ReadWindow(
-            lambda: backend.stats().rate, stale_after=config.stale_after, most=self._writers()
+            lambda: backend.stats().rate, stale_after=config.stale_after, most=config.limits.put
         )
 
     def progress(
@@ -677,12 +677,6 @@ class _Run:
             stop=self.stop,
         )
 
-    def _writers(self) -> int:
-        """Merge workers (on v1, each sends its contact's read) and put workers:
-        `limits.put` each. How many of them may hold a contact read and not yet written
-        follows the rate (`self.window`)."""
-        return self.config.limits.put
-
     async def _merge(
         self,
         receive: MemoryObjectReceiveStream[Found],
@@ -696,7 +690,7 @@ class _Run:
             send_outcomes=send_outcomes,
             skip_removed=self.config.skip_removed,
             stats=self.stats.stages["merge"],
-            limit=self._writers(),
+            limit=self.config.limits.put,  # on v1 each sends its contact's read
             stop=self.stop,
             lists_only=self.config.lists_only,
             revive_deleted=self.config.revive_deleted,
@@ -760,12 +754,12 @@ class _Run:
             )
 
         if appends is None:
-            await fan_out(worker, receive, send, limit=self._writers())
+            await fan_out(worker, receive, send, limit=config.limits.put)
             return
         async with anyio.create_task_group() as tg:
             tg.start_soon(appends.run, send.clone())
             try:
-                await fan_out(worker, receive, send, limit=self._writers())
+                await fan_out(worker, receive, send, limit=config.limits.put)
             finally:
                 appends.close()
 

@@ -36,6 +36,16 @@ async def _write(
     return result
 
 
+def _governed(sim: RunningSimulator, governor: RateGovernor) -> Account:
+    """An account on the simulator whose requests go through `governor`."""
+    return Account(
+        Credentials(sim.config.username, sim.config.api_key, sim.config.password),
+        base_url=sim.base_url,
+        ca_file=sim.ca_path,
+        governor=governor,
+    )
+
+
 def _lists(sim: RunningSimulator, email: str) -> set[int]:
     stored = sim.store.contact_by_email(email)
     assert stored is not None
@@ -172,12 +182,7 @@ async def test_at_the_documented_rate_no_read_goes_stale_behind_the_other_worker
         for email in emails:
             store.add_contact(email, lists=[a])
         config = dataclasses.replace(fast_config, bulk_threshold=None)
-        account = Account(
-            Credentials(sim.config.username, sim.config.api_key, sim.config.password),
-            base_url=sim.base_url,
-            ca_file=sim.ca_path,
-            governor=RateGovernor(rate=4.0, concurrency=8),
-        )
+        account = _governed(sim, RateGovernor(rate=4.0, concurrency=8))
         async with account:
             with anyio.fail_after(40):
                 report = await migrate(
@@ -207,12 +212,7 @@ async def test_when_the_rate_falls_mid_run_reads_wait_instead_of_going_stale(
         # At 16/s the workers are sized for a half-second read: four of each.
         config = dataclasses.replace(fast_config, bulk_threshold=None, stale_after=0.5)
         governor = RateGovernor(rate=16.0, concurrency=8)
-        account = Account(
-            Credentials(sim.config.username, sim.config.api_key, sim.config.password),
-            base_url=sim.base_url,
-            ca_file=sim.ca_path,
-            governor=governor,
-        )
+        account = _governed(sim, governor)
         done = 0
 
         def on_outcome(_: object) -> None:
@@ -252,12 +252,7 @@ async def test_contacts_read_and_settled_without_a_write_give_their_places_back(
         for n, email in enumerate(emails):
             store.add_contact(email, lists=[a, b] if n % 2 else [a])
         config = dataclasses.replace(fast_config, bulk_threshold=None, stale_after=0.5)
-        account = Account(
-            Credentials(sim.config.username, sim.config.api_key, sim.config.password),
-            base_url=sim.base_url,
-            ca_file=sim.ca_path,
-            governor=RateGovernor(rate=4.0, concurrency=8),
-        )
+        account = _governed(sim, RateGovernor(rate=4.0, concurrency=8))
         async with account:
             with anyio.fail_after(40):
                 report = await migrate(
