@@ -18,9 +18,23 @@ from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
-__all__ = ["StateStore", "Stats", "run_until_signalled", "save_json"]
+__all__ = ["StateStore", "Stats", "json_bytes", "run_until_signalled", "save_json"]
+
+try:
+    import orjson
+except ImportError:  # pragma: no cover - the `fast` extra is not installed
+    orjson = None  # type: ignore[assignment]
 
 log = logging.getLogger("engine.simulator")
+
+
+def json_bytes(value: Any) -> bytes:
+    """`value` as compact JSON in UTF-8 (orjson when the `fast` extra installed it: the V3
+    simulator encodes every answer, pages of 500 contacts included, and the standard
+    library took a quarter of its CPU on a million-row bulk run)."""
+    if orjson is not None:
+        return orjson.dumps(value)
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode()  # type: ignore[unreachable]
 
 
 class Stats:

@@ -14,6 +14,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from engine import fastjson
 from engine.backend._bulk import slices
 from engine.backend.protocol import (
     ActivityState,
@@ -440,7 +441,7 @@ def encode_import(
     names = [(name, _FIELDS[name][2]) for name in columns if name in _FIELDS]
     seen: set[str] = set()
     left_out: set[str] = set()
-    pieces: list[str] = []
+    pieces: list[bytes] = []
     for chunk in slices(contacts):
         rows: list[dict[str, str]] = []
         for given, values in chunk:
@@ -462,11 +463,9 @@ def encode_import(
                 f"{len(seen) - len(left_out)} rows or more are over the cap of {limit}"
             )
         if rows:
-            pieces.append(json.dumps(rows, ensure_ascii=False, separators=(",", ":"))[1:-1])
-    lists_json = json.dumps(lists, ensure_ascii=False, separators=(",", ":"))
-    text = f'{{"import_data":[{",".join(pieces)}],"list_ids":{lists_json}}}'
-    body = text.encode()
-    del text
+            pieces.append(fastjson.dumps(rows)[1:-1])
+    body = b'{"import_data":[%b],"list_ids":%b}' % (b",".join(pieces), fastjson.dumps(lists))
+    del pieces
     cap = min(max_bytes, IMPORT_MAX_BYTES)
     if len(body) >= cap:
         raise ActivityTooLargeError(f"the import body of {len(body)} bytes is not under {cap}")

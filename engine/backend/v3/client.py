@@ -22,6 +22,7 @@ from urllib.parse import urlsplit
 import aiohttp
 from yarl import URL
 
+from engine import fastjson
 from engine.backend import _http
 from engine.backend._http import (
     Answer,
@@ -282,7 +283,7 @@ class V3Client:
             if not answer.body.strip():
                 return None
             try:
-                return json.loads(answer.body)
+                return fastjson.loads(answer.body)
             except (ValueError, RecursionError) as exc:  # RecursionError: deep nesting
                 raise MalformedResponseError(
                     f"the answer is not JSON: {type(exc).__name__}",

@@ -38,7 +38,7 @@ from aiohttp import web
 
 from .._activities import ActivityRunner
 from .._faults import ABORTED, WRITE_METHODS, Faults
-from .._shared import Stats
+from .._shared import Stats, json_bytes
 from .._throttle import Throttle
 from ._json import (
     ApiError,
@@ -114,8 +114,9 @@ CLIENT_KEY = web.RequestKey("client_id", str)
 def _json(body: Any, status: int = 200, headers: Mapping[str, str] | None = None) -> web.Response:
     return web.Response(
         status=status,
-        text=json.dumps(body, separators=(",", ":")),
+        body=json_bytes(body),
         content_type="application/json",
+        charset="utf-8",
         headers=headers,
     )
 
