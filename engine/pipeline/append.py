@@ -83,7 +83,8 @@ class Appends:
         send_write: the write path, for the contacts an append cannot vouch for; it must
             read a contact again when its read is stale (they are given as stale).
         linger: see `MigrationConfig.append_linger`.
-        limit: append activities in flight at once.
+        limit: append activities in flight at once (posted and not finished on the server;
+            as many again may be waiting for their read-back).
         writers: writes in flight at once when a batch goes the write path.
         intend: the journal's record of the writes about to go (one commit a batch).
         stop: set when the run is stopping: nothing more is posted.
@@ -106,7 +107,8 @@ class Appends:
         self._send_write = send_write
         self._max = backend.capabilities.append_max
         self._linger = linger
-        self._slots = anyio.Semaphore(limit)
+        self._slots = anyio.Semaphore(limit)  # activities running on the server
+        self._unsettled = anyio.Semaphore(2 * limit)  # and those not read back yet
         self._writers = anyio.CapacityLimiter(writers)
         self._intend = intend
         self._stop = stop
@@ -170,16 +172,32 @@ class Appends:
         if self._stop is not None and self._stop.is_set():
             return  # not posted: a resumed run does these contacts again
         assert self._tg is not None
-        await self._slots.acquire()
+        await self._unsettled.acquire()
+        try:
+            await self._slots.acquire()
+        except BaseException:
+            self._unsettled.release()
+            raise
         self._tg.start_soon(self._one, list_id, batch)
 
     async def _one(self, list_id: str, batch: list[_Pending]) -> None:
+        running = True
+
+        def finished() -> None:
+            # The activity is done on the server: the next append may go while this one
+            # is read back (a read-back waits for the one before it on its list).
+            nonlocal running
+            if running:
+                running = False
+                self._slots.release()
+
         try:
-            settled = await self._append(list_id, batch)
+            settled = await self._append(list_id, batch, finished)
         except Stopping:
             return  # their intents are journaled: a resumed run finds what they did
         finally:
-            self._slots.release()
+            finished()
+            self._unsettled.release()
         # A write's outcome comes when the last of its batches is settled.
         done: list[_Pending] = []
         for pending, why in settled:
@@ -196,25 +214,28 @@ class Appends:
         for outcome in outcomes:
             await self._send_outcomes.send(outcome)
 
-    async def _append(self, list_id: str, batch: list[_Pending]) -> list[tuple[_Pending, str]]:
+    async def _append(
+        self, list_id: str, batch: list[_Pending], finished: Callable[[], None]
+    ) -> list[tuple[_Pending, str]]:
         """Post one append and settle it: each write of the batch with "" when the server
-        vouches for it, else why not."""
+        vouches for it, else why not. `finished` is called once the activity has ended."""
         try:
             await self._journal(batch)
             ids = [p.write.update.state.ref.id for p in batch if p.write.update is not None]
             activity = await self.backend.append(ids, (list_id,))
             self._waiter.stats.activities += 1
             crash_point("append-submitted")
-            finished = await self._waiter.wait_for(activity, rows=len(batch))
+            done = await self._waiter.wait_for(activity, rows=len(batch))
+            finished()
             # read back with the appends to the list that finished meanwhile (the same
             # window of time holds their contacts too)
-            vouched = await self._read_back(list_id, (finished, ids))
+            vouched = await self._read_back(list_id, (done, ids))
         except (FatalApiError, ConnectionLostError, QuotaExhaustedError, Stopping):
             raise
         except (ApiError, TimeoutError) as exc:
             return [(p, f"the append was not confirmed ({exc})") for p in batch]
-        log.info("append %s added %d of %d contacts", finished.id, len(vouched), len(batch))
-        why = f"append {finished.id} ({finished.status}) did not add it"
+        log.info("append %s added %d of %d contacts", done.id, len(vouched), len(batch))
+        why = f"append {done.id} ({done.status}) did not add it"
         return [
             (
                 p,

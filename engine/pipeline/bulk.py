@@ -648,7 +648,7 @@ class BulkPath:
             with anyio.move_on_after(config.poll_timeout) as scope:
                 while not activity.finished:
                     await self._sleep_unless_stopped(delay)
-                    delay = min(config.poll_max, max(delay * 2, 0.01))
+                    delay = config.next_poll(delay)
                     seen = (activity.status, activity.progress)
                     activity = await self.backend.poll(activity.id)
                     self.stats.polls += 1

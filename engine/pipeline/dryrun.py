@@ -68,14 +68,14 @@ _PAGE_SIZE = 50
 
 def polls_for(seconds: float, config: MigrationConfig) -> int:
     """Polls of an activity that takes `seconds`, at the bulk path's schedule (the first after
-    `poll_initial`, each wait twice the last, up to `poll_max`)."""
+    `poll_initial`, then `MigrationConfig.next_poll`)."""
     delay, waited, polls = config.poll_initial, 0.0, 0
     while True:
         waited += delay
         polls += 1
         if waited >= seconds or polls >= 100_000:
             return polls
-        delay = min(config.poll_max, max(delay * 2, 0.01))
+        delay = config.next_poll(delay)
 
 
 @dataclass(frozen=True, slots=True)

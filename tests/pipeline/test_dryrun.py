@@ -78,7 +78,10 @@ async def test_the_dry_run_predicts_the_requests_of_the_run_within_ten_percent(
 
 
 def test_polls_follow_the_bulk_paths_schedule() -> None:
-    """Polls double their wait from `poll_initial` up to `poll_max` until the activity ends."""
+    """Polls wait half as long again each time from `poll_initial`, up to `poll_max`, until
+    the activity ends (the dry run counts them as the bulk path sends them)."""
     config = MigrationConfig(poll_initial=5, poll_max=30)
-    # Waits 5, 10, 20, 30, 30, 30: the sixth poll comes at 125 s.
-    assert [polls_for(s, config) for s in (1, 5, 6, 35, 65, 120, 125)] == [1, 1, 2, 3, 4, 6, 6]
+    assert [config.next_poll(d) for d in (5, 7.5, 20, 30)] == [7.5, 11.25, 30, 30]
+    # Waits 5, 7.5, 11.25, 16.875, 25.3125, 30, 30: polls at 5, 12.5, 23.75, 40.6, 65.9,
+    # 95.9 and 125.9 s.
+    assert [polls_for(s, config) for s in (1, 5, 6, 35, 65, 120, 126)] == [1, 1, 2, 4, 5, 7, 8]
