@@ -203,8 +203,9 @@ async def run_ceiling_v3(job: Job) -> dict[str, Any]:
     (one address a search, the lists included), then by what it found: nothing for a
     contact already on the target (`write_existing` False); its id into the open append
     batch (`job.append`: `POST /activities/add_list_memberships` of 500 ids, the last batch
-    at the end of the input, each polled with `GET /activities/{id}` from 0.2 s doubling to
-    1 s, as the engine's settings in this harness) or its PUT with the target added; a
+    at the end of the input, each polled with `GET /activities/{id}` from 0.2 s, each wait
+    half as long again up to 1 s, as the engine's settings and schedule in this harness) or
+    its PUT with the target added; a
     `POST /contacts` for an email not found. At most `c` requests in flight.
     """
     c = job.concurrency
@@ -240,7 +241,7 @@ async def run_ceiling_v3(job: Job) -> dict[str, Any]:
         delay = 0.2
         while activity.get("state") not in ("completed", "failed", "cancelled", "timed_out"):
             await asyncio.sleep(delay)
-            delay = min(1.0, delay * 2)
+            delay = min(1.0, delay * 1.5)  # the engine's MigrationConfig.next_poll
             activity = await request(session, "GET", f"{base}activities/{activity['activity_id']}")
         counts["updated"] += len(ids)
 

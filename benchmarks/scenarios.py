@@ -152,8 +152,9 @@ def ceiling(bench: Bench) -> ScenarioResult:
         "engine's requests and shape (4 search workers of 50 emails, 64 write workers). V3: "
         "64 workers, each looking one email up (`GET /contacts?email=…&status=all&include="
         "list_memberships,phone_numbers,street_addresses`, the engine's lookup) and then "
-        "writing: the id into an `add_list_memberships` of 500 (polled from 0.2 s, doubling "
-        "to 1 s), or a PUT of the contact with the list added (`existing, PUT`), or a POST."
+        "writing: the id into an `add_list_memberships` of 500 (polled from 0.2 s, each wait "
+        "half as long again up to 1 s, as the engine), or a PUT of the contact with the list "
+        "added (`existing, PUT`), or a POST."
     )
     return result
 
@@ -608,7 +609,8 @@ def bulk(bench: Bench) -> ScenarioResult:
         "request); one target list; the planner "
         "with its default threshold (25), 4 activities in flight. The simulator completes an "
         "activity about 0.2 s after its POST (V3: starts processing it then) plus the time "
-        "to apply its rows; the engine polls from 0.2 s, backing off to 1 s. Against the "
+        "to apply its rows; the engine polls from 0.2 s, each wait half as long again up to "
+        "1 s. Against the "
         "real API activities take minutes, so real wall time is theirs, not the engine's. "
         "Bytes are request bodies (v1: form-encoded activities; V3: JSON imports of 40,000 "
         "rows at most; both: the membership check's requests), without HTTP headers or TLS. "
