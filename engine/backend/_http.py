@@ -173,8 +173,8 @@ async def read_capped(resp: aiohttp.ClientResponse, method: str, url: str, max_b
 
 
 #: The most bytes of a request body handed to the connection at once: a larger body goes as
-#: a stream, which aiohttp reads in pieces of at most this size (256 KiB in 3.14, 64 KiB
-#: before), the size of the largest read the TLS layer takes from the socket.
+#: a stream, which aiohttp reads in pieces of at most this size (256 KiB in aiohttp 3.14),
+#: the size of the largest read the TLS layer takes from the socket.
 _PIECE = 1 << 18
 
 

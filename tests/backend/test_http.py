@@ -75,6 +75,23 @@ def _chunk_spy(sizes: list[int]) -> aiohttp.TraceConfig:
     return trace
 
 
+async def _post(
+    session: aiohttp.ClientSession, url: URL, ca_file: Path, body: bytes, content_type: str | None
+) -> int:
+    """One `attempt` of a POST of `body`; the answer's status."""
+    answer = await attempt(
+        session,
+        RateGovernor(rate=None),
+        "POST",
+        url,
+        data=body,
+        headers={"Content-Type": content_type} if content_type else None,
+        max_bytes=1 << 20,
+        ca_file=ca_file,
+    )
+    return answer.status
+
+
 @pytest.mark.parametrize("size", [10, 1 << 18, 3_000_001])
 async def test_a_body_arrives_whole_with_its_length_and_reaches_the_connection_in_256_kib_pieces(
     server: tuple[URL, Path, Received], size: int
@@ -87,17 +104,7 @@ async def test_a_body_arrives_whole_with_its_length_and_reaches_the_connection_i
     session = open_session(ca_file=ca_file, timeout=30, headers={})
     session.trace_configs.append(_chunk_spy(sizes))
     async with session:
-        answer = await attempt(
-            session,
-            RateGovernor(rate=None),
-            "POST",
-            url,
-            data=body,
-            headers={"Content-Type": "application/json"},
-            max_bytes=1 << 20,
-            ca_file=ca_file,
-        )
-    assert answer.status == 201
+        assert await _post(session, url, ca_file, body, "application/json") == 201
     assert received.bodies == [body]
     assert received.lengths == [str(size)]
     assert received.encodings == [None]
@@ -114,15 +121,5 @@ async def test_a_large_body_is_sent_from_its_start_on_every_attempt(
     body = b"0123456789abcdef" * 50_000
     async with open_session(ca_file=ca_file, timeout=30, headers={}) as session:
         for _ in range(2):
-            answer = await attempt(
-                session,
-                RateGovernor(rate=None),
-                "POST",
-                url,
-                data=body,
-                headers=None,
-                max_bytes=1 << 20,
-                ca_file=ca_file,
-            )
-            assert answer.status == 201
+            assert await _post(session, url, ca_file, body, None) == 201
     assert received.bodies == [body, body]
