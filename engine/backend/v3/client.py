@@ -10,16 +10,19 @@ the token once after a 401, and turns a status code into an error (`classify`).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
-from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 from urllib.parse import urlsplit
 
 import aiohttp
+import anyio
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from yarl import URL
 
 from engine import fastjson
@@ -52,7 +55,7 @@ from engine.errors import (
     UnsupportedMediaError,
 )
 
-__all__ = ["DEFAULT_BASE_URL", "MAX_RESPONSE_BYTES", "V3Client", "classify"]
+__all__ = ["DEFAULT_BASE_URL", "MAX_RESPONSE_BYTES", "PagesAhead", "V3Client", "classify"]
 
 log = logging.getLogger("engine.backend.v3")
 
@@ -343,6 +346,51 @@ class V3Client:
     ) -> AsyncGenerator[dict[str, Any], None]:
         """The items under `key` of a collection, following `_links.next.href` to the end
         (an absent, `{}` or `null` `_links` ends it, §3.2)."""
+        async for items in self._pages(path, key, params):
+            for item in items:
+                yield item
+
+    @contextlib.asynccontextmanager
+    async def pages_ahead(
+        self, path: str, key: str, params: Mapping[str, str]
+    ) -> AsyncIterator[PagesAhead]:
+        """`pages`, a page's items at a time, where the caller may ask for the next page
+        before it is done with this one (`PagesAhead.ask`): the pages of a cursor come one
+        after the other, but the server's work on the next can overlap the caller's on this
+        one. A page is only requested when asked for (so none is wasted when the caller
+        stops early); leaving the block cancels a request still running. An error of a
+        request is raised to the caller when it comes to that page.
+        """
+        send, receive = anyio.create_memory_object_stream[list[dict[str, Any]] | Exception]()
+        ask, asked = anyio.create_memory_object_stream[None](1)
+
+        async def produce() -> None:
+            async with send:
+                try:
+                    async with contextlib.aclosing(self._pages(path, key, params)) as pages:
+                        async for items in pages:  # the first at once, each next when asked
+                            await send.send(items)
+                            await asked.receive()
+                except Exception as exc:
+                    await send.send(exc)
+
+        error: Exception | None = None
+        with receive, ask, asked:
+            async with anyio.create_task_group() as group:
+                group.start_soon(produce)
+                try:
+                    yield PagesAhead(receive, ask)
+                except Exception as exc:  # raised as itself, below, not in an exception group
+                    error = exc
+                finally:
+                    group.cancel_scope.cancel()
+        if error is not None:
+            raise error
+
+    async def _pages(
+        self, path: str, key: str, params: Mapping[str, str]
+    ) -> AsyncGenerator[list[dict[str, Any]], None]:
+        """The items of each page, a page at a time."""
         url: str | None = self.url(path)
         query: Mapping[str, str] | None = params
         seen: set[str] = set()
@@ -356,9 +404,7 @@ class V3Client:
             items = page.get(key) or []
             if not isinstance(items, list):
                 raise MalformedResponseError(f"{key} of a page of {path} is not a list")
-            for item in items:
-                if isinstance(item, dict):
-                    yield item
+            yield [item for item in items if isinstance(item, dict)]
             links = page.get("_links") or {}
             href = links.get("next", {}).get("href") if isinstance(links, dict) else None
             url = self.follow(href) if isinstance(href, str) and href else None
@@ -378,3 +424,37 @@ class V3Client:
             await asyncio.sleep(wait)
         else:
             await self._sleep(wait)
+
+
+class PagesAhead:
+    """The pages of `V3Client.pages_ahead`: `async for items in pages`; `ask()` requests the
+    next page now (it is requested when the loop comes to it otherwise)."""
+
+    def __init__(
+        self,
+        pages: MemoryObjectReceiveStream[list[dict[str, Any]] | Exception],
+        ask: MemoryObjectSendStream[None],
+    ) -> None:
+        self._pages = pages
+        self._ask = ask
+        self._asked = True  # the first page is requested at once
+
+    def ask(self) -> None:
+        """Request the next page (once per page; nothing when it was asked for)."""
+        if not self._asked:
+            self._asked = True
+            self._ask.send_nowait(None)
+
+    def __aiter__(self) -> PagesAhead:
+        return self
+
+    async def __anext__(self) -> list[dict[str, Any]]:
+        self.ask()
+        try:
+            items = await self._pages.receive()
+        except anyio.EndOfStream:
+            raise StopAsyncIteration from None
+        if isinstance(items, Exception):
+            raise items
+        self._asked = False
+        return items

@@ -1,5 +1,5 @@
 """V3Client: exact HTTP sequences (aioresponses) for the answers a simulator seldom gives,
-and the refusal of plain http before any request."""
+the refusal of plain http before any request, and pages read ahead."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import re
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import anyio
 import pytest
 from aioresponses import aioresponses
 
@@ -153,3 +154,107 @@ async def test_an_oversize_answer_is_refused_before_it_is_read_whole(
         m.get(CONTACTS, status=200, body=body, repeat=True)
         with pytest.raises(MalformedResponseError, match="over the cap"):
             await small.send("GET", small.url("contacts"))
+
+
+CONTACTS = re.compile(r"^https://api\.example\.com/v3/contacts.*$")
+
+
+def _page(n: int, more: bool) -> dict[str, object]:
+    """Page `n` of a collection of contacts, two a page, linking to page n + 1 when `more`."""
+    page: dict[str, object] = {"contacts": [{"contact_id": f"{n}-{i}"} for i in range(2)]}
+    if more:
+        page["_links"] = {"next": {"href": f"/v3/contacts?cursor={n + 1}"}}
+    return page
+
+
+async def test_pages_ahead_requests_a_page_only_when_asked_and_gives_them_in_order(
+    client: V3Client, m: aioresponses
+) -> None:
+    """The next page is requested as soon as the caller asks, before it is done with this
+    one; never while it does not ask; the items are those `pages` gives, page by page."""
+    for n in (1, 2, 3):
+        m.get(CONTACTS, payload=_page(n, more=n < 3))
+    got: list[list[str]] = []
+    async with client.pages_ahead("contacts", "contacts", {"limit": "2"}) as pages:
+        async for items in pages:
+            await anyio.wait_all_tasks_blocked()
+            sent = client.requests_sent
+            assert sent == len(got) + 1  # this page only: the next is not asked for yet
+            pages.ask()
+            await anyio.wait_all_tasks_blocked()
+            assert client.requests_sent == min(sent + 1, 3)  # asked: on its way
+            got.append([item["contact_id"] for item in items])
+    assert got == [["1-0", "1-1"], ["2-0", "2-1"], ["3-0", "3-1"]]
+    assert client.requests_sent == 3
+
+
+async def test_pages_ahead_sends_nothing_the_caller_did_not_come_to(
+    client: V3Client, m: aioresponses
+) -> None:
+    """A caller that stops at the first page without asking leaves the rest unrequested."""
+    for n in (1, 2):
+        m.get(CONTACTS, payload=_page(n, more=True))
+    async with client.pages_ahead("contacts", "contacts", {}) as pages:
+        async for items in pages:
+            assert len(items) == 2
+            break
+    assert client.requests_sent == 1
+
+
+async def test_pages_ahead_raises_a_pages_error_when_the_caller_comes_to_it(
+    client: V3Client, m: aioresponses
+) -> None:
+    """Page 2 answered 400: the caller has page 1 whole, then gets the BadRequestError
+    itself (not an exception group), at page 2."""
+    m.get(CONTACTS, payload=_page(1, more=True))
+    m.get(CONTACTS, status=400, payload=[{"error_key": "x", "error_message": "bad cursor"}])
+    got: list[int] = []
+
+    async def read() -> None:
+        async with client.pages_ahead("contacts", "contacts", {}) as pages:
+            async for items in pages:
+                pages.ask()
+                got.append(len(items))
+
+    with pytest.raises(BadRequestError, match="bad cursor"):
+        await read()
+    assert got == [2]
+
+
+async def test_an_error_of_the_caller_leaves_pages_ahead_as_itself(
+    client: V3Client, m: aioresponses
+) -> None:
+    """The caller's own exception comes out of the block unwrapped (not in an exception
+    group), with the page it asked for done or cancelled."""
+    for n in (1, 2):
+        m.get(CONTACTS, payload=_page(n, more=True))
+
+    async def read() -> None:
+        async with client.pages_ahead("contacts", "contacts", {}) as pages:
+            async for _items in pages:
+                pages.ask()
+                raise KeyError("the caller's")
+
+    with pytest.raises(KeyError, match="the caller's"):
+        await read()
+
+
+async def test_leaving_pages_ahead_cancels_the_request_still_running(
+    client: V3Client, m: aioresponses
+) -> None:
+    """A page asked for whose answer never comes does not hold up the caller that leaves."""
+    started = anyio.Event()
+
+    async def never(url: object, **kwargs: object) -> None:
+        started.set()
+        await anyio.sleep_forever()
+
+    m.get(CONTACTS, payload=_page(1, more=True))
+    m.get(CONTACTS, callback=never)
+    with anyio.fail_after(5):
+        async with client.pages_ahead("contacts", "contacts", {}) as pages:
+            async for _items in pages:
+                pages.ask()
+                await started.wait()
+                break
+    assert client.requests_sent == 2
