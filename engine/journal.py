@@ -47,7 +47,7 @@ import anyio.to_thread
 
 from engine.errors import ConfigError, OutputError, SourceError
 from engine.limiter import Held
-from engine.pipeline.models import Contact, Outcome
+from engine.pipeline.models import BulkAdded, Contact, Outcome
 
 __all__ = ["Intent", "Journal", "PendingActivity", "journal_identity"]
 
@@ -209,7 +209,7 @@ def _json_ids(ids: tuple[str, ...]) -> str:
     return json.dumps(list(ids))
 
 
-def _json_rows(rows: tuple[int, ...]) -> str:
+def _json_rows(rows: Sequence[int]) -> str:
     """The JSON array of source line numbers (ints: nothing to escape)."""
     return "[" + ",".join(map(str, rows)) + "]"
 
@@ -510,6 +510,35 @@ class Journal:
                 int(outcome.retryable),
             )
         )
+        if (
+            len(self._buffer) >= self._batch
+            or time.monotonic() - self._last_write >= self._interval
+        ):
+            await self.flush()
+
+    async def record_added(self, added: BulkAdded) -> None:
+        """Buffer the outcomes of the contacts an activity added (the rows `record` makes
+        of each one's `Outcome`, from the parts they share)."""
+        targets = _json_ids(added.targets)
+        run = self.run
+        self._buffer += [
+            (
+                email,
+                email,
+                "bulk_added",
+                "",
+                targets,
+                _json_rows(rows),
+                "bulk",
+                min(rows),
+                run,
+                targets,
+                None,
+                "",
+                0,
+            )
+            for email, rows in zip(added.emails, added.rows, strict=True)
+        ]
         if (
             len(self._buffer) >= self._batch
             or time.monotonic() - self._last_write >= self._interval

@@ -62,7 +62,7 @@ from engine.errors import (
 )
 from engine.journal import PendingActivity
 from engine.pipeline.config import MigrationConfig
-from engine.pipeline.models import Batch, Contact, Outcome, OutcomeKind
+from engine.pipeline.models import Batch, BulkAdded, Contact, Outcome, OutcomeKind, Recorded
 from engine.pipeline.stats import ActivityWait, RunStats
 from engine.pipeline.streams import send_soon
 
@@ -144,13 +144,25 @@ def _ref(hit: ContactRef | ContactState) -> ContactRef:
     return hit.ref if isinstance(hit, ContactState) else hit
 
 
+#: Contacts per `BulkAdded`: the record stage takes one item at a time, and one of this
+#: size holds the event loop about a millisecond.
+ADDED_CHUNK = 1000
+
+
 def _settled(
     group: Batch, results: Sequence[BulkResult], targets: tuple[str, ...]
-) -> Iterator[Outcome]:
-    """The outcome of each contact of an activity the backend vouched for."""
-    for (email, rows), result in zip(group.keys(), results, strict=True):
+) -> Iterator[Recorded]:
+    """The outcomes of the contacts of an activity the backend vouched for: those it added
+    together (a `BulkAdded` for each `ADDED_CHUNK`), an `Outcome` for each other one."""
+    emails: list[str] = []
+    rows: list[list[int]] = []
+    for (email, lines), result in zip(group.keys(), results, strict=True):
         if result.kind == "added":
-            yield Outcome(email, "bulk_added", tuple(rows), "", targets, "bulk", targets)
+            emails.append(email)
+            rows.append(lines)
+            if len(emails) >= ADDED_CHUNK:
+                yield BulkAdded(emails, rows, targets, anyio.Event())
+                emails, rows = [], []
         elif result.kind != "unknown":
             kind: OutcomeKind
             if result.kind == "opted_out":
@@ -159,7 +171,9 @@ def _settled(
                 kind, reason = "rejected", result.reason
             else:
                 kind, reason = "failed", result.reason
-            yield Outcome(email, kind, tuple(rows), reason, (), "bulk", targets)
+            yield Outcome(email, kind, tuple(lines), reason, (), "bulk", targets)
+    if emails:
+        yield BulkAdded(emails, rows, targets, anyio.Event())
 
 
 class Stopping(Exception):
@@ -227,7 +241,7 @@ class BulkPath:
     async def run(
         self,
         receive_batches: MemoryObjectReceiveStream[Batch],
-        send_outcomes: MemoryObjectSendStream[Outcome],
+        send_outcomes: MemoryObjectSendStream[Recorded],
     ) -> None:
         """The stage: up to `limits.bulk` batches in flight."""
         try:
@@ -238,7 +252,7 @@ class BulkPath:
     async def _run_stage(
         self,
         receive_batches: MemoryObjectReceiveStream[Batch],
-        send_outcomes: MemoryObjectSendStream[Outcome],
+        send_outcomes: MemoryObjectSendStream[Recorded],
     ) -> None:
         stage = self.stats.stages["bulk"]
         async with receive_batches, send_outcomes:
@@ -251,8 +265,13 @@ class BulkPath:
                 try:
                     if self._stop is not None and self._stop.is_set():
                         return  # not sent: these contacts are redone by a resumed run
+                    last: BulkAdded | None = None
                     for outcome in await self.run_batch(batch):  # made one at a time
                         await send_soon(send_outcomes, outcome)
+                        if isinstance(outcome, BulkAdded):
+                            last = outcome
+                    if last is not None and last.recorded is not None:
+                        await last.recorded.wait()  # and so all of them: recorded in order
                 except Stopping:
                     return
                 finally:
@@ -267,7 +286,7 @@ class BulkPath:
                     tg.start_soon(one, batch)
                     del batch
 
-    async def run_batch(self, batch: Batch) -> Iterable[Outcome]:
+    async def run_batch(self, batch: Batch) -> Iterable[Recorded]:
         """Run one batch; return the outcomes of the contacts it settled, made as they are
         read (an activity's are tens of thousands: never all objects at once).
 
@@ -281,9 +300,9 @@ class BulkPath:
                 return skipped
         return chain(skipped, await self._run_batch(batch))
 
-    async def _run_batch(self, batch: Batch) -> Iterable[Outcome]:
+    async def _run_batch(self, batch: Batch) -> Iterable[Recorded]:
         if self._needs_check():
-            probed: tuple[Iterable[Outcome], Batch | None] | None = None
+            probed: tuple[Iterable[Recorded], Batch | None] | None = None
             async with self._check_lock:
                 # Checked again: another batch may have done the check while this one waited.
                 if self._needs_check():
@@ -389,7 +408,7 @@ class BulkPath:
     def _needs_check(self) -> bool:
         return self.enabled and not self.verified and self.config.probe_size > 0
 
-    async def _probe(self, batch: Batch) -> tuple[Iterable[Outcome], Batch | None]:
+    async def _probe(self, batch: Batch) -> tuple[Iterable[Recorded], Batch | None]:
         """Prove that bulk appends with a few contacts of the batch, read before and after
         their own activity. Returns their outcomes and what of the batch may go in bulk
         after them: the rest when the probe passed, the whole batch when none of it is on
@@ -425,7 +444,7 @@ class BulkPath:
 
     async def _submit_and_settle(
         self, batch: Batch, *, before: dict[str, ContactState] | None = None
-    ) -> tuple[Iterable[Outcome], str]:
+    ) -> tuple[Iterable[Recorded], str]:
         """Submit, poll, check (with `before`) and map outcomes.
 
         Returns the outcomes of the contacts it settled (the others went contact by contact)
@@ -471,8 +490,8 @@ class BulkPath:
         finished: list[BulkActivity],
         activities: list[tuple[BulkActivity, Batch]],
         targets: tuple[str, ...],
-    ) -> Iterable[Outcome]:
-        outcomes: list[Iterable[Outcome]] = []
+    ) -> Iterable[Recorded]:
+        outcomes: list[Iterable[Recorded]] = []
         for activity, (_, group) in zip(finished, activities, strict=True):
             if activity.state != "complete":
                 # One that ended part way may have added some: found on their targets, they
@@ -493,7 +512,7 @@ class BulkPath:
         return chain.from_iterable(outcomes)
 
     async def resume(
-        self, pending: list[PendingActivity], send_outcomes: MemoryObjectSendStream[Outcome]
+        self, pending: list[PendingActivity], send_outcomes: MemoryObjectSendStream[Recorded]
     ) -> None:
         """Settle activities an earlier run submitted: poll them instead of resubmitting.
 
@@ -507,7 +526,7 @@ class BulkPath:
             self._release_send_contacts()
 
     async def _resume(
-        self, pending: list[PendingActivity], send_outcomes: MemoryObjectSendStream[Outcome]
+        self, pending: list[PendingActivity], send_outcomes: MemoryObjectSendStream[Recorded]
     ) -> None:
         async with send_outcomes:
             for item in pending:
@@ -698,7 +717,7 @@ class BulkPath:
 
     async def _outcomes(
         self, activity: BulkActivity, group: Batch, targets: tuple[str, ...]
-    ) -> tuple[Iterator[Outcome], set[str]]:
+    ) -> tuple[Iterator[Recorded], set[str]]:
         """The outcomes of a completed activity's contacts, as the backend settles them (made
         one at a time as they are read), and the emails it cannot vouch for (they go
         contact by contact). Read from the group's emails and rows only: its fields are not

@@ -7,6 +7,8 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+import anyio
+
 from engine import fastjson
 
 __all__ = [
@@ -14,9 +16,11 @@ __all__ = [
     "REACTIVATED",
     "REVIVED",
     "Batch",
+    "BulkAdded",
     "Contact",
     "Outcome",
     "OutcomeKind",
+    "Recorded",
     "Rejected",
     "SourceRow",
     "Stage",
@@ -218,6 +222,47 @@ class Outcome:
     lists_before: tuple[str, ...] | None = None
     note: str = ""
     retryable: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class BulkAdded:
+    """Contacts of one activity that it added to their targets: the `bulk_added` outcome of
+    each, as one item of the outcome stream. An activity settles tens of thousands of
+    contacts, and the record stage counts, journals and reports these together, where an
+    `Outcome` each would be made, passed on and taken apart one at a time (a fifth of the
+    bulk path's CPU).
+
+    Attributes:
+        emails: the contacts' emails, in the activity's order.
+        rows: each one's source lines.
+        targets: the lists the activity added, every contact's targets.
+        recorded: set by the record stage once they are journaled and reported. The
+            outcome stream's buffer counts items, and one of these is a thousand contacts:
+            the bulk path waits for it before it takes another batch, so that it does not
+            run ahead of the record stage (memory).
+    """
+
+    emails: Sequence[str]
+    rows: Sequence[Sequence[int]]
+    targets: tuple[str, ...]
+    recorded: anyio.Event | None = field(default=None, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if len(self.emails) != len(self.rows):
+            raise ValueError(f"{len(self.emails)} emails and {len(self.rows)} rows")
+
+    def __len__(self) -> int:
+        return len(self.emails)
+
+    def outcomes(self) -> Iterator[Outcome]:
+        """The `Outcome` of each contact, made one at a time."""
+        targets = self.targets
+        for email, rows in zip(self.emails, self.rows, strict=True):
+            yield Outcome(email, "bulk_added", tuple(rows), "", targets, "bulk", targets)
+
+
+#: What the outcome stream carries: one outcome, or the contacts an activity added.
+Recorded = Outcome | BulkAdded
 
 
 #: The note of a Removed contact that a write made Active again (counted in the summary).

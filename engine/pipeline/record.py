@@ -16,7 +16,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream
 
 from engine.errors import OutputError
 from engine.journal import Intent, Journal
-from engine.pipeline.models import REACTIVATED, Outcome, join_notes
+from engine.pipeline.models import REACTIVATED, BulkAdded, Outcome, Recorded, join_notes
 from engine.pipeline.stats import RunStats
 from engine.pipeline.streams import batches
 
@@ -111,6 +111,21 @@ class ReportWriter:
         if len(self._buffer) >= 2000:
             await self.flush()
 
+    async def write_added(self, added: BulkAdded) -> None:
+        """Add the lines of the contacts an activity added: `line` of each one's outcome,
+        from one template for them all."""
+        if self._file is None:
+            return
+        names = self._names_of(added.targets)
+        middle = f', "outcome": "bulk_added", "lists_added": {names}, "targets": {names}, "rows": ['
+        end = '], "path": "bulk"}\n'
+        self._buffer += [
+            f'{{"email": {_string(email)}{middle}{", ".join(map(str, rows))}{end}'
+            for email, rows in zip(added.emails, added.rows, strict=True)
+        ]
+        if len(self._buffer) >= 2000:
+            await self.flush()
+
     async def flush(self) -> None:
         """Write the buffer out and flush the file."""
         file = self._file
@@ -195,7 +210,7 @@ def _with_intent(outcome: Outcome, intent: Intent) -> Outcome:
 
 
 async def record_outcomes(
-    receive_outcomes: MemoryObjectReceiveStream[Outcome],
+    receive_outcomes: MemoryObjectReceiveStream[Recorded],
     *,
     writer: ReportWriter,
     stats: RunStats,
@@ -216,26 +231,83 @@ async def record_outcomes(
     contact's outcome says what that write did, with the lists it had before it.
     `maybe_added` are the emails whose bulk activity may have run before they were sent
     contact by contact: found already on their targets, they are `bulk_added`.
+
+    The contacts an activity added (`BulkAdded`) are taken together: counted at once,
+    journaled and written from one template; one of them with something of the above to
+    put on its outcome is taken alone.
     """
     stage = stats.stages["record"]
+
+    async def record(outcome: Outcome) -> None:
+        if outcome.path:
+            outcome = _settled(outcome, notes, row_notes, intents, maybe_added)
+        stats.outcomes[outcome.kind] += len(outcome.rows)
+        if outcome.path:
+            stats.path_rows[outcome.path] += len(outcome.rows)
+        if REACTIVATED in outcome.note:
+            stats.reactivated += 1
+        stats.emails += 1
+        stage.done += 1
+        if journal is not None:
+            await journal.record(outcome)
+        await writer.write(outcome)
+        # Only a planned contact's outcome (it has a path) ends a write; a rejected row
+        # that names an email being written must not release that email (I5).
+        if outcome.email and outcome.path:
+            on_done(outcome.email)
+        if on_outcome is not None:
+            on_outcome(outcome)
+
+    async def record_added(added: BulkAdded) -> None:
+        alone = _with_more(added, notes, row_notes, intents, maybe_added)
+        if alone:
+            for outcome in added.outcomes():
+                if outcome.email in alone:
+                    await record(outcome)
+            keep = [i for i, email in enumerate(added.emails) if email not in alone]
+            added = BulkAdded(
+                [added.emails[i] for i in keep], [added.rows[i] for i in keep], added.targets
+            )
+            if not added.emails:
+                return
+        lines = sum(map(len, added.rows))
+        stats.outcomes["bulk_added"] += lines
+        stats.path_rows["bulk"] += lines
+        stats.emails += len(added.emails)
+        stage.done += len(added.emails)
+        if journal is not None:
+            await journal.record_added(added)
+        await writer.write_added(added)
+        for email in added.emails:
+            on_done(email)
+        if on_outcome is not None:
+            for outcome in added.outcomes():
+                on_outcome(outcome)
+
     async with receive_outcomes:
         async for batch in batches(receive_outcomes):
-            for outcome in batch:
-                if outcome.path:
-                    outcome = _settled(outcome, notes, row_notes, intents, maybe_added)
-                stats.outcomes[outcome.kind] += len(outcome.rows)
-                if outcome.path:
-                    stats.path_rows[outcome.path] += len(outcome.rows)
-                if REACTIVATED in outcome.note:
-                    stats.reactivated += 1
-                stats.emails += 1
-                stage.done += 1
-                if journal is not None:
-                    await journal.record(outcome)
-                await writer.write(outcome)
-                # Only a planned contact's outcome (it has a path) ends a write; a rejected row
-                # that names an email being written must not release that email (I5).
-                if outcome.email and outcome.path:
-                    on_done(outcome.email)
-                if on_outcome is not None:
-                    on_outcome(outcome)
+            for item in batch:
+                if isinstance(item, BulkAdded):
+                    try:
+                        await record_added(item)
+                    finally:
+                        if item.recorded is not None:
+                            item.recorded.set()
+                else:
+                    await record(item)
+
+
+def _with_more(
+    added: BulkAdded,
+    notes: Mapping[str, str] | None,
+    row_notes: Mapping[str, str] | None,
+    intents: Mapping[str, Intent] | None,
+    maybe_added: MutableSet[str] | None,
+) -> set[str]:
+    """The emails of `added` that `_settled` would change (usually none, found without a
+    look at each email while nothing is noted)."""
+    alone: set[str] = set()
+    for noted in (notes, row_notes, intents, maybe_added):
+        if noted:
+            alone.update(email for email in added.emails if email in noted)
+    return alone

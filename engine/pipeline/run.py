@@ -53,6 +53,7 @@ from engine.pipeline.models import (
     Batch,
     Contact,
     Outcome,
+    Recorded,
     Rejected,
     SourceRow,
     join_notes,
@@ -559,7 +560,7 @@ class _Run:
         # No buffer before the put stage: a merge worker hands its write straight to a put
         # worker, so no entry waits in a queue growing stale (the API has no ETags).
         send_writes, receive_writes = anyio.create_memory_object_stream[Write](0)
-        send_outcomes, receive_outcomes = anyio.create_memory_object_stream[Outcome](size)
+        send_outcomes, receive_outcomes = anyio.create_memory_object_stream[Recorded](size)
         bulk = BulkPath(
             backend,
             config,
@@ -765,7 +766,7 @@ class _Run:
 
     async def _record(
         self,
-        receive: MemoryObjectReceiveStream[Outcome],
+        receive: MemoryObjectReceiveStream[Recorded],
         writer: ReportWriter,
         on_outcome: Callable[[Outcome], None] | None,
         bulk: BulkPath,

@@ -1,10 +1,13 @@
-"""A planner batch's packed form (`engine.pipeline.models.Batch`)."""
+"""A planner batch's packed form (`engine.pipeline.models.Batch`), and the outcomes of its
+contacts when its activity is settled."""
 
 from __future__ import annotations
 
 import pytest
 
-from engine.pipeline.models import Batch, Contact
+from engine.backend.protocol import BulkResult
+from engine.pipeline.bulk import _settled
+from engine.pipeline.models import Batch, BulkAdded, Contact, Outcome
 
 
 def _contacts() -> list[Contact]:
@@ -35,3 +38,30 @@ def test_an_email_with_a_line_break_is_refused_not_split_in_two() -> None:
     is an error, not two contacts."""
     with pytest.raises(ValueError, match="line break"):
         Batch([Contact("a@example.com\nb@example.com", ("l1",), {}, [2])], ("l1",))
+
+
+def test_an_activitys_contacts_settle_as_added_groups_and_single_outcomes() -> None:
+    """Settling 2,505 contacts: the 2,500 added come as groups of at most 1,000 (in order,
+    each with its rows), the opted-out, invalid and failed as one outcome each, the unknown
+    as none (they go contact by contact)."""
+    contacts = [Contact(f"c{n}@example.com", ("l1",), {}, [n + 2]) for n in range(2505)]
+    kinds = ["added"] * 2505
+    kinds[7], kinds[1500], kinds[2000], kinds[2504] = "opted_out", "invalid", "failed", "unknown"
+    kinds[3] = "unknown"
+    results = [
+        BulkResult(c.email, kind, "why" if kind in ("invalid", "failed") else "")  # type: ignore[arg-type]
+        for c, kind in zip(contacts, kinds, strict=True)
+    ]
+    items = list(_settled(Batch(contacts, ("l1",)), results, ("l1",)))
+    groups = [item for item in items if isinstance(item, BulkAdded)]
+    singles = [item for item in items if isinstance(item, Outcome)]
+    assert [len(group) for group in groups] == [1000, 1000, 500]
+    added = [c for c, kind in zip(contacts, kinds, strict=True) if kind == "added"]
+    assert [o.email for g in groups for o in g.outcomes()] == [c.email for c in added]
+    assert [r for g in groups for r in g.rows] == [c.rows for c in added]
+    assert {g.targets for g in groups} == {("l1",)}
+    assert [(o.email, o.kind, o.reason) for o in singles] == [
+        ("c7@example.com", "skipped", "opted-out"),
+        ("c1500@example.com", "rejected", "why"),
+        ("c2000@example.com", "failed", "why"),
+    ]
