@@ -49,6 +49,7 @@ from engine.backend.v3._json import (
     create_body,
     encode_import,
     is_import_activity,
+    member_email,
     member_state,
     put_body,
 )
@@ -444,7 +445,7 @@ class V3Backend:
             results = await self._members(
                 [activity for activity, _ in imports],
                 wanted,
-                _email,
+                member_email,
                 targets,
                 lambda state: _settled_kind(state, target_set),
             )
@@ -459,15 +460,16 @@ class V3Backend:
         self,
         activities: Sequence[BulkActivity],
         wanted: Iterable[str],
-        key: Callable[[ContactState], str],
+        key: Callable[[Mapping[str, Any]], str],
         targets: Sequence[ListId],
         summary: Callable[[ContactState], T],
     ) -> dict[str, T]:
-        """The `summary` of each contact of `wanted` (by `key`) found among the targets'
-        members, read with its lists, 500 a request, at a cost that does not grow with the
-        lists' size. Only the summaries are kept, under the caller's own strings: an
-        activity's read-back holds tens of thousands of contacts, and a summary is a
-        fraction of a contact's state.
+        """The `summary` of each contact of `wanted` (by `key`, read from a member's
+        document: only those sought are made a state) found among the targets' members,
+        read with its lists, 500 a request, at a cost that does not grow with the lists'
+        size. Only the summaries are kept, under the caller's own strings: an activity's
+        read-back holds tens of thousands of contacts, and a summary is a fraction of a
+        contact's state.
 
         First the members of one target updated while the activities ran (every mutating
         call updates `updated_at`, §10.6.33): about the activities' own contacts. The window
@@ -499,7 +501,7 @@ class V3Backend:
         self,
         list_id: ListId,
         keys: Mapping[str, str],
-        key: Callable[[ContactState], str],
+        key: Callable[[Mapping[str, Any]], str],
         window: Mapping[str, str],
         summary: Callable[[ContactState], T],
     ) -> tuple[dict[str, T], int]:
@@ -523,10 +525,12 @@ class V3Backend:
                     pages.ask()  # this page cannot hold all those missing: the next is needed
                 for document in page:
                     read += 1
-                    state = member_state(document)
-                    mine = keys.get(key(state))
+                    # The key from the document first: a member not sought (the other
+                    # activities' contacts in the window, a third of those read) is not
+                    # made a state.
+                    mine = keys.get(key(document))
                     if mine is not None:
-                        found[mine] = summary(state)
+                        found[mine] = summary(member_state(document))
                         if len(found) == len(keys):
                             return found, read
         return found, read
@@ -553,12 +557,10 @@ def _normal(email: str) -> str:
     return email if normal == email else normal
 
 
-def _email(state: ContactState) -> str:
-    return state.ref.email
-
-
-def _contact_id(state: ContactState) -> str:
-    return state.ref.id
+def _contact_id(document: Mapping[str, Any]) -> str:
+    """A contact document's id ("" when it has none)."""
+    contact_id = document.get("contact_id")
+    return contact_id if isinstance(contact_id, str) else ""
 
 
 def _window(activities: Sequence[BulkActivity], margin: float) -> dict[str, str]:
