@@ -157,6 +157,8 @@ async def read_capped(resp: aiohttp.ClientResponse, method: str, url: str, max_b
             method=method,
             url=url,
         )
+    if length is not None:  # the parser reads no more than announced: one read takes it all
+        return await resp.read()
     chunks: list[bytes] = []
     size = 0
     async for chunk in resp.content.iter_chunked(1 << 16):
