@@ -510,11 +510,7 @@ class Journal:
                 int(outcome.retryable),
             )
         )
-        if (
-            len(self._buffer) >= self._batch
-            or time.monotonic() - self._last_write >= self._interval
-        ):
-            await self.flush()
+        await self._flush_when_due()
 
     async def record_added(self, added: BulkAdded) -> None:
         """Buffer the outcomes of the contacts an activity added (the rows `record` makes
@@ -539,6 +535,10 @@ class Journal:
             )
             for email, rows in zip(added.emails, added.rows, strict=True)
         ]
+        await self._flush_when_due()
+
+    async def _flush_when_due(self) -> None:
+        """`flush` once a batch is buffered or `interval` has passed since the last write."""
         if (
             len(self._buffer) >= self._batch
             or time.monotonic() - self._last_write >= self._interval
