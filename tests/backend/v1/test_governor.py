@@ -173,9 +173,9 @@ async def test_success_recovers_gradually_up_to_the_cap(clock: FakeClock) -> Non
 async def test_a_rate_above_the_proven_one_is_tried_soon_far_from_it_late_near_it(
     clock: FakeClock,
 ) -> None:
-    """Discovering: twice the rate after each busy 2 s while nothing is refused; then
-    halfway between the proven and the refused rate, soon (after the check and a 2 s trial)
-    while the refused one is over 25% above, and only after a 10 s wait when it is closer."""
+    """Discovering: twice the rate after each busy second while nothing is refused; then
+    halfway between the proven and the refused rate, soon (after the 1.5 s check and a 2 s
+    trial) while the refused one is over 25% above, and only after a 10 s wait when it is closer."""
     governor = RateGovernor(rate=4.0, discover=True, clock=clock)
     changes: list[tuple[float, float]] = []
 
@@ -193,6 +193,7 @@ async def test_a_rate_above_the_proven_one_is_tried_soon_far_from_it_late_near_i
 
     await busy_until_above(8.0)
     assert [r for _, r in changes] == [4.0, 8.0, 16.0]
+    assert all(b - a >= 1.0 for (a, _), (b, _) in zip(changes, changes[1:])), changes
     for refused, tried in [(16.0, 12.0), (12.0, 10.0), (10.0, 9.0)]:
         governor.on_throttle(None)  # refused: back just under the proven 8/s
         assert governor.stats().rate == pytest.approx(0.95 * 8)
@@ -200,7 +201,7 @@ async def test_a_rate_above_the_proven_one_is_tried_soon_far_from_it_late_near_i
         when = await busy_until_above(8.0)
         assert governor.stats().rate == pytest.approx(tried)  # halfway to the refused
         wide = refused > 1.25 * 8
-        assert when - since >= (3.0 + 2.0 if wide else 10.0)
+        assert when - since >= (1.5 + 2.0 if wide else 10.0)
         assert when - since < (10.0 if wide else 30.0)
 
 

@@ -170,6 +170,21 @@ async def test_wait_honours_retry_after(fake_time: FakeTime) -> None:
     assert fake_time.sleeps == [7.5, 0.0]
 
 
+async def test_a_throttle_without_retry_after_is_retried_soon_then_backs_off(
+    fake_time: FakeTime,
+) -> None:
+    """A throttle without Retry-After is retried within a quarter of the jitter (the
+    governor paces it); the same request throttled again backs off from the first step."""
+    policy = RetryPolicy(attempts=4, wait_initial=1.0, wait_max=8.0, wait_jitter=0.4)
+    errors: list[BaseException | None] = [ThrottledError("slow", retry_after=None)] * 3 + [None]
+    result = await _run(policy, errors, fake_time.sleep)
+    assert result == ("ok", 4)
+    first, second, third = fake_time.sleeps
+    assert 0.0 <= first <= 0.1
+    assert 1.0 <= second <= 1.4
+    assert 2.0 <= third <= 2.4
+
+
 async def test_retry_after_below_backoff_does_not_shorten_it(fake_time: FakeTime) -> None:
     """A Retry-After shorter than the backoff leaves the backoff as it is."""
     policy = RetryPolicy(attempts=2, wait_initial=4.0, wait_max=10.0, wait_jitter=0.0)
