@@ -434,10 +434,7 @@ class BulkPath:
             await self._fall_back(batch.contacts, "bulk not verified yet: a probe read failed")
             return [], None
         chosen = {state.ref.email for state in witnesses.values()}
-        contacts = batch.contacts
-        probe = Batch([c for c in contacts if c.email in chosen], batch.targets)
-        rest = Batch([c for c in contacts if c.email not in chosen], batch.targets)
-        del contacts  # packed while the probe's activity runs
+        probe, rest = batch.split(chosen)  # packed while the probe's activity runs
         outcomes, verdict = await self._submit_and_settle(probe, before=witnesses)
         if verdict == "passed":
             return outcomes, rest if rest.size else None
@@ -769,20 +766,21 @@ class BulkPath:
         size = self.config.probe_size
         witnesses: dict[str, ContactState] = {}
         unread = 0
-        contacts = batch.contacts
         window = self._lookup_window
-        for start in range(0, len(contacts), window):
+        # Unpacked a window at a time: the first is often all that is looked up.
+        for start, contacts in zip(
+            range(0, batch.size, window), batch.windows(window), strict=True
+        ):
             if start == window:  # the first window found too few: is a scan cheaper?
-                scan = await scan_plan(self.backend, batch.targets, len(contacts) - start)
-                if scan is not None:
-                    del contacts  # the scan matches emails, not contacts
+                scan = await scan_plan(self.backend, batch.targets, batch.size - start)
+                if scan is not None:  # the scan matches emails, not contacts
                     assert isinstance(self.backend, ListReader)
                     done = await scan_witnesses(
                         self.backend, scan, set(batch.emails()), batch.targets, size, witnesses
                     )
                     return witnesses, done and unread == 0
             hits: list[ContactRef | ContactState] = []
-            for _, found in await self._lookups(contacts[start : start + window]):
+            for _, found in await self._lookups(contacts):
                 if isinstance(found, ApiError):
                     raise found  # an email not found must really be absent
                 hits += [hit for hit in found.values() if _ref(hit).status != "opted_out"]

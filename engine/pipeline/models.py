@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Container, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -175,6 +175,44 @@ class Batch:
         for start in range(0, len(lines), 1000):
             chunk = fastjson.loads(f"[{','.join(lines[start : start + 1000])}]")
             yield from ((email, fields) for email, _, fields in chunk)
+
+    def windows(self, size: int) -> Iterator[tuple[Contact, ...]]:
+        """The contacts in order, `size` at a time, each window unpacked when it is come to."""
+        lines = self._lines.split("\n") if self.size else []
+        targets = self.targets
+        for start in range(0, len(lines), size):
+            chunk = fastjson.loads(f"[{','.join(lines[start : start + size])}]")
+            yield tuple(Contact(email, targets, fields, rows) for email, rows, fields in chunk)
+
+    def split(self, emails: Container[str]) -> tuple[Batch, Batch]:
+        """The contacts whose email is in `emails` and the others, in order, as two batches
+        made from the packed text (none of them unpacked)."""
+        lines = self._lines.split("\n") if self.size else []
+        keys = self.emails()
+        rows = fastjson.loads(self._rows)
+        inside = [email in emails for email in keys]
+
+        def part(wanted: bool) -> Batch:
+            return self._part(
+                [line for line, hit in zip(lines, inside, strict=True) if hit is wanted],
+                [email for email, hit in zip(keys, inside, strict=True) if hit is wanted],
+                [row for row, hit in zip(rows, inside, strict=True) if hit is wanted],
+            )
+
+        return part(True), part(False)
+
+    def _part(self, lines: list[str], emails: list[str], rows: list[list[int]]) -> Batch:
+        part = Batch.__new__(Batch)
+        part.targets = self.targets
+        part.size = len(lines)
+        part.rows = sum(len(r) for r in rows)
+        part._lines = "\n".join(lines)
+        part._emails = "\n".join(emails)
+        part._rows = fastjson.dumps(rows).decode()
+        # Contacts that all give the same fields still do; of contacts that do not, a part
+        # may (left unknown: the activity is then grouped by its contacts' fields).
+        part.fields = self.fields
+        return part
 
     @property
     def contacts(self) -> tuple[Contact, ...]:

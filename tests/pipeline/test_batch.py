@@ -4,6 +4,7 @@ contacts when its activity is settled."""
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 
 import pytest
 
@@ -48,6 +49,48 @@ def test_a_large_batch_gives_back_every_contact_and_its_journal_form(count: int)
     assert list(batch.pairs()) == [(c.email, c.fields) for c in contacts]
     assert json.loads(batch.text) == [[c.email, c.rows, c.fields] for c in contacts]
     assert [c.fields for c in batch.contacts] == [c.fields for c in contacts]
+
+
+def _as_tuples(contacts: Iterable[Contact]) -> list[tuple[object, ...]]:
+    return [(c.email, c.targets, c.fields, c.rows) for c in contacts]
+
+
+@pytest.mark.parametrize("count", [0, 1, 20])
+def test_windows_unpack_the_contacts_in_order_a_window_at_a_time(count: int) -> None:
+    """Windows of 7 are the contacts in order, 7 at a time (the last one shorter)."""
+    contacts = [
+        Contact(f"c{n}@example.com", ("l1",), {"Note": f"a,\n]{n}"}, [n + 2]) for n in range(count)
+    ]
+    windows = list(Batch(contacts, ("l1",)).windows(7))
+    assert [len(w) for w in windows] == [len(contacts[i : i + 7]) for i in range(0, count, 7)]
+    assert _as_tuples(c for w in windows for c in w) == _as_tuples(contacts)
+
+
+@pytest.mark.parametrize(
+    "chosen", [set(), {"b@example.com"}, {"a@example.com", "c@xn--bcher-kva.example"}]
+)
+def test_a_split_batch_is_the_two_batches_of_its_chosen_and_other_contacts(
+    chosen: set[str],
+) -> None:
+    """Split by email, a batch gives the batches made of its chosen contacts and of the
+    others, in order: same size, rows, emails, keys, pairs, contacts, text and fields."""
+    contacts = _contacts()
+    inside, outside = Batch(contacts, ("l1",)).split(chosen)
+    for part, wanted in ((inside, True), (outside, False)):
+        expected = Batch([c for c in contacts if (c.email in chosen) is wanted], ("l1",))
+        assert (part.size, part.rows, part.targets) == (expected.size, expected.rows, ("l1",))
+        assert part.emails() == expected.emails()
+        assert list(part.keys()) == list(expected.keys())
+        assert list(part.pairs()) == list(expected.pairs())
+        assert _as_tuples(part.contacts) == _as_tuples(expected.contacts)
+        assert part.text == expected.text
+
+
+def test_a_split_keeps_the_fields_its_contacts_all_give() -> None:
+    """Contacts that all give the same fields still do after a split."""
+    contacts = [Contact(f"c{n}@example.com", ("l1",), {"FirstName": "A"}, [n]) for n in range(4)]
+    inside, outside = Batch(contacts, ("l1",)).split({"c1@example.com"})
+    assert inside.fields == outside.fields == ("FirstName",)
 
 
 def test_an_email_with_a_line_break_is_refused_not_split_in_two() -> None:
