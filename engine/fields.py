@@ -14,6 +14,12 @@ __all__ = ["field_text"]
 _PLAIN_NUMBER = re.compile(r"[+-][0-9 ().\-/]*")
 
 
+#: The first characters `_inert` looks at (a value starting with none of them, and holding no
+#: line break, is written as it is). The empty string is "in" every string: an empty value
+#: takes the long way.
+_FIRST = "=@\t\r+-"
+
+
 def _flat(value: str) -> str:
     # The bulk data format is line-based: a line break inside a value would shift every later
     # line number. Breaks become spaces, on every path alike.
@@ -35,4 +41,6 @@ def _inert(value: str) -> str:
 def field_text(value: str) -> str:
     """The text written for a field value (not the email): line breaks become spaces, and a
     value a spreadsheet would run as a formula gets a leading `'`. Idempotent."""
+    if value[:1] not in _FIRST and "\n" not in value and "\r" not in value:
+        return value  # the usual case: nothing to change
     return _inert(_flat(value))

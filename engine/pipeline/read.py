@@ -125,6 +125,8 @@ def normalise_email(raw: str) -> tuple[str, str]:
     local part is refused, since the v1 API predates SMTPUTF8.
     """
     email = raw.strip().lower()
+    if email.isascii() and len(email) <= FIELD_LIMITS[EMAIL] and _EMAIL_RE.match(email):
+        return email, ""  # the usual case (the pattern allows one `@` only)
     if not email:
         return "", "no email address"
     if email.count("@") != 1:
@@ -288,17 +290,14 @@ def _first_json_keys(path: Path, options: ReadOptions) -> list[str]:
 def _row(
     line: int, values: Mapping[str, Any] | list[str], columns: _Columns, options: ReadOptions
 ) -> SourceRow | Rejected:
+    if isinstance(values, list):
+        return _csv_row(line, values, columns, options)
     fields: dict[str, str] = {}
     lists: tuple[str, ...] = ()
     raw_email = ""
     warnings: list[str] = []
-    items = (
-        ((p, values[p]) for p in columns.mapping if p < len(values))
-        if isinstance(values, list)
-        else ((p, values.get(columns.names[p])) for p in columns.mapping)
-    )
-    for position, value in items:
-        element = columns.mapping[position]
+    for position, element in columns.mapping.items():
+        value = values.get(columns.names[position])
         if value is None:
             continue
         if element == LISTS:
@@ -317,30 +316,64 @@ def _row(
         if element == EMAIL:
             raw_email = text
         elif text:
-            text = field_text(text)  # what every path writes; the limit applies to it
-            limits = options.field_limits
-            if limits is not None and element not in limits:
-                # Written by neither path, or by one only: left out, so a row gives the
-                # same contact whichever path it takes.
-                warnings.append(f"{element} left out: the API does not take it on every path")
-                continue
-            limit = (limits or FIELD_LIMITS).get(element, _DEFAULT_LIMIT)
-            if len(text) > limit:
-                # Lists are the job: the contact goes to them without this field (or with it
-                # cut, when asked), and the outcome says so.
-                if not options.truncate:
-                    warnings.append(
-                        f"{element} left out: {len(text)} characters, the API's limit is "
-                        f"{limit} (--truncate-long-fields keeps the first {limit})"
-                    )
-                    continue
-                warnings.append(f"{element} cut from {len(text)} to {limit} characters")
-                text = text[:limit].rstrip()
-            fields[element] = text
+            _add_field(fields, element, text, options, warnings)
     email, reason = normalise_email(raw_email)
     if reason:
         return Rejected(line, raw_email, reason)
     return SourceRow((line,), email, fields, lists, tuple(warnings))
+
+
+def _csv_row(
+    line: int, values: list[str], columns: _Columns, options: ReadOptions
+) -> SourceRow | Rejected:
+    """`_row` for a CSV record: every value a `str` (of a row that may be short)."""
+    fields: dict[str, str] = {}
+    lists: tuple[str, ...] = ()
+    raw_email = ""
+    warnings: list[str] = []
+    count = len(values)
+    for position, element in columns.mapping.items():
+        if position >= count:
+            continue
+        if element == LISTS:
+            names = (n.strip() for n in values[position].split(options.list_separator))
+            lists = tuple(dict.fromkeys(n for n in names if n))
+            continue
+        text = values[position].strip()
+        if element == EMAIL:
+            raw_email = text
+        elif text:
+            _add_field(fields, element, text, options, warnings)
+    email, reason = normalise_email(raw_email)
+    if reason:
+        return Rejected(line, raw_email, reason)
+    return SourceRow((line,), email, fields, lists, tuple(warnings))
+
+
+def _add_field(
+    fields: dict[str, str], element: str, text: str, options: ReadOptions, warnings: list[str]
+) -> None:
+    """Put a field's non-empty text on a row as every path writes it, or say why not."""
+    text = field_text(text)  # what every path writes; the limit applies to it
+    limits = options.field_limits
+    if limits is not None and element not in limits:
+        # Written by neither path, or by one only: left out, so a row gives the same contact
+        # whichever path it takes.
+        warnings.append(f"{element} left out: the API does not take it on every path")
+        return
+    limit = (limits or FIELD_LIMITS).get(element, _DEFAULT_LIMIT)
+    if len(text) > limit:
+        # Lists are the job: the contact goes to them without this field (or with it cut,
+        # when asked), and the outcome says so.
+        if not options.truncate:
+            warnings.append(
+                f"{element} left out: {len(text)} characters, the API's limit is "
+                f"{limit} (--truncate-long-fields keeps the first {limit})"
+            )
+            return
+        warnings.append(f"{element} cut from {len(text)} to {limit} characters")
+        text = text[:limit].rstrip()
+    fields[element] = text
 
 
 #: Builds a row from its line number, values, columns and options: `_row`, or `_scan_row`.
@@ -599,12 +632,13 @@ class SourceReader:
         try:
             for record in reader:
                 line, start = start, reader.line_num + 1
-                if not any(cell.strip() for cell in record):
+                if not (record and record[0].strip()) and not any(c.strip() for c in record):
                     continue  # blank line
-                bad = next((errors.pop(n) for n in range(line, start) if n in errors), "")
-                if bad:
-                    yield Rejected(line, "", bad)
-                    continue
+                if errors:  # a line that did not decode (rare: checked only then)
+                    bad = next((errors.pop(n) for n in range(line, start) if n in errors), "")
+                    if bad:
+                        yield Rejected(line, "", bad)
+                        continue
                 yield make(line, record, columns, self.options)
         except csv.Error as exc:
             raise SourceError(f"{self.path} line {reader.line_num}: {exc}") from exc

@@ -138,7 +138,9 @@ def test_no_rate_is_tried_above_twice_what_the_server_accepted() -> None:
     traffic = simulate(lambda _: 40.0, 60)
     for when, rate in traffic.rates[1:]:
         before = [t for t in traffic.accepted if t < when]
-        best = max((bisect.bisect_left(before, t + 1.0) - i for i, t in enumerate(before)), default=0)
+        best = max(
+            (bisect.bisect_left(before, t + 1.0) - i for i, t in enumerate(before)), default=0
+        )
         assert rate <= 2 * max(best, DOCUMENTED_RATE) + 1e-9, (when, rate, best)
 
 
