@@ -15,8 +15,7 @@ _PLAIN_NUMBER = re.compile(r"[+-][0-9 ().\-/]*")
 
 
 #: The first characters `_inert` looks at (a value starting with none of them, and holding no
-#: line break, is written as it is). The empty string is "in" every string: an empty value
-#: takes the long way.
+#: line break, is written as it is).
 _FIRST = "=@\t\r+-"
 
 
@@ -41,6 +40,6 @@ def _inert(value: str) -> str:
 def field_text(value: str) -> str:
     """The text written for a field value (not the email): line breaks become spaces, and a
     value a spreadsheet would run as a formula gets a leading `'`. Idempotent."""
-    if value[:1] not in _FIRST and "\n" not in value and "\r" not in value:
-        return value  # the usual case: nothing to change
+    if not value or (value[0] not in _FIRST and "\n" not in value and "\r" not in value):
+        return value  # the usual cases: nothing to change
     return _inert(_flat(value))

@@ -31,7 +31,8 @@ __all__ = ["Planner", "estimate_bytes"]
 def estimate_bytes(contact: Contact) -> int:
     """An upper bound of the contact's share of an encoded activity body."""
     # Form encoding triples a byte at worst (%HH); a comma, quotes and the line break add 4.
-    return 3 * (len(contact.email) + sum(len(v) + 4 for v in contact.fields.values())) + 8
+    fields = contact.fields
+    return 3 * (len(contact.email) + sum(map(len, fields.values())) + 4 * len(fields)) + 8
 
 
 class _Pending:
@@ -66,10 +67,12 @@ class Planner:
     ) -> None:
         self.config = config
         self._stop = stop
-        self._coalesced = coalesced
+        #: Bulk off and the rows coalesced: each contact goes on at once, not in a batch.
+        self._direct = config.bulk_threshold is None and coalesced
         self.lists_by_name = dict(lists_by_name)
         self._common = tuple(dict.fromkeys(lists_by_name[n].id for n in config.lists))
         self._targets: dict[tuple[str, ...], tuple[str, ...]] = {}
+        self._keys: dict[tuple[str, ...], frozenset[str]] = {}  # targets -> their set
         self._pending: dict[frozenset[str], _Pending] = {}
         self._where: dict[str, frozenset[str]] = {}  # email -> key of its pending batch
         self._held = 0
@@ -145,8 +148,10 @@ class Planner:
                     contact = self.contact(item)
                     if isinstance(contact, Rejected):
                         await send_outcomes.send(_rejected(contact))
-                        continue
-                    await self._add(contact)
+                    elif self._direct:
+                        await self._add(contact)
+                    elif (key := self._hold(contact)) is not None:
+                        await self._flush(key)
             await self._flush_all()
             while self._deferred:
                 self._idle = anyio.Event()
@@ -171,43 +176,60 @@ class Planner:
                 await self._flush(key)
 
     async def _add(self, contact: Contact) -> None:
+        if self._direct and contact.email not in self._in_flight:
+            await self._send_direct(contact)
+            return
+        key = self._hold(contact)
+        if key is not None:
+            await self._flush(key)
+
+    async def _send_direct(self, contact: Contact) -> None:
+        """Bulk off and the rows coalesced: nothing to wait for, the contact goes on now."""
+        send = self._out[0]
+        stopping = self._stop is not None and self._stop.is_set()
+        if (
+            isinstance(send, MemoryObjectSendStream)
+            and not stopping
+            and not self._flush_lock.locked()
+        ):
+            # Handed over without a wait: no cancellation can come between taking it in
+            # flight and sending it (what the lock is for), and no checkpoint.
+            try:
+                send.send_nowait(contact)
+            except anyio.WouldBlock:
+                pass
+            else:
+                self._in_flight.add(contact.email)
+                return
+        async with self._flush_lock:
+            if self._stop is None or not self._stop.is_set():
+                self._in_flight.add(contact.email)
+                await send_soon(self._out[0], contact)
+
+    def _hold(self, contact: Contact) -> frozenset[str] | None:
+        """Hold the contact back while its email is in flight, or put it in its target
+        set's batch; returns the key of a batch to flush now (full, or the largest when
+        too many contacts are held), if any. No await: the planner's loop calls it for
+        every contact."""
         if contact.email in self._in_flight:
             held = self._deferred.get(contact.email)
             if held is None:
                 self._deferred[contact.email] = contact
             else:
                 held.absorb(contact)
-            return
-        if self.config.bulk_threshold is None and self._coalesced:  # nothing to wait for
-            send = self._out[0]
-            stopping = self._stop is not None and self._stop.is_set()
-            if (
-                isinstance(send, MemoryObjectSendStream)
-                and not stopping
-                and not self._flush_lock.locked()
-            ):
-                # Handed over without a wait: no cancellation can come between taking it in
-                # flight and sending it (what the lock is for), and no checkpoint.
-                try:
-                    send.send_nowait(contact)
-                except anyio.WouldBlock:
-                    pass
-                else:
-                    self._in_flight.add(contact.email)
-                    return
-            async with self._flush_lock:
-                if self._stop is None or not self._stop.is_set():
-                    self._in_flight.add(contact.email)
-                    await send_soon(self._out[0], contact)
-            return
-        key = contact.target_set
+            return None
+        key = self._keys.get(contact.targets)
+        if key is None:
+            key = contact.target_set
+            if len(self._keys) < 10_000:  # one set per target tuple (`contact` shares them)
+                self._keys[contact.targets] = key
         other_key = self._where.get(contact.email)
         if other_key is not None:  # a duplicate still waiting in a batch: coalesce (I5)
             other = self._pending[other_key]
             waiting = other.contacts[contact.email]
             waiting.absorb(contact)
             if waiting.target_set == other_key:
-                return
+                return None
             del other.contacts[contact.email]  # its target set grew: move it
             self._held -= 1
             contact, key = waiting, waiting.target_set
@@ -222,10 +244,10 @@ class Planner:
             len(pending.contacts) >= self.config.max_rows
             or pending.bytes >= self.config.max_bytes * 0.9
         ):
-            await self._flush(key)
-        elif self._held >= self.config.max_pending:
-            largest = max(self._pending, key=lambda k: len(self._pending[k].contacts))
-            await self._flush(largest)
+            return key
+        if self._held >= self.config.max_pending:
+            return max(self._pending, key=lambda k: len(self._pending[k].contacts))
+        return None
 
     async def _flush_all(self) -> None:
         for key in list(self._pending):
