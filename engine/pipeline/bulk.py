@@ -225,11 +225,6 @@ class BulkPath:
         self.verified = False
         self._check_lock = anyio.Lock()
         self._post_lock = anyio.Lock()
-        # The lookups and reads of a check or a status lookup, at most as many at once as
-        # the fetch stage's workers: each one in flight holds a connection, and a connection
-        # once opened stays in the pool with its buffers (the pool reuses its oldest
-        # first, so none goes idle long enough to close) for the rest of the run.
-        self._reads = anyio.CapacityLimiter(config.limits.fetch)
         self.warnings: list[str] = []
         #: email -> why it was sent contact by contact (put on its outcome by the record stage).
         self.notes: dict[str, str] = {}
@@ -802,9 +797,8 @@ class BulkPath:
 
     async def _lookups(self, contacts: Sequence[Contact]) -> list[Lookup]:
         """Each chunk of `contacts` (as many emails as a lookup takes) with what its strict
-        lookup found, or the `ApiError` it failed with; the chunks are looked up concurrently,
-        as many at once as the fetch stage's workers (the governor paces them). Fatal errors
-        propagate."""
+        lookup found, or the `ApiError` it failed with; the chunks are looked up at once
+        (the governor paces them). Fatal errors propagate."""
         step = self.backend.capabilities.lookup_batch
         chunks = [tuple(contacts[i : i + step]) for i in range(0, len(contacts), step)]
         results: list[Lookup] = []
@@ -812,8 +806,7 @@ class BulkPath:
 
         async def one(chunk: tuple[Contact, ...]) -> None:
             try:
-                async with self._reads:
-                    page = await self.backend.find([c.email for c in chunk], strict=True)
+                page = await self.backend.find([c.email for c in chunk], strict=True)
             except (FatalApiError, ConnectionLostError, QuotaExhaustedError) as exc:
                 fatal.append(exc)
                 return
@@ -833,15 +826,13 @@ class BulkPath:
         return results
 
     async def _read_all(self, hits: Sequence[ContactRef | ContactState]) -> list[ContactState]:
-        """The contacts of `hits` that could be read, read concurrently (as many at once as
-        the fetch stage's workers); one that cannot be read (404, a broken entry) is left
-        out."""
+        """The contacts of `hits` that could be read, read concurrently (the governor bounds
+        them); one that cannot be read (404, a broken entry) is left out."""
         states: dict[str, ContactState] = {}
 
         async def read(ref: ContactRef) -> None:
             try:
-                async with self._reads:
-                    states[ref.id] = await self.backend.read(ref)
+                states[ref.id] = await self.backend.read(ref)
             except (FatalApiError, ConnectionLostError, QuotaExhaustedError):
                 raise
             except ApiError as exc:
