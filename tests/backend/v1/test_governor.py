@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 
 import anyio
@@ -193,7 +194,7 @@ async def test_a_rate_above_the_proven_one_is_tried_soon_far_from_it_late_near_i
 
     await busy_until_above(8.0)
     assert [r for _, r in changes] == [4.0, 8.0, 16.0]
-    assert all(b - a >= 1.0 for (a, _), (b, _) in zip(changes, changes[1:])), changes
+    assert all(b - a >= 1.0 for (a, _), (b, _) in itertools.pairwise(changes)), changes
     for refused, tried in [(16.0, 12.0), (12.0, 10.0), (10.0, 9.0)]:
         governor.on_throttle(None)  # refused: back just under the proven 8/s
         assert governor.stats().rate == pytest.approx(0.95 * 8)
