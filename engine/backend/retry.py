@@ -5,8 +5,9 @@ that do not parse). Never retried: 400, 401, 404, 409, 415 (they raise other cla
 
 The wait before attempt n+1 is ``min(wait_max, wait_initial * 2**(n-1)) + uniform(0,
 wait_jitter)``, but never less than a `Retry-After` the server sent. A throttle without
-`Retry-After` is the governor's to pace: the first retry after it waits only up to a quarter
-of the jitter, and the backoff after it starts one step later. Attempts and total time
+`Retry-After` is the governor's to pace: after a first try throttled, the retry waits only up
+to a quarter of the jitter; a later throttle's backoff is one step shorter than another
+error's. Attempts and total time
 are both bounded; when they run out the *last* error is raised (never tenacity's
 `RetryError`). All times are float seconds.
 """
