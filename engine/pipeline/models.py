@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Container, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import anyio
 
@@ -168,26 +168,32 @@ class Batch:
         """The contacts' emails, in order."""
         return self._emails.split("\n") if self.size else []
 
+    def _lines_list(self) -> list[str]:
+        """The packed contacts, one JSON array `[email, [rows], {fields}]` a line."""
+        return self._lines.split("\n") if self.size else []
+
+    def _decoded(self, size: int) -> Iterator[list[list[Any]]]:
+        """The packed contacts in order, `size` decoded at a time (one decoder call each)."""
+        lines = self._lines_list()
+        for start in range(0, len(lines), size):
+            yield fastjson.loads(f"[{','.join(lines[start : start + size])}]")
+
     def pairs(self) -> Iterator[tuple[str, dict[str, str]]]:
         """Each contact's email and fields, in order (what an activity's body needs),
         decoded a thousand at a time."""
-        lines = self._lines.split("\n") if self.size else []
-        for start in range(0, len(lines), 1000):
-            chunk = fastjson.loads(f"[{','.join(lines[start : start + 1000])}]")
+        for chunk in self._decoded(1000):
             yield from ((email, fields) for email, _, fields in chunk)
 
     def windows(self, size: int) -> Iterator[tuple[Contact, ...]]:
         """The contacts in order, `size` at a time, each window unpacked when it is come to."""
-        lines = self._lines.split("\n") if self.size else []
         targets = self.targets
-        for start in range(0, len(lines), size):
-            chunk = fastjson.loads(f"[{','.join(lines[start : start + size])}]")
+        for chunk in self._decoded(size):
             yield tuple(Contact(email, targets, fields, rows) for email, rows, fields in chunk)
 
     def split(self, emails: Container[str]) -> tuple[Batch, Batch]:
         """The contacts whose email is in `emails` and the others, in order, as two batches
         made from the packed text (none of them unpacked)."""
-        lines = self._lines.split("\n") if self.size else []
+        lines = self._lines_list()
         keys = self.emails()
         rows = fastjson.loads(self._rows)
         inside = [email in emails for email in keys]

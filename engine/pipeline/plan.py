@@ -204,7 +204,7 @@ class Planner:
         async with self._flush_lock:
             if self._stop is None or not self._stop.is_set():
                 self._in_flight.add(contact.email)
-                await send_soon(self._out[0], contact)
+                await send_soon(send, contact)
 
     def _hold(self, contact: Contact) -> frozenset[str] | None:
         """Hold the contact back while its email is in flight, or put it in its target
