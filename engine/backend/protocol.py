@@ -12,6 +12,7 @@ in `document` fields the pipeline never opens.
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import Literal, Protocol, runtime_checkable
 
@@ -245,6 +246,13 @@ class Backend(Protocol):
 
     def stats(self) -> BackendStats:
         """The request counters so far."""
+        ...
+
+    def burst(self) -> AbstractAsyncContextManager[None]:
+        """Inside, the requests of this task (and of the tasks it starts) go over a
+        connection pool of their own, closed with its connections at the end: for a short
+        burst of many requests at once, whose connections should not stay open for the rest
+        of the run."""
         ...
 
     async def verify(self) -> None:

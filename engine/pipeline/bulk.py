@@ -413,7 +413,15 @@ class BulkPath:
         their own activity. Returns their outcomes and what of the batch may go in bulk
         after them: the rest when the probe passed, the whole batch when none of it is on
         another list (nothing to lose); None when nothing more goes in bulk (there is no
-        rest, or it went contact by contact)."""
+        rest, or it went contact by contact).
+
+        Its lookups and reads go at once (a round trip each, whatever the latency) over a
+        connection pool of their own, closed when the probe ends (`Backend.burst`): on the
+        run's pool, their connections would stay open to the end."""
+        async with self.backend.burst():
+            return await self._probe_in_burst(batch)
+
+    async def _probe_in_burst(self, batch: Batch) -> tuple[Iterable[Recorded], Batch | None]:
         try:
             witnesses, scanned_all = await self._witnesses(batch)
         except (FatalApiError, ConnectionLostError, QuotaExhaustedError):

@@ -1,20 +1,22 @@
-"""The shared transport's request bodies, against a real TLS server on 127.0.0.1 (port 0)."""
+"""The shared transport's request bodies and burst pools, against a real TLS server on
+127.0.0.1 (port 0)."""
 
 from __future__ import annotations
 
 import ssl
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
 
 import aiohttp
+import anyio
 import pytest
 import trustme
 from aiohttp import web
 from yarl import URL
 
-from engine.backend._http import attempt, open_session
+from engine.backend._http import attempt, burst_pool, open_session, session_for
 from engine.backend.governor import RateGovernor
 
 
@@ -26,6 +28,8 @@ class Received:
     lengths: list[str | None] = field(default_factory=list)
     encodings: list[str | None] = field(default_factory=list)
     types: list[str | None] = field(default_factory=list)
+    ports: list[int] = field(default_factory=list)  # the client's port of each request
+    open_connections: Callable[[], int] = lambda: 0
 
 
 @pytest.fixture
@@ -44,6 +48,8 @@ async def server(tmp_path: Path) -> AsyncIterator[tuple[URL, Path, Received]]:
         received.lengths.append(request.headers.get("Content-Length"))
         received.encodings.append(request.headers.get("Transfer-Encoding"))
         received.types.append(request.headers.get("Content-Type"))
+        assert request.transport is not None
+        received.ports.append(request.transport.get_extra_info("peername")[1])
         return web.Response(status=201, text="ok")
 
     app = web.Application(client_max_size=16 << 20)
@@ -52,6 +58,7 @@ async def server(tmp_path: Path) -> AsyncIterator[tuple[URL, Path, Received]]:
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=context)
     await site.start()
+    received.open_connections = lambda: len(runner.server.connections)  # type: ignore[union-attr]
     try:
         port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
         yield URL(f"https://127.0.0.1:{port}/upload"), ca_file, received
@@ -123,3 +130,77 @@ async def test_a_large_body_is_sent_from_its_start_on_every_attempt(
         for _ in range(2):
             assert await _post(session, url, ca_file, body, None) == 201
     assert received.bodies == [body, body]
+
+
+async def _until(done: Callable[[], bool]) -> None:
+    """Wait (5 s at most) until `done()`: the server sees a closed connection a moment later."""
+    for _ in range(500):
+        if done():
+            return
+        await anyio.sleep(0.01)
+    raise AssertionError("not done within 5 s")
+
+
+async def test_a_burst_pool_carries_its_owners_requests_and_closes_its_connections_at_the_end(
+    server: tuple[URL, Path, Received],
+) -> None:
+    """Inside `burst_pool`, the owner's requests (its child tasks' too) go over connections of
+    their own, all closed on the way out; another client's and later requests keep the main
+    pool, whose connection stays open and is reused."""
+    url, ca_file, received = server
+    owner, other = object(), object()
+
+    def opener() -> aiohttp.ClientSession:
+        return open_session(ca_file=ca_file, timeout=30, headers={})
+
+    async with opener() as main:
+        assert await _post(main, url, ca_file, b"main", None) == 201
+        main_port = received.ports[-1]
+        async with burst_pool(owner, opener):
+            burst = session_for(owner, main)
+            assert burst is not main
+            assert session_for(other, main) is main
+
+            async def send() -> None:
+                assert await _post(session_for(owner, main), url, ca_file, b"burst", None) == 201
+
+            async with anyio.create_task_group() as tg:
+                for _ in range(8):
+                    tg.start_soon(send)
+            burst_ports = received.ports[-8:]
+            assert received.open_connections() == 9  # eight at once, and the main one
+        assert burst.closed
+        assert session_for(owner, main) is main
+        assert main_port not in burst_ports
+        assert len(set(burst_ports)) == 8
+        await _until(lambda: received.open_connections() == 1)
+        assert await _post(session_for(owner, main), url, ca_file, b"after", None) == 201
+        assert received.ports[-1] == main_port
+
+
+async def test_a_burst_pool_is_closed_when_its_body_fails(
+    server: tuple[URL, Path, Received],
+) -> None:
+    """An error inside the burst still closes its session, and the owner's requests go back
+    to the main pool."""
+    url, ca_file, received = server
+    owner = object()
+
+    def opener() -> aiohttp.ClientSession:
+        return open_session(ca_file=ca_file, timeout=30, headers={})
+
+    bursts: list[aiohttp.ClientSession] = []
+
+    async def fail_inside(main: aiohttp.ClientSession) -> None:
+        async with burst_pool(owner, opener):
+            bursts.append(session_for(owner, main))
+            assert await _post(bursts[0], url, ca_file, b"burst", None) == 201
+            raise RuntimeError("the probe failed")
+
+    async with opener() as main:
+        with pytest.raises(RuntimeError, match="the probe failed"):
+            await fail_inside(main)
+        assert bursts[0] is not main
+        assert bursts[0].closed
+        assert session_for(owner, main) is main
+        await _until(lambda: received.open_connections() == 0)

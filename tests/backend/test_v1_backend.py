@@ -11,7 +11,11 @@ from pipeline.conftest import new_account
 
 from engine.backend import Backend, BulkActivity, ContactRef, ContactState, V1Backend
 from engine.errors import ConflictError
+from engine.pipeline.config import MigrationConfig
+from engine.pipeline.run import migrate
 from engine.simulator import RunningSimulator
+
+from .bursts import watch_bursts
 
 
 @pytest.fixture
@@ -167,3 +171,27 @@ async def test_stats_count_the_requests(backend: V1Backend) -> None:
     after = backend.stats()
     assert after.requests == before + 1
     assert after.rate is None
+
+
+async def test_the_probe_sends_over_a_pool_of_its_own_closed_when_it_ends(
+    simulator: RunningSimulator,
+) -> None:
+    """The probe's lookups, reads and activity go over a burst pool closed when the probe
+    ends; the rest of the batch is submitted over the account's own pool."""
+    store = simulator.store
+    old, news = store.create_list("Old"), store.create_list("News")
+    for n in range(10):
+        store.add_contact(f"c{n:03d}@example.com", lists=[old])
+    source = [{"email": f"c{n:03d}@example.com"} for n in range(100)]
+    config = MigrationConfig(probe_size=3, poll_initial=0.02, poll_max=0.05, bulk_threshold=25)
+    async with new_account(simulator) as account:
+        backend = V1Backend(account)
+        watch = watch_bursts(backend, account)
+        with anyio.fail_after(40):
+            report = await migrate(backend, source, lists=["News"], config=config)
+    assert report.outcomes["bulk_added"] == 100
+    watch.check_one_probe()
+    for n in range(10):
+        kept = store.contact_by_email(f"c{n:03d}@example.com")
+        assert kept is not None
+        assert set(kept.lists) == {old, news}

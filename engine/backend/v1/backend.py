@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
 from urllib.parse import urlsplit
 
 from engine.backend.protocol import (
@@ -140,6 +141,9 @@ class V1Backend:
         return BackendStats(
             self.account.requests_sent, self.account.retries, governor.throttles, governor.rate
         )
+
+    def burst(self) -> AbstractAsyncContextManager[None]:
+        return self.account.burst()
 
     async def verify(self) -> None:
         await self.account.verify()

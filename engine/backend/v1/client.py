@@ -17,6 +17,7 @@ import os
 import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -29,11 +30,13 @@ from yarl import URL
 from engine.backend import _http
 from engine.backend._http import (
     Answer,
+    burst_pool,
     check_base_url,
     follow_link,
     open_session,
     refused,
     retry_after,
+    session_for,
 )
 from engine.backend.governor import RateGovernor
 from engine.backend.retry import RetryPolicy
@@ -318,13 +321,23 @@ class Account:
     async def __aenter__(self) -> Self:
         if self._state is not _State.UNOPENED:
             raise RuntimeError("Cannot reopen an Account once it has been closed.")
-        self._session = open_session(
+        self._session = self._open_session()
+        self._state = _State.OPENED
+        return self
+
+    def _open_session(self) -> aiohttp.ClientSession:
+        return open_session(
             ca_file=self._ca_file,
             timeout=self._timeout,
             headers={"Accept": ATOM, "Authorization": self.credentials.auth()},
         )
-        self._state = _State.OPENED
-        return self
+
+    def burst(self) -> AbstractAsyncContextManager[None]:
+        """Inside, this task's requests go over a pool of their own, closed at the end (a
+        burst of many requests at once, see `burst_pool`)."""
+        if self._session is None:
+            raise RuntimeError("use the Account inside `async with` first")
+        return burst_pool(self, self._open_session)
 
     async def __aexit__(
         self,
@@ -358,7 +371,7 @@ class Account:
     ) -> T:
         if self._session is None:
             raise RuntimeError("use the Account inside `async with` first")
-        session = self._session
+        session = session_for(self, self._session)
         headers = {"Content-Type": content_type} if content_type else None
         target = URL(url, encoded=True)
 

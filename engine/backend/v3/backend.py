@@ -18,6 +18,7 @@ import logging
 import math
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
 from datetime import datetime
 from typing import Any, Literal, TypeVar
 
@@ -144,6 +145,9 @@ class V3Backend:
         return BackendStats(
             self.client.requests_sent, self.client.retries, governor.throttles, governor.rate
         )
+
+    def burst(self) -> AbstractAsyncContextManager[None]:
+        return self.client.burst()
 
     async def verify(self) -> None:
         """One cheap authenticated GET that needs a privilege the run needs anyway

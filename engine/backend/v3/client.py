@@ -15,6 +15,7 @@ import json
 import logging
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
@@ -29,11 +30,13 @@ from engine import fastjson
 from engine.backend import _http
 from engine.backend._http import (
     Answer,
+    burst_pool,
     check_base_url,
     follow_link,
     open_session,
     refused,
     retry_after,
+    session_for,
 )
 from engine.backend.governor import RateGovernor
 from engine.backend.retry import RetryPolicy
@@ -213,12 +216,22 @@ class V3Client:
     async def __aenter__(self) -> Self:
         if self._closed or self._session is not None:
             raise RuntimeError("a V3Client is opened once")
-        self._session = open_session(
+        self._session = self._open_session()
+        return self
+
+    def _open_session(self) -> aiohttp.ClientSession:
+        return open_session(
             ca_file=self._ca_file,
             timeout=self._timeout,
             headers={"Accept": JSON, "Cache-Control": "no-cache"},
         )
-        return self
+
+    def burst(self) -> AbstractAsyncContextManager[None]:
+        """Inside, this task's requests go over a pool of their own, closed at the end (a
+        burst of many requests at once, see `burst_pool`)."""
+        if self._session is None:
+            raise RuntimeError("use the V3Client inside `async with` first")
+        return burst_pool(self, self._open_session)
 
     async def __aexit__(
         self,
@@ -262,7 +275,7 @@ class V3Client:
         """
         if self._session is None:
             raise RuntimeError("use the V3Client inside `async with` first")
-        session = self._session
+        session = session_for(self, self._session)
         target = URL(url, encoded=True)
         if params:
             target = target.update_query(params)

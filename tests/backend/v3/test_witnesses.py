@@ -16,6 +16,7 @@ from engine.pipeline.dryrun import plan_migration
 from engine.pipeline.run import migrate
 from engine.simulator.v3 import RunningSimulator
 
+from ..bursts import watch_bursts
 from .conftest import BackendOpener
 
 CONFIG = MigrationConfig(
@@ -129,3 +130,26 @@ async def test_the_dry_run_counts_the_scan_the_run_sends(
             await migrate(backend, source, lists=["News"], config=CONFIG)
             sent = backend.stats().requests - before
     assert abs(plan.requests - sent) <= 0.1 * sent, (plan.describe(), sent)
+
+
+async def test_the_probe_sends_over_a_pool_of_its_own_closed_when_it_ends(
+    sim: RunningSimulator, open_backend: BackendOpener
+) -> None:
+    """The probe's lookups, activity and read-back go over a burst pool closed when the probe
+    ends; the rest of the batch is submitted over the client's own pool."""
+    old, news = sim.store.add_list("Old"), sim.store.add_list("News")
+    for n in range(10):
+        sim.store.add_contact(f"c{n:03d}@example.com", lists=[old])
+    source = [{"email": f"c{n:03d}@example.com"} for n in range(100)]
+    async with open_backend(sim) as backend:
+        watch = watch_bursts(backend, backend.client)
+        with anyio.fail_after(40):
+            report = await migrate(
+                backend, source, lists=["News"], config=dataclasses.replace(CONFIG, probe_size=3)
+            )
+    assert report.outcomes["bulk_added"] == 100
+    watch.check_one_probe()
+    for n in range(10):
+        kept = sim.store.contact_by_email(f"c{n:03d}@example.com")
+        assert kept is not None
+        assert kept.lists == [old, news]
