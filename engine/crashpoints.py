@@ -9,7 +9,8 @@ Points: `read` (a chunk of rows read), `search` (a search answered), `put` (a wr
 answered, outcome not yet recorded), `journal` (a batch of outcomes written),
 `activity-submitted` (the API accepted an activity, the journal does not know it yet),
 `activity-journaled` (the journal knows it, not yet polled), `activity-complete` (polled
-to COMPLETE, outcomes not yet recorded).
+to COMPLETE, outcomes not yet recorded), `bulk-recorded` (an activity's contacts counted
+and buffered for the journal, which writes them later, in larger writes).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ POINTS = (
     "activity-submitted",
     "activity-journaled",
     "activity-complete",
+    "bulk-recorded",
 )
 
 _name, _, _count = os.environ.get(ENV, "").partition(":")

@@ -45,6 +45,7 @@ from typing import Any
 import anyio
 import anyio.to_thread
 
+from engine import fastjson
 from engine.errors import ConfigError, OutputError, SourceError
 from engine.limiter import Held
 from engine.pipeline.models import BulkAdded, Contact, Outcome
@@ -214,6 +215,50 @@ def _json_rows(rows: Sequence[int]) -> str:
     return "[" + ",".join(map(str, rows)) + "]"
 
 
+@dataclass(frozen=True, slots=True)
+class _Added:
+    """The `bulk_added` outcomes of one `BulkAdded`, buffered as they came: written by one
+    statement (`_ADDED_SQL`), not a row each."""
+
+    targets: str  # their JSON array
+    run: int
+    emails: Sequence[str]
+    rows: Sequence[Sequence[int]]
+
+    def payload(self) -> str:
+        """`[[email, [rows], first row], …]` as JSON text (a blob would not be read as JSON
+        by SQLite before 3.45), for `_ADDED_SQL`."""
+        contacts = [[e, rows, min(rows)] for e, rows in zip(self.emails, self.rows, strict=True)]
+        return fastjson.dumps(contacts).decode()
+
+
+_OUTCOME_SQL = f"INSERT OR REPLACE INTO outcomes VALUES ({','.join('?' * 13)})"
+#: The rows `_OUTCOME_SQL` would write for each contact of an `_Added`, made by SQLite from
+#: its JSON payload in one statement. Row by row, `executemany` takes and releases the
+#: interpreter's lock for every row (it binds in Python and steps in C): with the event loop
+#: and the reader busy in other threads, each row waited for its turn, and a million bulk
+#: outcomes took 19 s of the journal's thread, while the bulk path's next activity waited
+#: for that thread to note its intent. `json_extract` (not `->>`) works on SQLite 3.9 and
+#: later, where the JSON functions are built in (`_write_outcomes` falls back without them).
+_ADDED_SQL = """
+INSERT OR REPLACE INTO outcomes
+SELECT json_extract(value, '$[0]'), json_extract(value, '$[0]'), 'bulk_added', '', :targets,
+       json_extract(value, '$[1]'), 'bulk', json_extract(value, '$[2]'), :run, :targets, NULL,
+       '', 0
+FROM json_each(:contacts)
+"""
+
+
+def _added_rows(added: _Added) -> Iterator[tuple[Any, ...]]:
+    """The rows `_ADDED_SQL` writes, made in Python (an SQLite without JSON functions)."""
+    targets, run = added.targets, added.run
+    for email, rows in zip(added.emails, added.rows, strict=True):
+        yield (
+            email, email, "bulk_added", "", targets, _json_rows(rows), "bulk", min(rows), run,
+            targets, None, "", 0,
+        )  # fmt: skip
+
+
 def _outcome_key(outcome: Outcome) -> str:
     if outcome.kind == "rejected" or not outcome.email:
         return f"row:{outcome.rows[0] if outcome.rows else 0}"
@@ -227,13 +272,37 @@ class Journal:
         path: the SQLite file.
         batch: outcomes per write.
         interval: seconds between writes of a partial batch.
+        bulk_batch: `bulk_added` outcomes per write, when no other outcome waits.
+        bulk_interval: seconds `bulk_added` outcomes wait at most, when no other does.
+
+    A contact's outcome is written within `interval`: a crash loses no more. `bulk_added`
+    outcomes may wait longer, in larger writes: their activity and its contacts are in the
+    journal from its submission on, and a resumed run settles again every activity whose
+    contacts have no outcome. Each write costs the journal's thread a turn of the
+    interpreter's lock for every step (with the event loop and the reader busy, up to 5 ms
+    each), and its intent commits wait meanwhile: in writes of 2,000, a million bulk
+    outcomes kept that thread 12 s.
     """
 
-    def __init__(self, path: Path, *, batch: int = 2000, interval: float = 0.25) -> None:
+    def __init__(
+        self,
+        path: Path,
+        *,
+        batch: int = 2000,
+        interval: float = 0.25,
+        bulk_batch: int = 20_000,
+        bulk_interval: float = 2.0,
+    ) -> None:
         self.path = path
         self._batch = batch
         self._interval = interval
-        self._buffer: list[tuple[Any, ...]] = []
+        self._bulk_batch = bulk_batch
+        self._bulk_interval = bulk_interval
+        self._buffer: list[tuple[Any, ...] | _Added] = []  # outcome rows, bulk groups
+        self._rows_buffered = 0  # outcomes of `record` in `_buffer`
+        self._added_buffered = 0  # outcomes of `record_added` in `_buffer`
+        self._added_since = 0.0  # when the first of them was buffered
+        self._json_each = True  # SQLite has its JSON functions (`_ADDED_SQL`)
         self._last_write = time.monotonic()
         self._limiter = anyio.CapacityLimiter(1)
         self._db: sqlite3.Connection | None = None
@@ -247,21 +316,29 @@ class Journal:
         self.resumed = False
 
     def __repr__(self) -> str:
-        return f"<Journal {self.path} run {self.run}, {len(self._buffer)} outcomes buffered>"
+        buffered = self._rows_buffered + self._added_buffered
+        return f"<Journal {self.path} run {self.run}, {buffered} outcomes buffered>"
 
     # --- lifecycle --------------------------------------------------------------------
 
     @classmethod
     async def open(
-        cls, path: str | Path, *, identity: Mapping[str, Any], restart: bool = False
+        cls,
+        path: str | Path,
+        *,
+        identity: Mapping[str, Any],
+        restart: bool = False,
+        **buffering: Any,
     ) -> Journal:
-        """Open (or create) the journal of the migration `identity` (see `journal_identity`).
+        """Open (or create) the journal of the migration `identity` (see `journal_identity`);
+        `buffering` sets the constructor's `batch`, `interval`, `bulk_batch` and
+        `bulk_interval`.
 
         Raises:
             ConfigError: the file is the journal of another migration (another source or
                 other lists) and `restart` is off, or it is not a journal at all.
         """
-        journal = cls(Path(path))
+        journal = cls(Path(path), **buffering)
         try:
             await journal._call(journal._open_sync, dict(identity), restart)
         except OutputError as exc:
@@ -491,6 +568,7 @@ class Journal:
 
     async def record(self, outcome: Outcome) -> None:
         """Buffer an outcome; written with the next batch."""
+        self._rows_buffered += 1
         self._buffer.append(
             (
                 _outcome_key(outcome),
@@ -513,36 +591,30 @@ class Journal:
         await self._flush_when_due()
 
     async def record_added(self, added: BulkAdded) -> None:
-        """Buffer the outcomes of the contacts an activity added (the rows `record` makes
-        of each one's `Outcome`, from the parts they share)."""
-        targets = _json_ids(added.targets)
-        run = self.run
-        self._buffer += [
-            (
-                email,
-                email,
-                "bulk_added",
-                "",
-                targets,
-                _json_rows(rows),
-                "bulk",
-                min(rows),
-                run,
-                targets,
-                None,
-                "",
-                0,
-            )
-            for email, rows in zip(added.emails, added.rows, strict=True)
-        ]
+        """Buffer the outcomes of the contacts an activity added: the rows `record` would
+        make of each one's `Outcome`, written together (`_ADDED_SQL`)."""
+        if not self._added_buffered:
+            self._added_since = time.monotonic()
+        self._buffer.append(_Added(_json_ids(added.targets), self.run, added.emails, added.rows))
+        self._added_buffered += len(added.emails)
         await self._flush_when_due()
 
+    def _due(self) -> bool:
+        """Whether the buffer is to be written now: a batch of outcomes, or `interval`
+        since the last write (bulk outcomes alone: `bulk_batch`, `bulk_interval`)."""
+        now = time.monotonic()
+        rows = self._rows_buffered
+        added = self._added_buffered
+        return bool(
+            (rows and (rows >= self._batch or now - self._last_write >= self._interval))
+            or (
+                added
+                and (added >= self._bulk_batch or now - self._added_since >= self._bulk_interval)
+            )
+        )
+
     async def _flush_when_due(self) -> None:
-        """`flush` once a batch is buffered or `interval` has passed since the last write."""
-        if (
-            len(self._buffer) >= self._batch
-            or time.monotonic() - self._last_write >= self._interval
-        ):
+        if self._due():
             await self.flush()
 
     async def flush(self) -> None:
@@ -550,6 +622,7 @@ class Journal:
         if not self._buffer or self._db is None:
             return
         rows, self._buffer = self._buffer, []
+        self._rows_buffered = self._added_buffered = 0
         self._last_write = time.monotonic()
         # Shielded: the rows are out of the buffer, so a cancellation while waiting for the
         # worker thread would lose them, and the report (written from the journal) with them.
@@ -565,16 +638,39 @@ class Journal:
         """
         while True:
             await anyio.sleep(self._interval)
-            await self.flush()
+            await self._flush_when_due()
 
-    def _write_outcomes(self, rows: list[tuple[Any, ...]]) -> None:
+    def _write_outcomes(self, items: list[tuple[Any, ...] | _Added]) -> None:
+        """Write buffered outcomes in one transaction, in the order they came (a later
+        outcome of an email replaces an earlier one)."""
         db = self._conn()
+        count = 0
         with db:
             db.execute("BEGIN")
-            marks = ",".join("?" * 13)
-            db.executemany(f"INSERT OR REPLACE INTO outcomes VALUES ({marks})", rows)
+            rows: list[tuple[Any, ...]] = []
+            for item in items:
+                if not isinstance(item, _Added):
+                    rows.append(item)
+                    continue
+                if rows:
+                    db.executemany(_OUTCOME_SQL, rows)
+                    count += len(rows)
+                    rows = []
+                count += len(item.emails)
+                if self._json_each:
+                    try:
+                        params = {"targets": item.targets, "run": item.run}
+                        db.execute(_ADDED_SQL, {**params, "contacts": item.payload()})
+                        continue
+                    except sqlite3.OperationalError as exc:  # an SQLite without json_each
+                        if "json" not in str(exc):
+                            raise
+                        self._json_each = False
+                db.executemany(_OUTCOME_SQL, _added_rows(item))
+            db.executemany(_OUTCOME_SQL, rows)
+            count += len(rows)
         # About 20 outcomes a page, in the table and each of its two indexes.
-        self._checkpoint_sync(3 + len(rows) // 7)
+        self._checkpoint_sync(3 + count // 7)
 
     async def outcomes_of(self, emails: Sequence[str]) -> tuple[set[str], set[str]]:
         """Of `emails`: those with an outcome that holds, and those that failed earlier for a

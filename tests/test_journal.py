@@ -1,4 +1,5 @@
-"""The journal's intents: a write is sent only once its intent is committed."""
+"""The journal: a write is sent only once its intent is committed; outcomes are stored as
+written, in the order they came, and written within their bounds of count and time."""
 
 from __future__ import annotations
 
@@ -182,3 +183,119 @@ async def test_the_wal_is_checkpointed_while_intents_commit_on_the_event_loop(
         assert db.execute("SELECT COUNT(*) FROM intents").fetchone() == (6000,)
         assert db.execute("SELECT COUNT(*) FROM outcomes").fetchone() == (6000,)
     db.close()
+
+
+def _outcome_rows(path: Path) -> list[tuple[object, ...]]:
+    """The outcomes table as stored, in key order (read by a connection of its own)."""
+    with sqlite3.connect(path) as db:
+        rows = db.execute("SELECT * FROM outcomes ORDER BY key").fetchall()
+    db.close()
+    return rows
+
+
+@pytest.mark.parametrize("json_each", [True, False], ids=["sqlite-json", "no-sqlite-json"])
+async def test_an_activitys_outcomes_are_stored_as_record_stores_each_of_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, json_each: bool
+) -> None:
+    """The contacts of a `BulkAdded`, written in one statement (or row by row where SQLite
+    has no JSON functions), are stored exactly as `record` stores each one's `Outcome`:
+    emails with quotes, backslashes and accents, several rows, odd list ids."""
+    from engine.pipeline.models import BulkAdded
+
+    if not json_each:  # the statement fails as it would without json_each
+        monkeypatch.setattr("engine.journal._ADDED_SQL", "SELECT * FROM json_each_missing(?)")
+    added = BulkAdded(
+        ['o"brien@example.com', "back\\slash@example.com", "zoë@example.com", "d@example.com"],
+        [(2,), (3, 9, 11), (4,), (12,)],
+        ("A", 'q"x'),
+    )
+    identity = journal_identity("digest", ["A"], {})
+    together = await Journal.open(tmp_path / "together.sqlite", identity=identity)
+    await together.record_added(added)
+    await together.aclose()
+    each = await Journal.open(tmp_path / "each.sqlite", identity=identity)
+    for outcome in added.outcomes():
+        await each.record(outcome)
+    await each.aclose()
+    stored = _outcome_rows(tmp_path / "together.sqlite")
+    assert len(stored) == 4
+    assert stored == _outcome_rows(tmp_path / "each.sqlite")
+
+
+async def test_a_later_outcome_of_an_email_replaces_an_earlier_one_in_the_same_write(
+    tmp_path: Path,
+) -> None:
+    """Outcomes buffered together are written in the order they came: an activity's, then a
+    contact's own, then another activity's; the last of each email stands."""
+    from engine.pipeline.models import BulkAdded, Outcome
+
+    journal = await Journal.open(
+        tmp_path / "j.sqlite", identity=journal_identity("digest", ["A"], {})
+    )
+    await journal.record_added(BulkAdded(["a@example.com", "b@example.com"], [(2,), (3,)], ("A",)))
+    await journal.record(
+        Outcome("a@example.com", "updated", (2, 5), "", ("A",), "contact", ("A",), ("B",))
+    )
+    await journal.record_added(BulkAdded(["b@example.com"], [(3, 6)], ("A",)))
+    await journal.flush()
+    read = await anyio.to_thread.run_sync(lambda: list(journal.iter_outcomes()))
+    await journal.aclose()
+    assert [(o.email, o.kind, o.rows) for o in read] == [
+        ("a@example.com", "updated", (2, 5)),
+        ("b@example.com", "bulk_added", (3, 6)),
+    ]
+
+
+async def test_bulk_outcomes_alone_wait_for_a_large_write_and_a_contacts_own_does_not(
+    tmp_path: Path,
+) -> None:
+    """`bulk_added` outcomes are written once `bulk_batch` of them wait (or `bulk_interval`
+    has passed); a contact's own outcome within `interval`, with the bulk ones before it."""
+    from engine.pipeline.models import BulkAdded, Outcome
+
+    path = tmp_path / "j.sqlite"
+    identity = journal_identity("digest", ["A"], {})
+    journal = await Journal.open(
+        path, identity=identity, interval=0.0, bulk_batch=5, bulk_interval=3600.0
+    )
+    emails = [f"c{i}@example.com" for i in range(6)]
+    await journal.record_added(BulkAdded(emails[:3], [(2,), (3,), (4,)], ("A",)))
+    assert _outcome_rows(path) == []  # 3 of 5: waiting
+    await journal.record_added(BulkAdded(emails[3:5], [(5,), (6,)], ("A",)))
+    assert len(_outcome_rows(path)) == 5
+    await journal.record_added(BulkAdded(emails[5:], [(7,)], ("A",)))
+    assert len(_outcome_rows(path)) == 5
+    await journal.record(Outcome("own@example.com", "created", (8,), "", ("A",), "contact"))
+    assert len(_outcome_rows(path)) == 7  # `interval` is 0 here: written at once
+    await journal.aclose()
+
+
+async def test_bulk_outcomes_alone_are_written_once_bulk_interval_has_passed(
+    tmp_path: Path,
+) -> None:
+    """With fewer than `bulk_batch` waiting and nothing else arriving, the periodic flush
+    writes them once the oldest has waited `bulk_interval`, not before."""
+    from engine.pipeline.models import BulkAdded
+
+    path = tmp_path / "j.sqlite"
+    journal = await Journal.open(
+        path,
+        identity=journal_identity("digest", ["A"], {}),
+        interval=0.01,
+        bulk_batch=1000,
+        bulk_interval=0.3,
+    )
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(journal.flush_periodically)
+        started = anyio.current_time()
+        await journal.record_added(BulkAdded(["a@example.com"], [(2,)], ("A",)))
+        await anyio.sleep(0.1)
+        assert _outcome_rows(path) == []  # the periodic flush ran, and left it waiting
+        for _ in range(250):  # 5 s at most
+            if _outcome_rows(path):
+                break
+            await anyio.sleep(0.02)
+        assert len(_outcome_rows(path)) == 1
+        assert anyio.current_time() - started >= 0.3
+        tg.cancel_scope.cancel()
+    await journal.aclose()

@@ -14,6 +14,7 @@ import anyio
 import anyio.to_thread
 from anyio.streams.memory import MemoryObjectReceiveStream
 
+from engine.crashpoints import crash_point
 from engine.errors import OutputError
 from engine.journal import Intent, Journal
 from engine.pipeline.models import REACTIVATED, BulkAdded, Outcome, Recorded, join_notes
@@ -277,6 +278,7 @@ async def record_outcomes(
         stage.done += len(added.emails)
         if journal is not None:
             await journal.record_added(added)
+            crash_point("bulk-recorded")
         await writer.write_added(added)
         for email in added.emails:
             on_done(email)

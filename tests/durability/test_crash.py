@@ -93,6 +93,9 @@ CRASHES = [
     _point("activity-complete:1"),
     _point("activity-complete:2"),
     _point("activity-complete:4"),
+    # An activity's outcomes buffered, not yet written: the resumed run settles it again.
+    _point("bulk-recorded:1"),
+    _point("bulk-recorded:3"),
     # Killed again while resuming: a resumed run is as crash-safe as a first one.
     _point("put:40", "activity-journaled:2"),
     _point("put:100", "activity-complete:1"),
@@ -332,3 +335,32 @@ def test_a_kill_loses_only_outcomes_in_flight(scenario: Scenario, tmp_path: Path
     assert (
         f"audit: {len(scenario.targets) - len(scenario.opted_out)} contacts re-read" in audit.stdout
     )
+
+
+@pytest.mark.timeout(240)
+def test_an_activitys_outcomes_killed_in_the_buffer_are_settled_again(
+    scenario: Scenario, baseline: dict[str, int], tmp_path: Path
+) -> None:
+    """Killed once an activity's outcomes are buffered, not yet written: the journal holds
+    none of them, and the resumed run settles that activity again instead of sending its
+    contacts once more; every row is reported once and the account is right."""
+    report = tmp_path / "report.jsonl"
+    journal = tmp_path / "report.journal.sqlite"
+    with simulator_process(tmp_path / "sim", scenario.seed, *SIM_FAST) as sim:
+        args = scenario.migrate_args(sim, report)
+        assert run_engine(args, crash_at="bulk-recorded:1").killed
+        db = sqlite3.connect(journal)
+        try:
+            (bulk,) = db.execute("SELECT COUNT(*) FROM outcomes WHERE path = 'bulk'")
+            (activities,) = db.execute("SELECT COUNT(*) FROM activities")
+        finally:
+            db.close()
+        final = run_engine(args)
+        writes = sim.writes()
+        after = sim.stop()
+    assert bulk == (0,)
+    assert activities[0] >= 1
+    assert final.returncode == 1, final.output
+    check_migration(scenario, after, report)
+    assert journal_outcomes(journal) == len(read_report(report))
+    assert writes <= baseline[""] + EXTRA_WRITES_PER_KILL
