@@ -577,9 +577,14 @@ class AccountStore:
         if email is not None:
             found = self.contact_by_email(email)
             candidates = [] if found is None else [found]
-        elif (changed := self._updated.after((ranges or {}).get("updated_after"))) is not None:
-            # The contacts written since: a read-back of an import's few thousand among a
-            # million members, without a scan of all of them for every read.
+        elif (
+            changed := self._updated.after(
+                (ranges or {}).get("updated_after"), (ranges or {}).get("updated_before")
+            )
+        ) is not None:
+            # The contacts written within the range: a read-back of an import's few
+            # thousand among a million members, without a scan of all of them for every
+            # read, nor of every contact written since (the imports that ran after it).
             candidates = [self._contacts[i] for i in changed]
             if lists:
                 on = set(lists)
@@ -1761,11 +1766,15 @@ class _UpdateIndex:
         self._times = array("d", (t for t, _ in latest))
         self._ids = [i for _, i in latest]
 
-    def after(self, bound: float | None) -> list[str] | None:
-        """The ids of the contacts stamped after `bound` at some point (None: not known)."""
+    def after(self, bound: float | None, until: float | None = None) -> list[str] | None:
+        """The ids of the contacts stamped after `bound` (and, with `until`, not after it) at
+        some point (None: not known). A contact stamped again later is left out by `until`:
+        its stamp now is past it, and the search's range test would drop it anyway."""
         if bound is None or not self.ordered:
             return None
-        return list(dict.fromkeys(self._ids[bisect.bisect_right(self._times, bound) :]))
+        start = bisect.bisect_right(self._times, bound)
+        end = len(self._times) if until is None else bisect.bisect_right(self._times, until)
+        return list(dict.fromkeys(self._ids[start:end]))
 
 
 _RANGE_TIMES = {"updated": "updated_at", "created": "created_at", "optout": "opt_out_date"}

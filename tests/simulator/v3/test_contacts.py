@@ -365,13 +365,17 @@ def test_paging_a_list_gives_each_member_once_and_checks_each_row_as_it_is_now()
     assert seen == [i for i in ids if i != gone.id]
 
 
-def _changed_since(store: AccountStore, bound: float, lists: list[str] | None = None) -> set[str]:
-    """The emails an `updated_after` search of `bound` finds (every status, every page)."""
+def _changed_since(
+    store: AccountStore, bound: float, lists: list[str] | None = None, until: float | None = None
+) -> set[str]:
+    """The emails an `updated_after` search of `bound` (and `updated_before` of `until`)
+    finds (every status, every page)."""
     seen: set[str] = set()
     after = None
+    ranges = {"updated_after": bound} | ({} if until is None else {"updated_before": until})
     while True:
         page = store.search_contacts(
-            statuses=["all"], lists=lists or [], ranges={"updated_after": bound}, after=after
+            statuses=["all"], lists=lists or [], ranges=ranges, after=after
         )
         seen |= {c.email or "" for c in page.contacts}
         if page.next_key is None:
@@ -413,6 +417,43 @@ def test_updated_after_finds_what_each_kind_of_write_stamped() -> None:
         "gone@example.com",
     }
     assert _changed_since(store, clock() + 1) == set()
+
+
+def test_an_updated_range_finds_the_contacts_stamped_within_it_and_as_they_are_now() -> None:
+    """`updated_after` with `updated_before` finds the contacts whose stamp is within the
+    range (bounds excluded): not those stamped after it, nor one stamped within it and
+    again after it; the same as a scan of every contact finds."""
+    clock = FakeClock()
+    start = clock()
+    store = AccountStore(clock=clock)
+    news = store.add_list("News")
+    for n in range(3):
+        clock.advance(10)
+        store.add_contact(f"c{n}@example.com")  # stamped at start + 10, 20, 30
+    again = store.add_contact("again@example.com")  # at start + 30
+    clock.advance(10)
+    store.add_contact("late@example.com")  # at start + 40
+    assert _changed_since(store, start + 10, until=start + 40) == {
+        "c1@example.com",
+        "c2@example.com",
+        "again@example.com",
+    }
+    clock.advance(10)  # start + 50: stamped again, after the range
+    store.update_contact(
+        again,
+        {
+            "update_source": "Account",
+            "email_address": {"address": "again@example.com"},
+            "list_memberships": [news],
+        },
+    )
+    within = {"c1@example.com", "c2@example.com"}
+    assert _changed_since(store, start + 10, until=start + 40) == within
+    scanned = AccountStore.from_json(store.to_json(), clock=clock)
+    clock.now = start  # a stamp before the last turns the index off: every contact scanned
+    scanned.add_contact("back@example.com")
+    assert _changed_since(scanned, start + 10, until=start + 40) == within
+    assert _changed_since(store, start + 10) == within | {"late@example.com", "again@example.com"}
 
 
 def test_updated_after_searches_survive_a_clock_set_back_and_a_reload() -> None:
