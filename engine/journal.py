@@ -217,19 +217,22 @@ def _json_rows(rows: Sequence[int]) -> str:
 
 @dataclass(frozen=True, slots=True)
 class _Added:
-    """The `bulk_added` outcomes of one `BulkAdded`, buffered as they came: written by one
-    statement (`_ADDED_SQL`), not a row each."""
+    """The `bulk_added` outcomes of one `BulkAdded` of run `run`, buffered as they came:
+    written by one statement (`_ADDED_SQL`), not a row each."""
 
-    targets: str  # their JSON array
+    added: BulkAdded
     run: int
-    emails: Sequence[str]
-    rows: Sequence[Sequence[int]]
 
     def payload(self) -> str:
         """`[[email, [rows], first row], …]` as JSON text (a blob would not be read as JSON
         by SQLite before 3.45), for `_ADDED_SQL`."""
-        contacts = [[e, rows, min(rows)] for e, rows in zip(self.emails, self.rows, strict=True)]
-        return fastjson.dumps(contacts).decode()
+        pairs = zip(self.added.emails, self.added.rows, strict=True)
+        return fastjson.dumps([[e, rows, min(rows)] for e, rows in pairs]).decode()
+
+    def rows(self) -> Iterator[tuple[Any, ...]]:
+        """The rows `_ADDED_SQL` writes, made in Python as `record` makes each one's (an
+        SQLite without JSON functions)."""
+        return (_outcome_row(outcome, self.run) for outcome in self.added.outcomes())
 
 
 _OUTCOME_SQL = f"INSERT OR REPLACE INTO outcomes VALUES ({','.join('?' * 13)})"
@@ -249,14 +252,25 @@ FROM json_each(:contacts)
 """
 
 
-def _added_rows(added: _Added) -> Iterator[tuple[Any, ...]]:
-    """The rows `_ADDED_SQL` writes, made in Python (an SQLite without JSON functions)."""
-    targets, run = added.targets, added.run
-    for email, rows in zip(added.emails, added.rows, strict=True):
-        yield (
-            email, email, "bulk_added", "", targets, _json_rows(rows), "bulk", min(rows), run,
-            targets, None, "", 0,
-        )  # fmt: skip
+def _outcome_row(outcome: Outcome, run: int) -> tuple[Any, ...]:
+    """The outcomes table's row of `outcome`, recorded by run `run`."""
+    return (
+        _outcome_key(outcome),
+        outcome.email,
+        outcome.kind,
+        outcome.reason,
+        _json_ids(tuple(outcome.lists_added)),
+        _json_rows(outcome.rows),
+        outcome.path,
+        min(outcome.rows) if outcome.rows else 0,
+        run,
+        # Kept so that a resumed run's report (written from here) still lets the audit check
+        # targets and lists before for rows done by an earlier run.
+        _json_ids(tuple(outcome.targets)),
+        None if outcome.lists_before is None else _json_ids(tuple(outcome.lists_before)),
+        outcome.note,
+        int(outcome.retryable),
+    )
 
 
 def _outcome_key(outcome: Outcome) -> str:
@@ -569,25 +583,7 @@ class Journal:
     async def record(self, outcome: Outcome) -> None:
         """Buffer an outcome; written with the next batch."""
         self._rows_buffered += 1
-        self._buffer.append(
-            (
-                _outcome_key(outcome),
-                outcome.email,
-                outcome.kind,
-                outcome.reason,
-                _json_ids(tuple(outcome.lists_added)),
-                _json_rows(outcome.rows),
-                outcome.path,
-                min(outcome.rows) if outcome.rows else 0,
-                self.run,
-                # Kept so that a resumed run's report (written from here) still lets the
-                # audit check targets and lists before for rows done by an earlier run.
-                _json_ids(tuple(outcome.targets)),
-                None if outcome.lists_before is None else _json_ids(tuple(outcome.lists_before)),
-                outcome.note,
-                int(outcome.retryable),
-            )
-        )
+        self._buffer.append(_outcome_row(outcome, self.run))
         await self._flush_when_due()
 
     async def record_added(self, added: BulkAdded) -> None:
@@ -595,7 +591,7 @@ class Journal:
         make of each one's `Outcome`, written together (`_ADDED_SQL`)."""
         if not self._added_buffered:
             self._added_since = time.monotonic()
-        self._buffer.append(_Added(_json_ids(added.targets), self.run, added.emails, added.rows))
+        self._buffer.append(_Added(added, self.run))
         self._added_buffered += len(added.emails)
         await self._flush_when_due()
 
@@ -656,17 +652,20 @@ class Journal:
                     db.executemany(_OUTCOME_SQL, rows)
                     count += len(rows)
                     rows = []
-                count += len(item.emails)
+                count += len(item.added.emails)
                 if self._json_each:
                     try:
-                        params = {"targets": item.targets, "run": item.run}
-                        db.execute(_ADDED_SQL, {**params, "contacts": item.payload()})
+                        targets = _json_ids(item.added.targets)
+                        contacts = item.payload()
+                        db.execute(
+                            _ADDED_SQL, {"targets": targets, "run": item.run, "contacts": contacts}
+                        )
                         continue
                     except sqlite3.OperationalError as exc:  # an SQLite without json_each
                         if "json" not in str(exc):
                             raise
                         self._json_each = False
-                db.executemany(_OUTCOME_SQL, _added_rows(item))
+                db.executemany(_OUTCOME_SQL, item.rows())
             db.executemany(_OUTCOME_SQL, rows)
             count += len(rows)
         # About 20 outcomes a page, in the table and each of its two indexes.

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import functools
 import ssl
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -150,9 +151,7 @@ async def test_a_burst_pool_carries_its_owners_requests_and_closes_its_connectio
     url, ca_file, received = server
     owner, other = object(), object()
 
-    def opener() -> aiohttp.ClientSession:
-        return open_session(ca_file=ca_file, timeout=30, headers={})
-
+    opener = functools.partial(open_session, ca_file=ca_file, timeout=30, headers={})
     async with opener() as main:
         assert await _post(main, url, ca_file, b"main", None) == 201
         main_port = received.ports[-1]
@@ -186,9 +185,7 @@ async def test_a_burst_pool_is_closed_when_its_body_fails(
     url, ca_file, received = server
     owner = object()
 
-    def opener() -> aiohttp.ClientSession:
-        return open_session(ca_file=ca_file, timeout=30, headers={})
-
+    opener = functools.partial(open_session, ca_file=ca_file, timeout=30, headers={})
     bursts: list[aiohttp.ClientSession] = []
 
     async def fail_inside(main: aiohttp.ClientSession) -> None:
