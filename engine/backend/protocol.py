@@ -395,7 +395,9 @@ class UntouchableIndex(Protocol):
     every contact of the batch."""
 
     async def untouchable_contacts(self) -> dict[str, ContactStatus]:
-        """Email (lower-cased) -> status (`deleted` or `opted_out`), read now."""
+        """Email (lower-cased) -> status (`deleted` or `opted_out`): every contact of the
+        account in those statuses now (v3 reads only what changed since its last read, and
+        keeps one that left them: left out, never written)."""
         ...
 
 

@@ -16,6 +16,7 @@ import logging
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import AbstractAsyncContextManager
+from email.utils import parsedate_to_datetime
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
@@ -204,9 +205,24 @@ class V3Client:
         self._closed = False
         self.requests_sent = 0
         self.retries = 0
+        #: The `Date` of the newest answer: the server's clock (`server_time`).
+        self._date: str | None = None
 
     def __repr__(self) -> str:
         return f"<V3Client at {self.base_url}>"
+
+    def server_time(self) -> float | None:
+        """The server's time when it sent the newest answer so far (epoch seconds, from its
+        `Date` header, whole seconds): a time that has passed on the server's clock, for
+        reads of what changed since. None before the first answer, or when it gave no
+        readable `Date`."""
+        if self._date is None:
+            return None
+        try:
+            moment = parsedate_to_datetime(self._date)
+        except (TypeError, ValueError):
+            return None
+        return moment.timestamp() if moment.tzinfo is not None else None
 
     @property
     def host(self) -> str:
@@ -286,6 +302,7 @@ class V3Client:
         async def one(number: int) -> Any:
             # A retry waits for its own turn (the first may have taken it already).
             answer = await self._authorized(session, method, target, body, prepaid and number == 1)
+            self._date = answer.headers.get("Date", self._date)
             if answer.status not in expect:
                 error = classify(
                     answer.status,

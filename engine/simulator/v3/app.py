@@ -30,6 +30,7 @@ import math
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
+from email.utils import formatdate
 from html import escape as html_escape
 from typing import Any
 from urllib.parse import urlencode
@@ -797,6 +798,12 @@ def _route_label(request: web.Request, labels: Mapping[str, str]) -> str:
     return f"{request.method} {pattern}"
 
 
+async def _dated(request: web.Request, response: web.StreamResponse) -> None:
+    """Every answer's `Date` is the store's clock (aiohttp's would be the machine's): the
+    time a client reads off an answer is the time the account stamps its changes with."""
+    response.headers["Date"] = formatdate(request.app[STORE_KEY].clock(), usegmt=True)
+
+
 @web.middleware
 async def stats_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Count every answer outside `/_sim/` by route and status."""
@@ -1100,6 +1107,7 @@ def create_app(config: SimulatorConfig, store: AccountStore | None = None) -> we
     app[CONFIG_KEY] = config
     app[STATE_KEY] = state
     app.cleanup_ctx.append(_run_activities)
+    app.on_response_prepare.append(_dated)
     for method, path, handler, label, endpoint in _ROUTES:
         route = app.router.add_route(method, path, handler)
         if route.resource is not None:

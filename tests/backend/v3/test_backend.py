@@ -542,6 +542,66 @@ async def test_a_deleted_contact_is_skipped_and_never_revived(
         assert report.outcomes["bulk_added"] == 30
 
 
+def _unsubscribe(sim: RunningSimulator, contact_id: str, email: str) -> None:
+    body = {
+        "email_address": {"address": email, "permission_to_send": "unsubscribed"},
+        "update_source": "Contact",
+    }
+    sim.store.update_contact(contact_id, body)
+
+
+async def test_the_untouchable_contacts_are_read_whole_once_then_only_what_changed(
+    sim: RunningSimulator, open_backend: BackendOpener, clock: FakeClock
+) -> None:
+    """The deleted and unsubscribed contacts are read whole once (three pages), then only
+    those changed since that read (one page): a contact unsubscribed and one deleted
+    meanwhile are found, the earlier ones kept, an active one never listed."""
+    for n in range(1100):
+        sim.store.add_contact(f"out{n:04d}@example.com", permission="unsubscribed")
+    sim.store.add_contact("gone@example.com", deleted=True)
+    later = sim.store.add_contact("later@example.com")
+    doomed = sim.store.add_contact("doomed@example.com")
+    sim.store.add_contact("stays@example.com")
+    clock.advance(3600)
+    async with open_backend(sim) as backend:
+        await backend.verify()  # an answer: the server's time
+        sent = backend.stats().requests
+        first = await backend.untouchable_contacts()
+        assert backend.stats().requests - sent == 3
+        assert len(first) == 1101
+        assert first["gone@example.com"] == "deleted"
+        assert first["out0000@example.com"] == "opted_out"
+
+        clock.advance(60)
+        _unsubscribe(sim, later, "later@example.com")
+        sim.store.delete_contact(doomed)
+        sent = backend.stats().requests
+        second = await backend.untouchable_contacts()
+        assert backend.stats().requests - sent == 1
+        assert second == first | {
+            "later@example.com": "opted_out",
+            "doomed@example.com": "deleted",
+        }
+        assert "stays@example.com" not in second
+
+
+async def test_the_untouchable_contacts_are_read_whole_each_time_without_the_servers_time(
+    sim: RunningSimulator, open_backend: BackendOpener, clock: FakeClock
+) -> None:
+    """When the server gives no time, every read of the deleted and unsubscribed contacts is
+    whole (never "nothing changed" on a guess)."""
+    for n in range(600):
+        sim.store.add_contact(f"out{n:04d}@example.com", permission="unsubscribed")
+    clock.advance(3600)
+    async with open_backend(sim) as backend:
+        backend.client.server_time = lambda: None  # type: ignore[method-assign]
+        await backend.verify()
+        sent = backend.stats().requests
+        assert len(await backend.untouchable_contacts()) == 600
+        assert len(await backend.untouchable_contacts()) == 600
+        assert backend.stats().requests - sent == 4
+
+
 def test_two_reads_have_one_version_only_when_the_documents_are_the_same() -> None:
     """A read's version equals another's when the contact is the same, key order aside, and
     differs after any change: a list, a permission, a field."""

@@ -59,6 +59,26 @@ async def test_throttled_is_retried_and_told_to_the_governor(
     assert client.governor.stats().throttles == 1
 
 
+async def test_the_servers_time_is_the_date_of_its_newest_answer(
+    client: V3Client, m: aioresponses
+) -> None:
+    """`server_time` is None before an answer, then the newest answer's `Date`; an answer
+    without one keeps the last, one that cannot be read gives None."""
+    assert client.server_time() is None
+    m.get(LISTS, payload={"lists": []}, headers={"Date": "Tue, 10 Mar 2026 12:00:00 GMT"})
+    m.get(LISTS, payload={"lists": []}, headers={"Date": "Tue, 10 Mar 2026 12:00:07 GMT"})
+    m.get(LISTS, payload={"lists": []})
+    m.get(LISTS, payload={"lists": []}, headers={"Date": "not a date"})
+    await client.send("GET", client.url("contact_lists"))
+    assert client.server_time() == 1_773_144_000.0
+    await client.send("GET", client.url("contact_lists"))
+    assert client.server_time() == 1_773_144_007.0
+    await client.send("GET", client.url("contact_lists"))
+    assert client.server_time() == 1_773_144_007.0
+    await client.send("GET", client.url("contact_lists"))
+    assert client.server_time() is None
+
+
 async def test_quota_exceeded_stops_without_retry(client: V3Client, m: aioresponses) -> None:
     """A 429 `quota_exceeded` raises QuotaExhaustedError at once."""
     spent = {"error_key": "quota_exceeded", "error_message": "Limit Exceeded"}
