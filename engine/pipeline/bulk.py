@@ -36,6 +36,7 @@ import time
 from collections.abc import Awaitable, Callable, Collection, Iterable, Iterator, Sequence
 from contextlib import aclosing
 from itertools import chain
+from typing import Any, TypeVar
 
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
@@ -174,6 +175,33 @@ def _settled(
             yield Outcome(email, kind, tuple(lines), reason, (), "bulk", targets)
     if emails:
         yield BulkAdded(emails, rows, targets, anyio.Event())
+
+
+A = TypeVar("A")
+B = TypeVar("B")
+
+
+async def _both(
+    first: Callable[[], Awaitable[A]], second: Callable[[], Awaitable[B]]
+) -> tuple[A, B]:
+    """`first()` and `second()` at once. An error of either cancels the other and is raised
+    as itself, not in an exception group (the callers tell errors apart by their class)."""
+    results: list[Any] = [None, None]
+    errors: list[Exception] = []
+
+    async def run(index: int, call: Callable[[], Awaitable[Any]]) -> None:
+        try:
+            results[index] = await call()
+        except Exception as exc:
+            errors.append(exc)
+            tg.cancel_scope.cancel()
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(run, 0, first)
+        tg.start_soon(run, 1, second)
+    if errors:
+        raise errors[0]
+    return results[0], results[1]
 
 
 class Stopping(Exception):
@@ -475,9 +503,16 @@ class BulkPath:
         verdict = "unchecked"
         # Only a completed activity proves anything: one that failed applied nothing, so
         # its contacts lack the targets without having lost a list.
+        results: list[list[BulkResult] | None] | None = None
         if before is not None:
             if all(a.state == "complete" for a in finished):
-                lost, checked = await self._check(before, targets)
+                # The probed contacts are read again while the activity's are settled (on
+                # v3 a read of their list): two round trips at once. Settling writes
+                # nothing, and when a list was lost its results are not used.
+                (lost, checked), results = await _both(
+                    lambda: self._check(before, targets),
+                    lambda: self._results(finished, activities, targets),
+                )
                 if lost:
                     repaired = await self._switch_off(lost, before, batch.contacts, targets)
                     return repaired, "failed"
@@ -488,16 +523,33 @@ class BulkPath:
                     verdict = "inconclusive (no probed contact could be read back)"
             else:
                 verdict = "inconclusive (its activity did not complete)"
-        return await self._settle(finished, activities, targets), verdict
+        return await self._settle(finished, activities, targets, results), verdict
+
+    async def _results(
+        self,
+        finished: list[BulkActivity],
+        activities: list[tuple[BulkActivity, Batch]],
+        targets: tuple[str, ...],
+    ) -> list[list[BulkResult] | None]:
+        """What the backend says of each completed activity's contacts (None for another)."""
+        return [
+            await self.backend.settle(activity, group.emails(), targets)
+            if activity.state == "complete"
+            else None
+            for activity, (_, group) in zip(finished, activities, strict=True)
+        ]
 
     async def _settle(
         self,
         finished: list[BulkActivity],
         activities: list[tuple[BulkActivity, Batch]],
         targets: tuple[str, ...],
+        results: list[list[BulkResult] | None] | None = None,
     ) -> Iterable[Recorded]:
+        """The outcomes of finished activities' contacts; those an activity cannot vouch for
+        go contact by contact. `results`: the backend's, already read (`_results`)."""
         outcomes: list[Iterable[Recorded]] = []
-        for activity, (_, group) in zip(finished, activities, strict=True):
+        for index, (activity, (_, group)) in enumerate(zip(finished, activities, strict=True)):
             if activity.state != "complete":
                 # One that ended part way may have added some: found on their targets, they
                 # are `bulk_added`, not `unchanged`.
@@ -507,7 +559,8 @@ class BulkPath:
                     maybe_applied=activity.partial,
                 )
                 continue
-            settled, unknown = await self._outcomes(activity, group, targets)
+            read = None if results is None else results[index]
+            settled, unknown = await self._outcomes(activity, group, targets, read)
             outcomes.append(settled)
             if unknown:
                 await self._fall_back(
@@ -721,13 +774,18 @@ class BulkPath:
             raise Stopping  # the journal knows the activity: a resumed run polls it
 
     async def _outcomes(
-        self, activity: BulkActivity, group: Batch, targets: tuple[str, ...]
+        self,
+        activity: BulkActivity,
+        group: Batch,
+        targets: tuple[str, ...],
+        results: list[BulkResult] | None = None,
     ) -> tuple[Iterator[Recorded], set[str]]:
         """The outcomes of a completed activity's contacts, as the backend settles them (made
         one at a time as they are read), and the emails it cannot vouch for (they go
         contact by contact). Read from the group's emails and rows only: its fields are not
-        unpacked."""
-        results = await self.backend.settle(activity, group.emails(), targets)
+        unpacked. `results`: the backend's, when they were read already."""
+        if results is None:
+            results = await self.backend.settle(activity, group.emails(), targets)
         unknown = {r.email for r in results if r.kind == "unknown"}
         return _settled(group, results, targets), unknown
 

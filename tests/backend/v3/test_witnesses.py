@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
+from typing import Any
 
 import anyio
 
@@ -153,3 +154,40 @@ async def test_the_probe_sends_over_a_pool_of_its_own_closed_when_it_ends(
         kept = sim.store.contact_by_email(f"c{n:03d}@example.com")
         assert kept is not None
         assert kept.lists == [old, news]
+
+
+async def test_the_probed_contacts_are_read_again_while_the_probe_is_read_back(
+    sim: RunningSimulator, open_backend: BackendOpener
+) -> None:
+    """After the probe's activity, the reads of its witnesses and the read-back of its
+    contacts go at once: here each read waits until the read-back has begun (one after the
+    other, the probe would never finish), and the verdict and outcomes are as before."""
+    old = sim.store.add_list("Old")
+    sim.store.add_list("News")
+    for n in range(10):
+        sim.store.add_contact(f"c{n:03d}@example.com", lists=[old])
+    source = [{"email": f"c{n:03d}@example.com"} for n in range(60)]
+    async with open_backend(sim) as backend:
+        reading_back = anyio.Event()
+        read, settle = backend.read, backend.settle
+
+        async def read_when_settling(ref: ContactRef) -> ContactState:
+            await reading_back.wait()
+            return await read(ref)
+
+        async def settling(*args: Any, **kwargs: Any) -> Any:
+            reading_back.set()
+            return await settle(*args, **kwargs)
+
+        backend.read = read_when_settling  # type: ignore[method-assign]
+        backend.settle = settling  # type: ignore[method-assign]
+        with anyio.fail_after(20):
+            report = await migrate(
+                backend, source, lists=["News"], config=dataclasses.replace(CONFIG, probe_size=3)
+            )
+    assert report.outcomes["bulk_added"] == 60
+    assert (report.bulk_enabled, report.activities, report.warnings) == (True, 2, ())
+    for n in range(10):
+        kept = sim.store.contact_by_email(f"c{n:03d}@example.com")
+        assert kept is not None
+        assert old in kept.lists
