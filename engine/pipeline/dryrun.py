@@ -396,7 +396,7 @@ async def plan_migration(
     estimate = _Estimate(backend, config, lookup)
     rows = rejected = 0
 
-    send_rows, receive_rows = anyio.create_memory_object_stream[SourceRow | Rejected](1024)
+    send_rows, receive_rows = anyio.create_memory_object_stream[list[SourceRow | Rejected]](2)
     send_contacts, receive_contacts = anyio.create_memory_object_stream[Contact](1024)
     send_batches, receive_batches = anyio.create_memory_object_stream[Batch](16)
     send_outcomes, receive_outcomes = anyio.create_memory_object_stream[Outcome](1024)
@@ -404,9 +404,9 @@ async def plan_migration(
     async def read() -> None:
         nonlocal rows
         async with send_rows:
-            async for item in reader.rows():
-                rows += len(item.lines) if isinstance(item, SourceRow) else 1
-                await send_rows.send(item)
+            async for chunk in reader.chunks():
+                rows += sum(len(i.lines) if isinstance(i, SourceRow) else 1 for i in chunk)
+                await send_rows.send(chunk)
 
     async def count_contacts() -> None:
         async with receive_contacts:

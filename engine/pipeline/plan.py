@@ -23,7 +23,7 @@ from anyio.streams.memory import MemoryObjectSendStream
 from engine.backend.protocol import ListInfo
 from engine.pipeline.config import MigrationConfig
 from engine.pipeline.models import Batch, Contact, Outcome, Rejected, SourceRow
-from engine.pipeline.streams import batches, send_soon
+from engine.pipeline.streams import send_soon
 
 __all__ = ["Planner", "estimate_bytes"]
 
@@ -118,12 +118,13 @@ class Planner:
 
     async def run(
         self,
-        receive_rows: ObjectReceiveStream[SourceRow | Rejected],
+        receive_rows: ObjectReceiveStream[list[SourceRow | Rejected]],
         send_contacts: ObjectSendStream[Contact],
         send_batches: ObjectSendStream[Batch],
         send_outcomes: ObjectSendStream[Outcome],
     ) -> None:
-        """The stage: consume rows until the input ends and nothing is held back."""
+        """The stage: consume rows (in lists, as the read stage passes them on) until the
+        input ends and nothing is held back."""
         # The release channel closes with the stage: an unclosed memory stream is a
         # ResourceWarning when the planner is collected.
         async with receive_rows, send_contacts, send_batches, send_outcomes:
@@ -133,14 +134,14 @@ class Planner:
 
     async def _consume(
         self,
-        receive_rows: ObjectReceiveStream[SourceRow | Rejected],
+        receive_rows: ObjectReceiveStream[list[SourceRow | Rejected]],
         send_outcomes: ObjectSendStream[Outcome],
     ) -> None:
         async with anyio.create_task_group() as tg:
             tg.start_soon(self._release_loop)
             if self.config.linger > 0:
                 tg.start_soon(self._linger_loop)
-            async for items in batches(receive_rows):
+            async for items in receive_rows:
                 for item in items:
                     if isinstance(item, Rejected):
                         await send_outcomes.send(_rejected(item))

@@ -70,7 +70,7 @@ __all__ = ["MigrationReport", "migrate", "prepare_lists", "snapshot_members"]
 
 log = logging.getLogger("engine")
 
-#: Rows looked up in the journal at once when resuming.
+#: Rows looked up in the journal at once when resuming, and passed on to the planner at once.
 RESUME_CHUNK = 512
 
 
@@ -479,23 +479,25 @@ class _Run:
             eta_by_path=stats.eta(now, rows_done, elapsed),
         )
 
-    async def read(self, send: MemoryObjectSendStream[SourceRow | Rejected]) -> None:
-        """The read stage; with a journal, rows done by an earlier run are left out."""
+    async def read(self, send: MemoryObjectSendStream[list[SourceRow | Rejected]]) -> None:
+        """The read stage, a chunk of rows at a time; with a journal, rows done by an
+        earlier run are left out."""
         async with send:
-            chunk: list[SourceRow | Rejected] = []
-            async for item in self.reader.rows():
-                self.stats.rows_read += len(item.lines) if isinstance(item, SourceRow) else 1
-                chunk.append(item)
-                if len(chunk) >= RESUME_CHUNK:
+            async for rows in self.reader.chunks():
+                for start in range(0, len(rows), RESUME_CHUNK):
+                    chunk = rows[start : start + RESUME_CHUNK]
+                    self.stats.rows_read += sum(
+                        len(item.lines) if isinstance(item, SourceRow) else 1 for item in chunk
+                    )
                     await self._pass_on(chunk, send)
-                    chunk = []
                     crash_point("read")
-                if self.stop.is_set():
-                    return
-            await self._pass_on(chunk, send)
+                    if self.stop.is_set():
+                        return
 
     async def _pass_on(
-        self, chunk: list[SourceRow | Rejected], send: MemoryObjectSendStream[SourceRow | Rejected]
+        self,
+        chunk: list[SourceRow | Rejected],
+        send: MemoryObjectSendStream[list[SourceRow | Rejected]],
     ) -> None:
         done: set[str] = set()
         if self.journal is not None and self.journal.resumed:
@@ -504,16 +506,20 @@ class _Run:
             self.retried_rows += sum(
                 len(i.lines) for i in chunk if isinstance(i, SourceRow) and i.email in again
             )
+        kept: list[SourceRow | Rejected] = []
         for item in chunk:
-            if isinstance(item, SourceRow) and (item.email in done or item.email in self.held):
-                if item.email in done:
-                    self.resumed_rows += len(item.lines)
-                continue
-            if isinstance(item, SourceRow) and item.warnings:
-                # Put on the contact's outcome by the record stage (and taken off there).
-                earlier = self.row_notes.get(item.email, "")
-                self.row_notes[item.email] = join_notes(earlier, *item.warnings)
-            await send_soon(send, item)
+            if isinstance(item, SourceRow):
+                if item.email in done or item.email in self.held:
+                    if item.email in done:
+                        self.resumed_rows += len(item.lines)
+                    continue
+                if item.warnings:
+                    # Put on the contact's outcome by the record stage (and taken off there).
+                    earlier = self.row_notes.get(item.email, "")
+                    self.row_notes[item.email] = join_notes(earlier, *item.warnings)
+            kept.append(item)
+        if kept:
+            await send_soon(send, kept)
 
     async def intend_activity(self, emails: list[str], targets: tuple[str, ...]) -> None:
         """Journal an activity's contacts before it is posted: a run killed after the POST
@@ -551,7 +557,10 @@ class _Run:
         await writer.open()
 
         size = config.queue_size
-        send_rows, receive_rows = anyio.create_memory_object_stream[SourceRow | Rejected](size)
+        # Rows go in chunks (`read`): about as many rows wait as `queue_size`.
+        send_rows, receive_rows = anyio.create_memory_object_stream[list[SourceRow | Rejected]](
+            max(1, size // RESUME_CHUNK)
+        )
         send_contacts, receive_contacts = anyio.create_memory_object_stream[Contact](size)
         # No buffer: a batch of up to 20,000 contacts waits in the planner until a bulk
         # worker is free, rather than in a queue (memory, invariant I6).

@@ -38,7 +38,7 @@ class Harness:
     """A running planner and both ends of its streams."""
 
     planner: Planner
-    rows: MemoryObjectSendStream[SourceRow | Rejected]
+    rows: MemoryObjectSendStream[list[SourceRow | Rejected]]
     contacts: MemoryObjectReceiveStream[Contact]
     batches: MemoryObjectReceiveStream[Batch]
     outcomes: MemoryObjectReceiveStream[Outcome]
@@ -46,9 +46,9 @@ class Harness:
     kept: dict[str, list[Any]] = dataclasses.field(default_factory=dict)
 
     async def send(self, *items: SourceRow | Rejected) -> None:
-        """Feed rows and let the planner take them in."""
+        """Feed rows (one a chunk) and let the planner take them in."""
         for item in items:
-            await self.rows.send(item)
+            await self.rows.send([item])
         await anyio.sleep(0.01)
 
     def keep_the_rest(self) -> None:
@@ -86,7 +86,7 @@ async def planning(config: MigrationConfig, *, record: bool = False) -> AsyncIte
     """Run a planner over unbounded output streams; with `record`, its outcomes go through
     the record stage, which tells the planner when an email is done."""
     planner = Planner(config, LISTS)
-    send_rows, receive_rows = anyio.create_memory_object_stream[SourceRow | Rejected](100)
+    send_rows, receive_rows = anyio.create_memory_object_stream[list[SourceRow | Rejected]](100)
     send_contacts, receive_contacts = anyio.create_memory_object_stream[Contact](math.inf)
     send_batches, receive_batches = anyio.create_memory_object_stream[Batch](math.inf)
     send_outcomes, receive_outcomes = anyio.create_memory_object_stream[Outcome](math.inf)
