@@ -601,3 +601,26 @@ async def test_the_first_pass_counts_what_the_second_pass_reads(tmp_path: Path) 
     assert scan.list_names == {name for row in good for name in row.lists}
     assert scan.list_names == {"Alpha", "Beta", "Gamma"}
     assert scan.duplicates == {hash("a@example.com"): 2}
+
+
+@pytest.mark.parametrize("kind", ["file", "iterable"])
+async def test_chunks_give_the_rows_in_order_at_most_chunk_at_a_time(
+    tmp_path: Path, kind: str
+) -> None:
+    """`chunks` gives what `rows` gives, in order, in lists of at most `CHUNK` rows (2,501
+    rows with a bad email and a duplicate, coalesced from a file, not from an iterable)."""
+    from engine.pipeline.read import CHUNK
+
+    records = [{"email": f"c{n:05d}@example.com", "first_name": f"N{n}"} for n in range(2500)]
+    records[10]["email"] = "not-an-email"
+    records.append({"email": "c00003@example.com", "first_name": "Again"})
+    source: Any = write_jsonl(tmp_path / "s.jsonl", records) if kind == "file" else records
+    reader = SourceReader(source)
+    await reader.scan()
+    chunks = [chunk async for chunk in reader.chunks()]
+    total = 2500 if kind == "file" else 2501
+    assert [len(c) for c in chunks] == [CHUNK, CHUNK, total - 2 * CHUNK]
+    items = [item for chunk in chunks for item in chunk]
+    assert items == await read_all(source)
+    assert len(rejected(items)) == 1
+    assert len({row.email for row in valid(items)}) == 2499
