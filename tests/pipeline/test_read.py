@@ -624,3 +624,64 @@ async def test_chunks_give_the_rows_in_order_at_most_chunk_at_a_time(
     assert items == await read_all(source)
     assert len(rejected(items)) == 1
     assert len({row.email for row in valid(items)}) == 2499
+
+
+_LINES_CASES = {
+    "bom-crlf-no-final-newline": "\ufeffEmail,First Name\r\na@example.com,Ann\r\n"
+    + "".join(f"c{n}@example.com,N{n}\r\n" for n in range(40))
+    + 'q@example.com,"two\nlines"\r\nlast@example.com,Lé',
+    "bare-cr-in-a-field": "email,note\n" + "".join(f"c{n}@example.com,x\ry\n" for n in range(30)),
+}
+
+
+@pytest.mark.parametrize("block", [7, 64, 1 << 20])
+@pytest.mark.parametrize("case", sorted(_LINES_CASES))
+def test_csv_lines_are_the_files_lines_as_decoded_lines_gives_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, case: str, block: int
+) -> None:
+    """`csv_lines`, read in blocks of any size, gives each physical line's text as
+    `decoded_lines` does (a BOM dropped, CRLF, a bare CR and a quoted newline kept, the
+    last line without its newline) and feeds the digest the same bytes."""
+    import hashlib
+
+    from engine.pipeline import read
+
+    monkeypatch.setattr(read, "_BLOCK", block)
+    path = write_text(tmp_path / "s.csv", _LINES_CASES[case])
+    expected_digest, digest = hashlib.sha256(), hashlib.sha256()
+    expected = [text for _, text, _ in read.decoded_lines(path, "utf-8", expected_digest)]
+    errors: dict[int, str] = {}
+    assert list(read.csv_lines(path, "utf-8", digest, errors)) == expected
+    assert digest.hexdigest() == expected_digest.hexdigest()
+    assert errors == {}
+
+
+@pytest.mark.parametrize("block", [16, 1 << 20])
+def test_a_line_that_does_not_decode_has_its_error_and_the_others_their_text(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, block: int
+) -> None:
+    """A line with bytes that are not UTF-8 gets the error `decoded_lines` gives it, under
+    its line number, and its text decoded with replacements; the lines around it (in the
+    same block or not) are read as they are."""
+    from engine.pipeline import read
+
+    monkeypatch.setattr(read, "_BLOCK", block)
+    data = b"email,name\n" + b"".join(b"c%d@example.com,N\n" % n for n in range(6))
+    data += b"bad@example.com,Jos\xe9\n" + b"z@example.com,Z\n"
+    path = write_text(tmp_path / "s.csv", data)
+    reference = list(read.decoded_lines(path, "utf-8"))
+    errors: dict[int, str] = {}
+    assert list(read.csv_lines(path, "utf-8", None, errors)) == [t for _, t, _ in reference]
+    assert errors == {n: e for n, _, e in reference if e}
+    assert list(errors) == [8]
+
+
+def test_csv_lines_of_a_utf16_file_are_its_decoded_lines(tmp_path: Path) -> None:
+    """A UTF-16 file (Excel's "Unicode Text") gives the lines `decoded_lines` gives."""
+    from engine.pipeline import read
+
+    text = "Email\tFirst Name\r\nann@example.com\tAnn\r\nbob@example.com\tBöb\r\n"
+    path = write_text(tmp_path / "s.txt", codecs.BOM_UTF16_LE + text.encode("utf-16-le"))
+    expected = [t for _, t, _ in read.decoded_lines(path, "utf-8")]
+    assert list(read.csv_lines(path, "utf-8")) == expected
+    assert len(expected) == 3
