@@ -330,7 +330,9 @@ class Backend(Protocol):
     ) -> object:
         """One bulk request: each (email, fields) with the fields named in `columns`, in
         this order (the order `settle` is given the emails in). `contacts` is read once,
-        in order (the bulk path decodes them one at a time from a packed batch).
+        in order (the bulk path decodes them one at a time from a packed batch), and is as
+        the reader makes it (the email normalised, each value `field_text`'s): written as
+        it is.
 
         Raises:
             ActivityTooLargeError: over a cap; nothing is sent.

@@ -135,11 +135,13 @@ class Batch:
         self.size = len(contacts)
         self.rows = sum(len(c.rows) for c in contacts)
         # One JSON array a line (JSON text holds no raw line break): read back in slices,
-        # each one call of the decoder, where one document would be decoded whole. Each is
-        # made a `str` at once: orjson's bytes keep a 4 KiB buffer (80 MB for 20,000).
-        self._lines = "\n".join(
-            [fastjson.dumps([c.email, c.rows, c.fields]).decode() for c in contacts]
-        )
+        # each one call of the decoder, where one document would be decoded whole. Encoded
+        # in one call for them all (a call each was a tenth of the planner's time), then cut
+        # where one contact's array ends and the next begins: a contact is `[email, [rows],
+        # {fields}]`, and `}],["` occurs nowhere else (within a JSON string a quote is
+        # always escaped).
+        whole = fastjson.dumps([[c.email, c.rows, c.fields] for c in contacts]).decode()
+        self._lines = whole[1:-1].replace('}],["', '}]\n["')
         # Emails and rows apart, for settling and the journal, which take them three times a
         # batch: a split of one string, where decoding the text took a call per contact.
         # A valid email holds no line break (`normalise_email`).

@@ -51,6 +51,30 @@ def test_a_large_batch_gives_back_every_contact_and_its_journal_form(count: int)
     assert [c.fields for c in batch.contacts] == [c.fields for c in contacts]
 
 
+def test_fields_that_hold_the_cut_between_two_contacts_stay_whole() -> None:
+    """Field values holding what separates two contacts in the packed form (`}],["`, with
+    quotes, backslashes and brackets around it), and contacts without fields: each contact
+    comes back as it went in, one a line."""
+    tricky = ['}],["', '"}],["x', "\\", 'a\\"}],["b', "}]", "[", '{"k":"v"}', "é😀"]
+    contacts = [
+        Contact(
+            f"c{n}@example.com",
+            ("l1",),
+            {} if n % 5 == 0 else {"FirstName": tricky[n % 8], "LastName": tricky[3 * n % 8]},
+            [n + 2],
+        )
+        for n in range(40)
+    ]
+    batch = Batch(contacts, ("l1",))
+    assert list(batch.pairs()) == [(c.email, c.fields) for c in contacts]
+    assert [json.loads(line) for line in batch._lines_list()] == [
+        [c.email, c.rows, c.fields] for c in contacts
+    ]
+    chosen, others = batch.split({"c1@example.com", "c2@example.com"})
+    assert [c.fields for c in chosen.contacts] == [contacts[1].fields, contacts[2].fields]
+    assert others.size == 38
+
+
 def _as_tuples(contacts: Iterable[Contact]) -> list[tuple[object, ...]]:
     return [(c.email, c.targets, c.fields, c.rows) for c in contacts]
 

@@ -123,12 +123,16 @@ def encode_contact_pairs(
     fields: Sequence[str] = (),
     max_rows: int = MAX_ACTIVITY_ROWS,
     max_bytes: int = MAX_ACTIVITY_BYTES,
+    cleaned: bool = False,
 ) -> bytes:
     """`encode_add_contacts` of (email, fields) pairs, read once, in order.
 
     The data is written and form-encoded a thousand lines at a time (quoting is per
     character, so the pieces join into the same body): an activity of 20,000 contacts is
     never held as rows, nor as one unquoted text beside the quoted one.
+
+    `cleaned`: the pairs are as the reader makes them (the email normalised, each value
+    `field_text`'s), and are written as they are; otherwise that is done here.
     """
     if not list_uris:
         raise ValueError("an activity needs at least one list")
@@ -146,12 +150,13 @@ def encode_contact_pairs(
             raise ActivityTooLargeError(
                 f"at least {count} rows: over the cap of {max_rows} per activity"
             )
-        writer.writerows(
-            # The reader has made every value `field_text` already; done again (it is
-            # idempotent) for callers that encode rows of their own.
-            [" ".join(email.splitlines()), *(field_text(values.get(n) or "") for n in fields)]
-            for email, values in chunk
-        )
+        if cleaned:  # a missing field is None, which csv writes as an empty cell
+            writer.writerows([email, *map(values.get, fields)] for email, values in chunk)
+        else:
+            writer.writerows(
+                [" ".join(email.splitlines()), *(field_text(values.get(n) or "") for n in fields)]
+                for email, values in chunk
+            )
         pieces.append(_quote(text.getvalue()))
         text.seek(0)
         text.truncate()

@@ -226,6 +226,7 @@ class V1Backend:
             fields=columns,
             max_rows=max_rows,
             max_bytes=max_bytes,
+            cleaned=True,
         )
 
     async def submit(self, request: object, *, retry: RetryPolicy | None = None) -> BulkActivity:

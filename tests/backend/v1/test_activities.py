@@ -211,3 +211,28 @@ def test_the_form_encoding_is_urlencode_byte_for_byte() -> None:
     for _ in range(500):
         form = [(text(8), text(40)) for _ in range(draw.randint(1, 4))]
         assert form_encode(form) == urlencode(form), form
+
+
+def test_pairs_as_the_reader_makes_them_encode_the_same_written_as_they_are() -> None:
+    """With `cleaned` (the bulk path's contacts, as the reader made them) the body is the
+    same as with every value cleaned here: a missing field an empty cell, quotes and commas
+    quoted, a value the reader made inert kept as it is."""
+    from engine.backend.v1.activities import encode_contact_pairs
+    from engine.fields import field_text
+
+    fields = ["FirstName", "LastName", "CompanyName"]
+    raw = [
+        ("ann@example.com", {"FirstName": "Ann", "CompanyName": 'Acme, "Ltd"'}),
+        ("bob@example.com", {}),
+        ("cy@example.com", {"LastName": "=1+1", "FirstName": "São"}),
+    ]
+    cleaned = [(email, {k: field_text(v) for k, v in values.items()}) for email, values in raw]
+    assert encode_contact_pairs(cleaned, LISTS, fields=fields, cleaned=True) == (
+        encode_contact_pairs(raw, LISTS, fields=fields)
+    )
+    data = _decode(encode_contact_pairs(cleaned, LISTS, fields=fields, cleaned=True))["data"][0]
+    assert _rows(data)[1:] == [
+        ["ann@example.com", "Ann", "", 'Acme, "Ltd"'],
+        ["bob@example.com", "", "", ""],
+        ["cy@example.com", "São", "'=1+1", ""],
+    ]
