@@ -193,6 +193,20 @@ def _outcome_rows(path: Path) -> list[tuple[object, ...]]:
     return rows
 
 
+async def _buffered(path: Path, **buffering: float) -> Journal:
+    """A new journal that buffers its outcomes as told (`interval`, `bulk_batch`, …)."""
+    return await Journal.open(path, identity=journal_identity("digest", ["A"], {}), **buffering)
+
+
+async def _written(path: Path) -> list[tuple[object, ...]]:
+    """The outcomes table once something is in it (5 s at most)."""
+    for _ in range(250):
+        if rows := _outcome_rows(path):
+            return rows
+        await anyio.sleep(0.02)
+    return []
+
+
 @pytest.mark.parametrize("json_each", [True, False], ids=["sqlite-json", "no-sqlite-json"])
 async def test_an_activitys_outcomes_are_stored_as_record_stores_each_of_them(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, json_each: bool
@@ -254,10 +268,7 @@ async def test_bulk_outcomes_alone_wait_for_a_large_write_and_a_contacts_own_doe
     from engine.pipeline.models import BulkAdded, Outcome
 
     path = tmp_path / "j.sqlite"
-    identity = journal_identity("digest", ["A"], {})
-    journal = await Journal.open(
-        path, identity=identity, interval=0.0, bulk_batch=5, bulk_interval=3600.0
-    )
+    journal = await _buffered(path, interval=0.0, bulk_batch=5, bulk_interval=3600.0)
     emails = [f"c{i}@example.com" for i in range(3)]
     await journal.record_added(BulkAdded(emails, [(2,), (3,), (4,)], ("A",)))
     assert _outcome_rows(path) == []  # 3 of 5: waiting
@@ -275,24 +286,14 @@ async def test_due_bulk_outcomes_are_written_by_the_periodic_flush_not_their_cal
     from engine.pipeline.models import BulkAdded
 
     path = tmp_path / "j.sqlite"
-    journal = await Journal.open(
-        path,
-        identity=journal_identity("digest", ["A"], {}),
-        interval=3600.0,
-        bulk_batch=5,
-        bulk_interval=3600.0,
-    )
+    journal = await _buffered(path, interval=3600.0, bulk_batch=5, bulk_interval=3600.0)
     emails = [f"c{i}@example.com" for i in range(6)]
     async with anyio.create_task_group() as tg:
         tg.start_soon(journal.flush_periodically)
         await journal.record_added(BulkAdded(emails[:3], [(2,), (3,), (4,)], ("A",)))
         await journal.record_added(BulkAdded(emails[3:5], [(5,), (6,)], ("A",)))
         assert _outcome_rows(path) == []  # due, but not written by the caller
-        for _ in range(250):  # 5 s at most
-            if _outcome_rows(path):
-                break
-            await anyio.sleep(0.02)
-        assert len(_outcome_rows(path)) == 5
+        assert len(await _written(path)) == 5
         await journal.record_added(BulkAdded(emails[5:], [(7,)], ("A",)))
         await anyio.sleep(0.1)
         assert len(_outcome_rows(path)) == 5  # 1 of 5: waiting
@@ -309,13 +310,7 @@ async def test_bulk_outcomes_are_written_by_their_caller_when_the_writes_fall_be
     from engine.pipeline.models import BulkAdded
 
     path = tmp_path / "j.sqlite"
-    journal = await Journal.open(
-        path,
-        identity=journal_identity("digest", ["A"], {}),
-        interval=3600.0,
-        bulk_batch=3,
-        bulk_interval=3600.0,
-    )
+    journal = await _buffered(path, interval=3600.0, bulk_batch=3, bulk_interval=3600.0)
     emails = [f"c{i}@example.com" for i in range(6)]
     await journal.record_added(BulkAdded(emails[:5], [(n,) for n in range(2, 7)], ("A",)))
     assert _outcome_rows(path) == []
@@ -332,24 +327,14 @@ async def test_bulk_outcomes_alone_are_written_once_bulk_interval_has_passed(
     from engine.pipeline.models import BulkAdded
 
     path = tmp_path / "j.sqlite"
-    journal = await Journal.open(
-        path,
-        identity=journal_identity("digest", ["A"], {}),
-        interval=0.01,
-        bulk_batch=1000,
-        bulk_interval=0.3,
-    )
+    journal = await _buffered(path, interval=0.01, bulk_batch=1000, bulk_interval=0.3)
     async with anyio.create_task_group() as tg:
         tg.start_soon(journal.flush_periodically)
         started = anyio.current_time()
         await journal.record_added(BulkAdded(["a@example.com"], [(2,)], ("A",)))
         await anyio.sleep(0.1)
         assert _outcome_rows(path) == []  # the periodic flush ran, and left it waiting
-        for _ in range(250):  # 5 s at most
-            if _outcome_rows(path):
-                break
-            await anyio.sleep(0.02)
-        assert len(_outcome_rows(path)) == 1
+        assert len(await _written(path)) == 1
         assert anyio.current_time() - started >= 0.3
         tg.cancel_scope.cancel()
     await journal.aclose()
