@@ -627,7 +627,7 @@ class Account:
         body = codec.build_contact_entry(email.strip().lower(), list_uris, fields or {})
 
         def parse_created(raw: bytes) -> str:
-            return codec.parse_contact_entry(raw).id if raw.strip() else ""
+            return codec.parse_created_id(raw) if raw.strip() else ""
 
         return await self._send(
             "POST",

@@ -23,6 +23,7 @@ import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 from xml.etree import ElementTree
+from xml.parsers import expat
 from xml.sax.saxutils import escape, quoteattr, unescape
 
 import xmltodict
@@ -296,6 +297,34 @@ def _element_tree(body: bytes, what: str, *, checked: bool = False) -> ElementTr
 
 def _local(tag: str) -> str:
     return tag[tag.rfind("}") + 1 :]
+
+
+def parse_created_id(body: bytes) -> str:
+    """The id of the contact a create made, from its answer (the created entry): the
+    document checked and parsed whole as `parse_contact_entry` does, but only its
+    `Contact`'s id kept, not a tree of it (the tree was a tenth of a new contact's CPU).
+
+    Raises:
+        MalformedResponseError: not a well-formed document, or no `Contact` id in it.
+    """
+    found: list[str] = []
+    parser = expat.ParserCreate()  # names as written (`Contact`, `ns:Contact`): no lookups
+
+    def start(name: str, attributes: dict[str, str]) -> None:
+        if name.rpartition(":")[2] == "Contact":
+            found.append(attributes.get("id", ""))
+            parser.StartElementHandler = None  # the rest is only checked
+
+    parser.StartElementHandler = start
+    try:
+        parser.Parse(check_document(body), True)
+    except expat.ExpatError as exc:
+        raise MalformedResponseError(f"the created entry is not well-formed XML: {exc}") from None
+    if not found:
+        raise MalformedResponseError("the created entry has no <Contact> content")
+    if not found[0]:
+        raise MalformedResponseError("the contact entry has no id")
+    return found[0]
 
 
 def parse_contact_entry(body: bytes) -> ContactEntry:

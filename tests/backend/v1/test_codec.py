@@ -17,6 +17,7 @@ from engine.backend.v1.codec import (
     parse_activity,
     parse_contact_entry,
     parse_contacts_page,
+    parse_created_id,
     parse_list_entry,
     parse_lists_page,
     parse_members_page,
@@ -259,6 +260,7 @@ PARSERS = [
     pytest.param(parse_members_page, id="members-feed"),
     pytest.param(parse_list_entry, id="list-entry"),
     pytest.param(parse_contact_entry, id="contact-entry"),
+    pytest.param(parse_created_id, id="created-entry"),
     pytest.param(parse_activity, id="activity"),
     pytest.param(parse_service_document, id="service-document"),
 ]
@@ -545,3 +547,25 @@ def test_new_contact_refuses_reserved_or_invalid_field_names(name: str) -> None:
     """Field names that would override consent or lists, or add markup, raise ValueError."""
     with pytest.raises(ValueError, match="field"):
         build_contact_entry("ann@example.com", [f"{JOE}/lists/1"], {name: "ACTION_BY_CONTACT"})
+
+
+def test_a_created_entrys_id_is_its_contacts_id(captured: Captured) -> None:
+    """The id a create's answer gives is the `Contact` id `parse_contact_entry` reads, with
+    the namespace written as a prefix too; a well-formed answer without a `Contact`, or a
+    `Contact` without an id, or a broken one, is refused."""
+    body = captured("single_contact_by_id.xml")
+    assert parse_created_id(body) == parse_contact_entry(body).id
+    assert parse_created_id(body).endswith("/contacts/2")
+    prefixed = (
+        b'<entry xmlns="http://www.w3.org/2005/Atom"><content>'
+        b'<c:Contact xmlns:c="http://ws.constantcontact.com/ns/1.0/" id="x/contacts/7">'
+        b"<c:Status>Active</c:Status></c:Contact></content></entry>"
+    )
+    assert parse_created_id(prefixed) == "x/contacts/7"
+    for broken, message in [
+        (b"<entry><content/></entry>", "no <Contact>"),
+        (b"<entry><content><Contact><Status/></Contact></content></entry>", "no id"),
+        (b'<entry><content><Contact id="a"></content></entry>', "not well-formed"),
+    ]:
+        with pytest.raises(MalformedResponseError, match=message):
+            parse_created_id(broken)
