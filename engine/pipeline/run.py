@@ -482,23 +482,31 @@ class _Run:
     async def read(self, send: MemoryObjectSendStream[list[SourceRow | Rejected]]) -> None:
         """The read stage, a chunk of rows at a time; with a journal, rows done by an
         earlier run are left out."""
+        resumed = self.journal is not None and self.journal.resumed
         async with send:
+            waiting: list[SourceRow | Rejected] = []
             async for rows in self.reader.chunks():
-                for start in range(0, len(rows), RESUME_CHUNK):
-                    chunk = rows[start : start + RESUME_CHUNK]
-                    self.stats.rows_read += sum(
-                        len(item.lines) if isinstance(item, SourceRow) else 1 for item in chunk
-                    )
+                waiting += rows
+                # On at most RESUME_CHUNK at a time, as they come; a resumed run looks them
+                # up in the journal RESUME_CHUNK at a time (an async source gives its rows
+                # one by one: a lookup each would be a trip to the journal's thread each).
+                while len(waiting) >= RESUME_CHUNK or (waiting and not resumed):
+                    chunk, waiting = waiting[:RESUME_CHUNK], waiting[RESUME_CHUNK:]
                     await self._pass_on(chunk, send)
                     crash_point("read")
                     if self.stop.is_set():
                         return
+            if waiting:
+                await self._pass_on(waiting, send)
 
     async def _pass_on(
         self,
         chunk: list[SourceRow | Rejected],
         send: MemoryObjectSendStream[list[SourceRow | Rejected]],
     ) -> None:
+        self.stats.rows_read += sum(
+            len(item.lines) if isinstance(item, SourceRow) else 1 for item in chunk
+        )
         done: set[str] = set()
         if self.journal is not None and self.journal.resumed:
             emails = [i.email for i in chunk if isinstance(i, SourceRow)]

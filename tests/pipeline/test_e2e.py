@@ -771,6 +771,64 @@ async def test_library_use_with_an_async_source_and_progress_events(
     assert len(lines) <= 121
 
 
+async def test_an_async_sources_rows_are_planned_as_they_come(
+    simulator: RunningSimulator, account: Account, fast_config: MigrationConfig, tmp_path: Path
+) -> None:
+    """A row of an async source goes on as it comes: here the source gives its second row
+    only once the first has its outcome (held back for company, it never would)."""
+    simulator.store.create_list("B")
+    first_done = anyio.Event()
+
+    def on_outcome(outcome: Outcome) -> None:
+        if outcome.email == "first@example.com":
+            first_done.set()
+
+    async def source() -> AsyncIterator[dict[str, str]]:
+        yield {"email": "first@example.com"}
+        await first_done.wait()
+        for i in range(3):
+            yield {"email": f"later{i}@example.com"}
+
+    with anyio.fail_after(20):
+        report = await run(
+            account, source(), fast_config, tmp_path, lists=["B"], on_outcome=on_outcome
+        )
+    assert report.outcomes["created"] == 4
+
+
+async def test_a_resumed_run_looks_an_async_sources_rows_up_in_chunks(
+    simulator: RunningSimulator,
+    account: Account,
+    fast_config: MigrationConfig,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Run again on its journal, a migration of an async source (which gives its rows one
+    by one) looks them up in the journal 512 at a time, not one each, and finds them done."""
+    from engine.journal import Journal
+
+    simulator.store.create_list("B")
+
+    async def source() -> AsyncIterator[dict[str, str]]:
+        for i in range(600):
+            yield {"email": f"c{i}@example.com"}
+
+    journal = tmp_path / "journal.sqlite"
+    first = await run(account, source(), fast_config, tmp_path, lists=["B"], journal=journal)
+    assert sum(first.outcomes.values()) == 600
+    sizes: list[int] = []
+    outcomes_of = Journal.outcomes_of
+
+    async def counted(self: Journal, emails: Sequence[str]) -> tuple[set[str], set[str]]:
+        sizes.append(len(emails))
+        return await outcomes_of(self, emails)
+
+    monkeypatch.setattr(Journal, "outcomes_of", counted)
+    again = await run(account, source(), fast_config, tmp_path, lists=["B"], journal=journal)
+    assert sizes == [512, 88]
+    assert again.resumed == 600
+
+
 @pytest.mark.parametrize(
     ("kind", "outcome", "limit"),
     [
