@@ -471,21 +471,28 @@ def decoded_lines(path: Path, encoding: str, digest: Any = None) -> Iterator[tup
         yield from _wide_lines(path, codec, digest)
         return
     with path.open("rb") as binary:
-        for number, raw in enumerate(binary, 1):
-            if digest is not None:
-                digest.update(raw)
-            try:
-                yield number, raw.decode(codec if number == 1 else codec.replace("-sig", "")), ""
-            except UnicodeDecodeError as exc:
-                bad = raw[exc.start : exc.end]
-                yield (
-                    number,
-                    raw.decode(encoding, "replace"),
-                    (
-                        f"line {number} has bytes {bad!r} that are not {encoding}; re-save the "
-                        "file as UTF-8 or pass --encoding (e.g. latin-1)"
-                    ),
-                )
+        yield from _decoded(enumerate(binary, 1), encoding, codec, digest)
+
+
+def _decoded(
+    lines: Iterable[tuple[int, bytes]], encoding: str, codec: str, digest: Any = None
+) -> Iterator[tuple[int, str, str]]:
+    """(line number, text, error) of each numbered line of bytes (`decoded_lines`)."""
+    for number, raw in lines:
+        if digest is not None:
+            digest.update(raw)
+        try:
+            yield number, raw.decode(codec if number == 1 else codec.replace("-sig", "")), ""
+        except UnicodeDecodeError as exc:
+            bad = raw[exc.start : exc.end]
+            yield (
+                number,
+                raw.decode(encoding, "replace"),
+                (
+                    f"line {number} has bytes {bad!r} that are not {encoding}; re-save the "
+                    "file as UTF-8 or pass --encoding (e.g. latin-1)"
+                ),
+            )
 
 
 #: Bytes `csv_lines` reads at a time (its text is held four times over while its lines are
@@ -556,16 +563,7 @@ def _undecodable(
     lines = [piece + b"\n" for piece in pieces]
     if last:
         lines.append(last)
-    for line, raw in enumerate(lines, number + 1):
-        try:
-            yield raw.decode(codec if line == 1 else codec.replace("-sig", ""))
-        except UnicodeDecodeError as exc:
-            bad = raw[exc.start : exc.end]
-            errors[line] = (
-                f"line {line} has bytes {bad!r} that are not {encoding}; re-save the "
-                "file as UTF-8 or pass --encoding (e.g. latin-1)"
-            )
-            yield raw.decode(encoding, "replace")
+    return _lines_with_errors(_decoded(enumerate(lines, number + 1), encoding, codec), errors)
 
 
 def _wide_lines(path: Path, codec: str, digest: Any) -> Iterator[tuple[int, str, str]]:
