@@ -399,7 +399,7 @@ class UntouchableIndex(Protocol):
     async def untouchable_contacts(self) -> dict[str, ContactStatus]:
         """Email (lower-cased) -> status (`deleted` or `opted_out`): every contact of the
         account in those statuses now (v3 reads only what changed since its last read, and
-        keeps one that left them: left out, never written)."""
+        keeps one that left them: left out, never written). A dict of the caller's own."""
         ...
 
 

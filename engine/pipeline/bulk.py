@@ -48,6 +48,7 @@ from engine.backend.protocol import (
     Capabilities,
     ContactRef,
     ContactState,
+    ContactStatus,
     ListReader,
     UntouchableIndex,
 )
@@ -418,7 +419,7 @@ class BulkPath:
         )
         return Batch(kept, batch.targets), skipped
 
-    async def _untouchable(self) -> dict[str, str] | None:
+    async def _untouchable(self) -> dict[str, ContactStatus] | None:
         """The account's deleted and opted-out contacts, read now, when the backend lists
         them cheaply (v3: 500 a request instead of a lookup per contact); None otherwise, or
         when the read fails (the batch is then looked up contact by contact: never "not
@@ -426,7 +427,7 @@ class BulkPath:
         if not isinstance(self.backend, UntouchableIndex):
             return None
         try:
-            return dict(await self.backend.untouchable_contacts())
+            return await self.backend.untouchable_contacts()
         except (FatalApiError, ConnectionLostError, QuotaExhaustedError):
             raise
         except ApiError as exc:
